@@ -1,0 +1,61 @@
+"""What every camera source delivers: time-stamped BGR frames."""
+
+import dataclasses
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One camera frame.
+
+    Attributes
+    ----------
+    image : ndarray of uint8, shape (H, W, 3)
+        BGR pixels, as OpenCV decodes them.
+    timestamp : float
+        ``time.monotonic()`` when the frame's last byte arrived.
+    """
+
+    image: np.ndarray
+    timestamp: float
+
+    @property
+    def size(self):
+        """``(width, height)`` in pixels."""
+        return (int(self.image.shape[1]), int(self.image.shape[0]))
+
+    def age(self, now=None):
+        """Seconds since the frame arrived."""
+        return (time.monotonic() if now is None else now) - self.timestamp
+
+
+class CameraSource:
+    """Base class of camera sources.
+
+    A source is created by ``ktamv_helper.cameras.open_camera(url, timeout)``
+    and must be safe to call from several threads at once.
+    """
+
+    url = ""
+
+    def get_frame(self, not_before=None, timeout=5.0):
+        """Return the next :class:`Frame` stamped at or after ``not_before``.
+
+        Raises
+        ------
+        ktamv_helper.errors.HelperError
+            ``camera_unreachable``, ``camera_timeout``, ``camera_http_error``
+            or ``camera_bad_frame`` with a sentence saying what to check.
+        """
+        raise NotImplementedError
+
+    def set_machine_state(self, position, tool):
+        """Hear the commanded toolhead position and active tool.
+
+        Real cameras ignore it; the simulated camera renders from it.
+        """
+
+    def close(self):
+        """Stop reader threads and release the device or connection."""

