@@ -1,0 +1,370 @@
+"""Render a printer nozzle as an upward-looking camera sees it.
+
+The picture is built from analytic shapes (discs, annuli, a hexagon) whose
+edges are anti-aliased from their exact signed distance, so the bore centre
+passed in is the ground truth to a small fraction of a pixel. Then the
+camera's faults are applied in the order they happen: uneven light and
+vignetting, exposure, defocus blur, sensor noise and JPEG compression.
+
+Only numpy and OpenCV are used; a 640x480 frame renders in a few
+milliseconds.
+"""
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+
+# BGR colours as 0..1 floats.
+_BRASS = np.array([0.35, 0.62, 0.80], np.float32)
+_POLISHED = np.array([0.80, 0.93, 1.00], np.float32)
+_STEEL = np.array([0.72, 0.74, 0.76], np.float32)
+_ALUMINIUM = np.array([0.55, 0.56, 0.57], np.float32)
+_SILICONE = np.array([0.16, 0.17, 0.18], np.float32)
+_BURNT = np.array([0.06, 0.10, 0.16], np.float32)
+_PLASTIC = np.array([0.15, 0.45, 0.75], np.float32)
+
+
+@dataclasses.dataclass
+class NozzleLook:
+    """Every knob of a rendered nozzle picture.
+
+    Sizes are multiples of the bore radius unless stated otherwise; colours
+    are BGR 0..1 floats; brightness factors multiply those colours.
+    """
+
+    # Nozzle geometry, relative to the bore radius.
+    collar_ratio: float = 2.2       # outer radius of the polished tip face
+    cone_ratio: float = 4.0         # outer radius of the visible cone
+    hex_ratio: float = 6.5          # half the across-flats width of the hex
+    hex_angle_deg: float = 0.0
+    # Materials.
+    body_color: tuple = tuple(_BRASS)
+    tip_color: tuple = tuple(_POLISHED)
+    bore_level: float = 0.06        # how much light comes out of the bore
+    collar_level: float = 1.0       # brightness of the tip face
+    cone_level: float = 0.55        # brightness of the cone next to the tip
+    hex_level: float = 0.45
+    # Surroundings.
+    background: str = "heater_block"   # "heater_block", "sock" or "dark"
+    background_level: float = 1.0
+    # Blemishes and distractors.
+    dirt: float = 0.0               # 0 = none, 1 = a large burnt patch
+    dirt_angle_deg: float = 0.0
+    dirt_on_collar: bool = False    # the patch reaches over the tip face
+    ooze: float = 0.0               # 0 = none, 1 = a large blob of plastic
+    ooze_angle_deg: float = 90.0
+    glints: int = 0                 # specular spots on body and block
+    second_circle: bool = False     # a dark round hole elsewhere in view
+    # Light and camera.
+    light_angle_deg: float = 0.0
+    light_gradient: float = 0.0     # 0 = even; 0.4 = one side 40 % darker
+    vignetting: float = 0.0         # 0 = none; 0.5 = corners at half
+    exposure: float = 1.0           # < 1 dim, > 1 glaring (clips)
+    blur_sigma: float = 0.0         # px; defocus
+    noise_sigma: float = 0.0        # 0..255 grey levels, Gaussian
+    jpeg_quality: int = 0           # 0 = no JPEG compression
+
+
+def random_look(rng, **overrides):
+    """Draw a plausible :class:`NozzleLook`.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness (seed it for repeatable sets).
+    **overrides
+        Fields to set instead of drawing them.
+
+    Returns
+    -------
+    NozzleLook
+    """
+    collar = rng.uniform(1.5, 3.2)
+    cone = collar + rng.uniform(0.8, 3.0)
+    tint = np.clip(_BRASS + rng.normal(0, 0.04, 3), 0.05, 1.0)
+    if rng.random() < 0.2:          # hardened steel / plated nozzles
+        tint = np.clip(_STEEL + rng.normal(0, 0.03, 3), 0.05, 1.0)
+    dirt = rng.uniform(0.3, 1.0) if rng.random() < 0.35 else 0.0
+    fields = dict(
+        collar_ratio=collar,
+        cone_ratio=cone,
+        hex_ratio=cone + rng.uniform(1.0, 4.0),
+        hex_angle_deg=rng.uniform(0, 60),
+        body_color=tuple(float(c) for c in tint),
+        bore_level=rng.uniform(0.0, 0.2),
+        collar_level=rng.uniform(0.75, 1.0),
+        cone_level=rng.uniform(0.3, 0.7),
+        hex_level=rng.uniform(0.25, 0.6),
+        background=str(rng.choice(["heater_block", "sock", "dark"])),
+        background_level=rng.uniform(0.6, 1.2),
+        dirt=dirt,
+        dirt_angle_deg=rng.uniform(0, 360),
+        dirt_on_collar=bool(dirt and rng.random() < 0.4),
+        ooze=rng.uniform(0.3, 1.0) if rng.random() < 0.2 else 0.0,
+        ooze_angle_deg=rng.uniform(0, 360),
+        glints=int(rng.integers(0, 6)),
+        second_circle=bool(rng.random() < 0.25),
+        light_angle_deg=rng.uniform(0, 360),
+        light_gradient=rng.uniform(0.0, 0.4),
+        vignetting=rng.uniform(0.0, 0.5),
+        exposure=float(np.exp(rng.uniform(np.log(0.45), np.log(1.5)))),
+        blur_sigma=rng.uniform(0.0, 1.8),
+        noise_sigma=rng.uniform(0.5, 6.0),
+        jpeg_quality=int(rng.choice([0, 60, 75, 90])),
+    )
+    fields.update(overrides)
+    return NozzleLook(**fields)
+
+
+def _coverage(signed_distance):
+    """Pixel coverage of a shape from the signed distance of pixel centres.
+
+    Negative distances are inside. A linear ramp one pixel wide is exact for
+    straight edges and symmetric for curved ones, so centres stay unbiased.
+    """
+    return np.clip(0.5 - signed_distance, 0.0, 1.0)
+
+
+def _paint(canvas, alpha, color):
+    """Alpha-blend ``color`` (3,) or image (H, W, 3) over ``canvas`` in place."""
+    a = alpha[..., None]
+    canvas *= 1.0 - a
+    canvas += a * color
+
+
+def _hexagon_distance(x, y, apothem, angle):
+    """Signed distance (approximate, exact on the flats) to a regular hexagon."""
+    d = None
+    for k in range(3):
+        t = angle + k * math.pi / 3.0
+        dk = np.abs(x * math.cos(t) + y * math.sin(t)) - apothem
+        d = dk if d is None else np.maximum(d, dk)
+    return d
+
+
+def _background(shape, look, rng):
+    """Heater block, silicone sock or darkness behind the nozzle."""
+    h, w = shape
+    canvas = np.empty((h, w, 3), np.float32)
+    if look.background == "dark":
+        canvas[:] = 0.05 * look.background_level
+        return canvas
+    base = _ALUMINIUM if look.background == "heater_block" else _SILICONE
+    canvas[:] = base * look.background_level
+    # Low-frequency texture: machining marks / sock fabric.
+    small = rng.normal(0.0, 1.0, (max(h // 32, 2), max(w // 32, 2)))
+    texture = cv2.resize(small.astype(np.float32), (w, h),
+                         interpolation=cv2.INTER_CUBIC)
+    canvas *= (1.0 + 0.06 * texture)[..., None]
+    if look.background == "heater_block":
+        # The block does not fill the view: a dark gap along one side.
+        edge = rng.uniform(0.0, 0.25) * w
+        xx = np.arange(w, dtype=np.float32)[None, :]
+        yy = np.arange(h, dtype=np.float32)[:, None]
+        slope = rng.uniform(-0.3, 0.3)
+        _paint(canvas, _coverage(xx - edge - slope * (yy - h / 2)), 0.04)
+    return canvas
+
+
+def _window(width, height, u, v, reach):
+    """Slices of the frame within ``reach`` px of (u, v) and their pixel grids.
+
+    Painting only where a shape can be keeps rendering fast on big frames.
+    """
+    x0, x1 = max(int(math.floor(u - reach)), 0), min(int(math.ceil(u + reach)) + 1, width)
+    y0, y1 = max(int(math.floor(v - reach)), 0), min(int(math.ceil(v + reach)) + 1, height)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    xx = np.arange(x0, x1, dtype=np.float32)[None, :]
+    yy = np.arange(y0, y1, dtype=np.float32)[:, None]
+    return (slice(y0, y1), slice(x0, x1)), xx, yy
+
+
+def _glint(canvas, rng, u, v, size):
+    """A small elongated specular highlight."""
+    height, width = canvas.shape[:2]
+    sx, sy = size, size * rng.uniform(0.3, 1.0)
+    ang = rng.uniform(0, math.pi)
+    win = _window(width, height, u, v, 3.0 * size)
+    if win is None:
+        return
+    sl, xx, yy = win
+    dx, dy = xx - u, yy - v
+    a = (dx * math.cos(ang) + dy * math.sin(ang)) / sx
+    b = (-dx * math.sin(ang) + dy * math.cos(ang)) / sy
+    _paint(canvas[sl], np.exp(-(a * a + b * b) * 2.0).astype(np.float32),
+           np.float32(1.0))
+
+
+def render_nozzle(size, center, bore_radius, look=None, rng=None):
+    """Render one camera frame of a nozzle seen from below.
+
+    Parameters
+    ----------
+    size : (int, int)
+        ``(width, height)`` of the frame in pixels.
+    center : (float, float) or None
+        Exact sub-pixel bore centre ``(u, v)`` in OpenCV convention (the
+        centre of pixel (0, 0) is (0.0, 0.0)); None renders the scene with
+        no nozzle in view.
+    bore_radius : float
+        Radius of the dark bore in pixels.
+    look : NozzleLook, optional
+        Appearance; the default is a clean, evenly lit brass nozzle.
+    rng : numpy.random.Generator, optional
+        Randomness for texture, glints and noise (a fixed seed if omitted).
+
+    Returns
+    -------
+    ndarray of uint8, shape (height, width, 3)
+        The BGR frame.
+    """
+    look = NozzleLook() if look is None else look
+    rng = np.random.default_rng(0) if rng is None else rng
+    width, height = int(size[0]), int(size[1])
+    if width < 8 or height < 8:
+        raise ValueError("frame size must be at least 8x8 pixels")
+    canvas = _background((height, width), look, rng)
+    body = np.asarray(look.body_color, np.float32)
+    tip = np.asarray(look.tip_color, np.float32)
+    r0 = float(bore_radius)
+
+    if look.second_circle:
+        # A dark hole in the block (a set screw, a thermistor bore).
+        hole_r = r0 * rng.uniform(0.7, 1.6)
+        for _ in range(20):
+            hu, hv = rng.uniform(0, width), rng.uniform(0, height)
+            if center is None or math.hypot(hu - center[0], hv - center[1]) > \
+                    r0 * (look.hex_ratio * 1.2 + 2) + hole_r * 1.5:
+                break
+        win = _window(width, height, hu, hv, hole_r * 1.5 + 2)
+        if win is not None:
+            sl, xx, yy = win
+            d = np.hypot(xx - hu, yy - hv)
+            _paint(canvas[sl], _coverage(d - hole_r), np.float32(0.05))
+
+    if center is not None:
+        cu, cv_ = float(center[0]), float(center[1])
+        reach = r0 * look.hex_ratio * 1.2 + 2
+        win = _window(width, height, cu, cv_, reach)
+        if win is not None:
+            sl, xx, yy = win
+            _paint_nozzle(canvas[sl], rng, xx - cu, yy - cv_, r0, look, body, tip)
+
+    for _ in range(look.glints):
+        gu, gv = rng.uniform(0, width), rng.uniform(0, height)
+        if center is not None and math.hypot(gu - center[0], gv - center[1]) < \
+                r0 * (look.collar_ratio + 1.5):
+            # Keep glints off the tip face itself (they sit on the body).
+            gu += r0 * look.cone_ratio * 1.5
+        _glint(canvas, rng, gu, gv, max(1.5, r0 * rng.uniform(0.15, 0.6)))
+
+    # Light falls off to one side and towards the corners.
+    if look.light_gradient or look.vignetting:
+        la = math.radians(look.light_angle_deg)
+        ux = (np.arange(width, dtype=np.float32)[None, :] - width / 2.0) / (0.5 * width)
+        uy = (np.arange(height, dtype=np.float32)[:, None] - height / 2.0) / (0.5 * height)
+        gain = 1.0 - 0.5 * look.light_gradient * (1.0 - (ux * math.cos(la) +
+                                                         uy * math.sin(la)))
+        gain = gain * (1.0 - look.vignetting * np.clip((ux * ux + uy * uy) / 2.0, 0, 1))
+        canvas *= gain[..., None]
+    canvas *= np.float32(255.0 * look.exposure)
+    if look.blur_sigma > 0.05:
+        cv2.GaussianBlur(canvas, (0, 0), look.blur_sigma, dst=canvas)
+    if look.noise_sigma > 0:
+        # Shot-like noise: stronger in bright areas.
+        scale = np.sqrt(np.clip(canvas, 16, 255) * np.float32(look.noise_sigma ** 2 / 128.0))
+        canvas += rng.standard_normal(canvas.shape, np.float32) * scale
+    canvas += np.float32(0.5)
+    image = np.clip(canvas, 0, 255).astype(np.uint8)
+    if look.jpeg_quality:
+        ok, buf = cv2.imencode(".jpg", image,
+                               [cv2.IMWRITE_JPEG_QUALITY, int(look.jpeg_quality)])
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return image
+
+
+def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
+    """Hex body, cone, tip face, blemishes and bore, centred at dx = dy = 0.
+
+    ``dx`` is a row and ``dy`` a column of pixel offsets from the bore
+    centre; each layer is painted only in the square that can hold it.
+    """
+    light = math.radians(look.light_angle_deg)
+    hex_angle = math.radians(look.hex_angle_deg)
+
+    def layer(reach):
+        cols = np.flatnonzero(np.abs(dx[0]) <= reach + 1.5)
+        rows = np.flatnonzero(np.abs(dy[:, 0]) <= reach + 1.5)
+        if cols.size == 0 or rows.size == 0:
+            return None
+        sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        x, y = dx[:, sl[1]], dy[sl[0], :]
+        return canvas[sl], x, y, np.hypot(x, y), np.arctan2(y, x)
+
+    # Each hex facet reflects a different amount of the light.
+    hex_r = r0 * look.hex_ratio
+    got = layer(hex_r * 1.16)
+    if got is not None:
+        c, x, y, dist, theta = got
+        hex_d = _hexagon_distance(x, y, hex_r, hex_angle)
+        facet = np.floor((theta - hex_angle) / np.float32(math.pi / 3.0) + 0.5)
+        facet_shade = 0.75 + 0.25 * np.cos(facet * np.float32(math.pi / 3.0)
+                                           + np.float32(hex_angle - light))
+        _paint(c, _coverage(hex_d), (body * look.hex_level) * facet_shade[..., None])
+    # Cone: brighter near the tip, darker towards the hex.
+    cone_r = r0 * look.cone_ratio
+    collar_r = r0 * look.collar_ratio
+    got = layer(cone_r)
+    if got is not None:
+        c, x, y, dist, theta = got
+        t = np.clip((dist - collar_r) / max(cone_r - collar_r, 1e-3), 0, 1)
+        cone_shade = look.cone_level * (1.0 - 0.5 * t) * \
+            (0.85 + 0.15 * np.cos(theta - np.float32(light)))
+        _paint(c, _coverage(dist - cone_r), body * cone_shade[..., None])
+        if look.dirt > 0:
+            _dirt_patch(c, rng, x, y, r0, look)
+    # Polished tip face: a bright annulus, lit a little unevenly.
+    got = layer(collar_r)
+    if got is not None:
+        c, x, y, dist, theta = got
+        face = look.collar_level * (0.92 + 0.08 * np.cos(theta - np.float32(light)))
+        _paint(c, _coverage(dist - collar_r), tip * face[..., None])
+        if look.dirt > 0 and look.dirt_on_collar:
+            _dirt_patch(c, rng, x, y, r0, look, on_collar=True)
+    if look.ooze > 0:
+        ang = math.radians(look.ooze_angle_deg)
+        dist_o = r0 * (look.collar_ratio + 0.6 * look.ooze * look.cone_ratio)
+        ou, ov = dist_o * math.cos(ang), dist_o * math.sin(ang)
+        orad = r0 * (0.5 + look.ooze) * 1.2
+        got = layer(dist_o + orad)
+        if got is not None:
+            c, x, y, dist, theta = got
+            _paint(c, _coverage(np.hypot(x - ou, y - ov) - orad) * np.float32(0.9),
+                   _PLASTIC * 0.6)
+    # The bore, exactly round: the ground truth.
+    got = layer(r0)
+    if got is not None:
+        c, x, y, dist, theta = got
+        _paint(c, _coverage(dist - r0), np.float32(look.bore_level) * tip)
+
+
+def _dirt_patch(canvas, rng, dx, dy, r0, look, on_collar=False):
+    """A burnt, irregular dark patch on the cone (or reaching the tip face)."""
+    ang = math.radians(look.dirt_angle_deg + (25.0 if on_collar else 0.0))
+    if on_collar:
+        # Reaches in to the outer part of the face, never across the bore edge.
+        reach = r0 * (1.0 + 0.5 * (look.collar_ratio - 1.0))
+        pr = r0 * (look.collar_ratio - 1.0) * 0.5
+        pu, pv = (reach + pr) * math.cos(ang), (reach + pr) * math.sin(ang)
+        prad = pr * (0.6 + 0.4 * look.dirt)
+    else:
+        mid = r0 * 0.5 * (look.collar_ratio + look.cone_ratio)
+        pu, pv = mid * math.cos(ang), mid * math.sin(ang)
+        prad = r0 * (0.4 + 0.8 * look.dirt) * 0.5 * (look.cone_ratio - look.collar_ratio)
+    d = np.hypot(dx - pu, dy - pv)
+    wobble = 1.0 + 0.25 * np.sin(3.0 * np.arctan2(dy - pv, dx - pu) + rng.uniform(0, 6))
+    alpha = _coverage(d - prad * wobble) * (0.7 + 0.3 * look.dirt)
+    _paint(canvas, alpha.astype(np.float32), _BURNT)
