@@ -1,0 +1,345 @@
+"""The ``sim://`` camera: a simulated upward-looking nozzle camera.
+
+It renders what a real camera would see of a real printer: the nozzle of the
+active tool at the pixel implied by the camera model and the *physical*
+nozzle position, which differs from the commanded toolhead position by the
+tool's offset, the microstep quantisation and the backlash of each axis (see
+:mod:`ktamv_helper.simulation.machine`). The extra tells the camera the
+commanded position and the active tool with every request
+(``set_machine_state``).
+
+Frames tick at ``fps`` on the ``time.monotonic()`` clock (tick ``k`` is at
+``k / fps``). A frame shows the machine as it was ``latency`` seconds before
+its tick, so frames taken too soon after a move still show the old position,
+exactly like a real camera stream. ``get_frame(not_before)`` returns the
+newest tick that already happened if it is not older than ``not_before``,
+otherwise it waits for the first tick at or after ``not_before``.
+
+URL keys (``sim://?key=value&...``; all optional):
+
+=============  =========  ====================================================
+key            default    meaning
+=============  =========  ====================================================
+seed           1          seeds tool offsets, nozzle looks and sensor noise
+width, height  640, 480   frame size, px
+fps            30         frame rate
+mm_per_px      0.01       scale at the nozzle plane
+rotation       0          direction of the image's +u axis in machine XY, deg
+mirror         1          1: view from below (``mirrored: true`` in a fit)
+camera_x/_y    0, 0       machine XY seen at the image centre (tool 0 centred)
+tools          4          number of tools
+offset_range   0.5        tools 1.. are offset from tool 0 by up to this, mm
+backlash       0          play of each of X and Y, mm
+step           0.0125     microstep, mm (0 = continuous)
+latency        0.08       age of what a frame shows, s
+nozzle         0.4        bore diameter, mm
+noise          (per tool) sensor noise sigma, grey levels
+blur           (per tool) defocus blur sigma, px
+dirt           (per tool) 0..1 burnt patch on the cone
+glints         (per tool) number of specular spots
+jpeg           (per tool) JPEG quality 1..100, 0 = none
+record         (none)     folder: every frame delivered is saved there as a
+                          JPEG, with ``frames.jsonl`` describing each one
+=============  =========  ====================================================
+
+Each tool gets its own look (body colour, lighting, blemishes, exposure) drawn
+from the seed, so tools look different, as real ones do.
+"""
+
+import json
+import math
+import os
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+
+from ktamv_helper.cameras.base import CameraSource, Frame
+from ktamv_helper.errors import HelperError
+from ktamv_helper.simulation import machine as sim_machine
+
+# key: (parser, default, minimum, maximum)
+_KEYS = {
+    "seed": (int, 1, 0, 2**31 - 1),
+    "width": (int, 640, 32, 4096),
+    "height": (int, 480, 32, 4096),
+    "fps": (float, 30.0, 0.5, 240.0),
+    "mm_per_px": (float, 0.01, 0.0005, 0.5),
+    "rotation": (float, 0.0, -360.0, 360.0),
+    "mirror": (int, 1, 0, 1),
+    "camera_x": (float, 0.0, -10000.0, 10000.0),
+    "camera_y": (float, 0.0, -10000.0, 10000.0),
+    "tools": (int, 4, 1, 64),
+    "offset_range": (float, 0.5, 0.0, 50.0),
+    "backlash": (float, 0.0, 0.0, 5.0),
+    "step": (float, 0.0125, 0.0, 1.0),
+    "latency": (float, 0.08, 0.0, 5.0),
+    "nozzle": (float, 0.4, 0.05, 3.0),
+    "noise": (float, None, 0.0, 100.0),
+    "blur": (float, None, 0.0, 20.0),
+    "dirt": (float, None, 0.0, 1.0),
+    "glints": (int, None, 0, 50),
+    "jpeg": (int, None, 0, 100),
+    "record": (str, None, None, None),
+}
+# URL key -> NozzleLook field it overrides.
+_LOOK_KEYS = {"blur": "blur_sigma", "dirt": "dirt", "glints": "glints"}
+_RECORD_LIMIT = 5000
+_CACHED_TICKS = 4
+_REMEMBERED_FRAMES = 256
+
+
+def parse_sim_url(url):
+    """Settings of a ``sim://`` URL, defaults filled in.
+
+    Raises
+    ------
+    HelperError
+        ``invalid_params`` naming the unknown key or bad value.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "sim":
+        raise HelperError("invalid_params", "%r is not a sim:// camera URL." % (url,))
+    settings = {key: spec[1] for key, spec in _KEYS.items()}
+    for key, text in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _KEYS:
+            raise HelperError(
+                "invalid_params",
+                "Unknown sim:// camera key %r; known keys: %s." % (key, ", ".join(sorted(_KEYS))))
+        parser, _, low, high = _KEYS[key]
+        try:
+            value = parser(float(text)) if parser is int else parser(text)
+        except ValueError:
+            raise HelperError("invalid_params",
+                              "sim:// camera key %s=%r is not a number." % (key, text))
+        if parser is not str and (not math.isfinite(value) or value < low or value > high):
+            raise HelperError("invalid_params",
+                              "sim:// camera key %s=%s is outside %s..%s." % (key, text, low, high))
+        settings[key] = value
+    return settings
+
+
+class SimCamera(CameraSource):
+    """A simulated nozzle camera over a simulated printer.
+
+    Parameters
+    ----------
+    url : str
+        ``sim://?key=value&...`` (see the module docstring).
+    clock : callable, optional
+        Monotonic clock, ``time.monotonic`` by default.
+    """
+
+    def __init__(self, url, clock=time.monotonic):
+        self.url = url
+        self.settings = s = parse_sim_url(url)
+        self._clock = clock
+        self._lock = threading.Lock()          # machine state
+        self._render_lock = threading.Lock()   # frame cache and recording
+        self._closed = threading.Event()
+        self.camera = sim_machine.CameraModel(
+            size=(s["width"], s["height"]), mm_per_px=s["mm_per_px"],
+            rotation_deg=s["rotation"], mirror=bool(s["mirror"]),
+            camera_xy=(s["camera_x"], s["camera_y"]))
+        offsets = sim_machine.draw_tool_offsets(
+            np.random.default_rng([s["seed"], 1]), s["tools"], s["offset_range"])
+        self.machine = sim_machine.Machine(
+            offsets, backlash=s["backlash"], step=s["step"],
+            start_xy=(s["camera_x"], s["camera_y"]),
+            history=max(10.0, 4 * s["latency"]))
+        self.bore_radius_px = 0.5 * s["nozzle"] / s["mm_per_px"]
+        self._looks = [None] * s["tools"]
+        self._cache = {}       # tick -> Frame
+        self._shown = {}       # frame timestamp -> (MachineState, true pixel or None)
+        self._recorded = 0
+        self._record_index = None
+        if s["record"]:
+            os.makedirs(s["record"], exist_ok=True)
+            self._record_index = os.path.join(s["record"], "frames.jsonl")
+
+    # -- machine state ---------------------------------------------------
+    def set_machine_state(self, position, tool, moves=()):
+        """Hear the commanded toolhead position, the active tool and the moves since last time.
+
+        Parameters
+        ----------
+        position : sequence of float
+            Commanded raw toolhead X, Y[, Z], mm.
+        tool : str or int
+            Active tool's name; a trailing integer is the tool number.
+        moves : sequence of sequences, optional
+            Commanded positions passed through since the previous state,
+            oldest first (so backlash sees every reversal).
+        """
+        try:
+            position = [float(position[0]), float(position[1])]
+            moves = [[float(m[0]), float(m[1])] for m in (moves or ())]
+        except (TypeError, ValueError, IndexError):
+            raise HelperError("invalid_params",
+                              "machine.position must be a list of numbers [x, y, z].")
+        with self._lock:
+            self.machine.command(self._clock(), position, tool, moves)
+
+    def state_at(self, when):
+        """The simulated machine's :class:`~ktamv_helper.simulation.machine.MachineState` at ``when``."""
+        with self._lock:
+            return self.machine.state_at(when)
+
+    # -- frames ----------------------------------------------------------
+    def tick_time(self, tick):
+        """``time.monotonic()`` stamp of frame tick ``tick``."""
+        return tick / self.settings["fps"]
+
+    def get_frame(self, not_before=None, timeout=5.0):
+        """Return the newest frame not older than ``not_before`` (see module docstring)."""
+        fps = self.settings["fps"]
+        now = self._clock()
+        deadline = now + max(float(timeout), 0.0)
+        tick = math.floor(now * fps)
+        if not_before is not None:
+            tick = max(tick, math.ceil(float(not_before) * fps - 1e-9))
+        when = self.tick_time(tick)
+        if when > deadline:
+            self._sleep_until(deadline)
+            raise HelperError(
+                "camera_timeout",
+                "The simulated camera had no frame newer than the requested time "
+                "within the %.1f s timeout." % (float(timeout),),
+                {"not_before": not_before, "timeout": timeout})
+        self._sleep_until(when)
+        if self._closed.is_set():
+            raise HelperError("camera_unreachable", "The simulated camera was closed.")
+        return self._frame(tick)
+
+    def _sleep_until(self, when):
+        delay = when - self._clock()
+        if delay > 0:
+            self._closed.wait(delay)
+
+    def _frame(self, tick):
+        with self._render_lock:
+            frame = self._cache.get(tick)
+            if frame is None:
+                when = self.tick_time(tick)
+                state = self.state_at(when - self.settings["latency"])
+                image, pixel = self.render(state, tick)
+                frame = Frame(image, when)
+                self._cache[tick] = frame
+                self._shown[when] = (state, pixel)
+                for old in sorted(self._cache)[:-_CACHED_TICKS]:
+                    del self._cache[old]
+                for old in sorted(self._shown)[:-_REMEMBERED_FRAMES]:
+                    del self._shown[old]
+                if self._record_index:
+                    self._record(frame, tick, state, pixel)
+            return frame
+
+    def shown(self, frame):
+        """What ``frame`` shows: ``(MachineState, true bore pixel or None)``.
+
+        Known for the newest few hundred frames; None for older ones.
+        """
+        with self._render_lock:
+            return self._shown.get(frame.timestamp)
+
+    def look(self, tool):
+        """The :class:`~ktamv_helper.simulation.render.NozzleLook` of tool number ``tool``."""
+        from ktamv_helper.simulation import render
+        tool = min(tool, len(self._looks) - 1)
+        if self._looks[tool] is None:
+            overrides = {field: self.settings[key] for key, field in _LOOK_KEYS.items()
+                         if self.settings[key] is not None}
+            # Sensor noise and JPEG are added per frame in render(); the look
+            # renders the steady scene.
+            overrides.update(noise_sigma=0.0, jpeg_quality=0)
+            self._looks[tool] = render.random_look(
+                np.random.default_rng([self.settings["seed"], 2, tool]), **overrides)
+        return self._looks[tool]
+
+    def sensor(self, tool):
+        """``(noise_sigma, jpeg_quality)`` of tool ``tool``'s frames, drawn from the seed."""
+        rng = np.random.default_rng([self.settings["seed"], 3, tool])
+        noise = rng.uniform(0.5, 5.0)
+        quality = int(rng.choice([0, 75, 90]))
+        if self.settings["noise"] is not None:
+            noise = self.settings["noise"]
+        if self.settings["jpeg"] is not None:
+            quality = self.settings["jpeg"]
+        return noise, quality
+
+    def render(self, state, tick):
+        """Render the frame of ``tick`` showing ``state``.
+
+        Returns
+        -------
+        image : ndarray of uint8
+        pixel : tuple of float or None
+            Where the bore centre truly is, None when out of view.
+        """
+        import cv2
+        from ktamv_helper.simulation import render
+        pixel = self.camera.pixel_of(state.nozzle)
+        if not self.camera.in_view(pixel):
+            pixel = None
+        look = self.look(state.tool)
+        # The scene (background texture, glints) is fixed per tool; only the
+        # sensor noise changes from frame to frame.
+        scene_rng = np.random.default_rng([self.settings["seed"], 4, state.tool])
+        image = render.render_nozzle(self.camera.size, pixel, self.bore_radius_px,
+                                     look, scene_rng)
+        noise, quality = self.sensor(state.tool)
+        if noise > 0:
+            frame_rng = np.random.default_rng([self.settings["seed"], 5, tick % (2**32)])
+            level = image.astype(np.float32)
+            # Shot-like: brighter pixels are noisier.
+            level += frame_rng.standard_normal(level.shape, np.float32) * \
+                (noise * np.sqrt(np.clip(level, 16, 255) / 128.0))
+            image = np.clip(level + 0.5, 0, 255).astype(np.uint8)
+        if quality:
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        return image, pixel
+
+    def _record(self, frame, tick, state, pixel):
+        if self._recorded >= _RECORD_LIMIT:
+            return
+        import cv2
+        self._recorded += 1
+        name = "frame-%05d.jpg" % self._recorded
+        folder = self.settings["record"]
+        cv2.imwrite(os.path.join(folder, name), frame.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        entry = {"file": name, "time": frame.timestamp, "tick": tick, "tool": state.tool,
+                 "commanded": list(state.commanded), "nozzle": list(state.nozzle),
+                 "pixel": list(pixel) if pixel else None}
+        with open(self._record_index, "a") as index:
+            index.write(json.dumps(entry) + "\n")
+
+    # -- truth -----------------------------------------------------------
+    def truth(self):
+        """The simulation's ground truth (the helper's ``sim_truth`` method).
+
+        ``tools[N]`` is tool N's offset in ``KTAMV_GET_OFFSET``'s convention:
+        the toolhead position that centres tool N minus the one that centres
+        tool 0, mm.
+        """
+        s = self.settings
+        return {
+            "tools": self.machine.truth(),
+            "nozzle_offsets": [[float(x), float(y)] for x, y in self.machine.tool_offsets],
+            "camera_xy": [s["camera_x"], s["camera_y"]],
+            "mm_per_px": s["mm_per_px"],
+            "rotation_deg": s["rotation"],
+            "mirror": bool(s["mirror"]),
+            "backlash": s["backlash"],
+            "step": s["step"],
+            "latency": s["latency"],
+            "fps": s["fps"],
+            "frame_size": [s["width"], s["height"]],
+            "bore_radius_px": self.bore_radius_px,
+            "seed": s["seed"],
+        }
+
+    def close(self):
+        """Stop: pending and later ``get_frame`` calls fail at once."""
+        self._closed.set()
