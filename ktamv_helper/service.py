@@ -1,0 +1,739 @@
+"""The helper's methods: configure, detect, grab, fit_camera_model, preview,
+version, shutdown and sim_truth (see ``docs/protocol.md``).
+
+:class:`Service` holds the settings, the open camera and the preview server.
+``server.py`` calls :meth:`Service.call` from worker threads, so every method
+is safe to run concurrently. OpenCV, numpy and the detector are imported inside
+the methods: importing this module is cheap.
+"""
+
+import logging
+import math
+import os
+import sys
+import threading
+import time
+
+from ktamv_helper import PROTOCOL_VERSION, __version__
+from ktamv_helper.errors import HelperError
+
+log = logging.getLogger("ktamv_helper.service")
+
+_REQUIRED = object()
+
+# The longest a version check waits for a frame: it must answer promptly.
+VERSION_CHECK_TIMEOUT = 2.0
+
+
+# ---------------------------------------------------------------- parameters
+
+def _bad(name, message):
+    return HelperError("invalid_params", "Parameter %r %s." % (name, message),
+                       {"param": name})
+
+
+def number_param(params, name, default=_REQUIRED, low=None, high=None,
+                 low_open=False):
+    """A finite number from ``params`` within ``[low, high]``.
+
+    ``low_open`` makes the lower bound exclusive (``> low``). A missing or
+    ``null`` value gives ``default``; without a default it is an error.
+    """
+    value = params.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise _bad(name, "is required")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, "must be a number, not %s" % type(value).__name__)
+    value = float(value)
+    if not math.isfinite(value):
+        raise _bad(name, "must be a finite number")
+    if low is not None and (value <= low if low_open else value < low):
+        raise _bad(name, "must be %s %g (got %g)"
+                   % (">" if low_open else ">=", low, value))
+    if high is not None and value > high:
+        raise _bad(name, "must be <= %g (got %g)" % (high, value))
+    return value
+
+
+def int_param(params, name, default=_REQUIRED, low=None, high=None):
+    """An integer from ``params`` within ``[low, high]`` (``3.0`` is fine)."""
+    value = params.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise _bad(name, "is required")
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, "must be an integer, not %r" % (value,))
+    if low is not None and value < low:
+        raise _bad(name, "must be >= %d (got %d)" % (low, value))
+    if high is not None and value > high:
+        raise _bad(name, "must be <= %d (got %d)" % (high, value))
+    return value
+
+
+def bool_param(params, name, default=_REQUIRED):
+    """A JSON boolean from ``params``."""
+    value = params.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise _bad(name, "is required")
+        return default
+    if not isinstance(value, bool):
+        raise _bad(name, "must be true or false, not %r" % (value,))
+    return value
+
+
+def string_param(params, name, default=_REQUIRED, choices=None):
+    """A non-empty string from ``params``, optionally one of ``choices``."""
+    value = params.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise _bad(name, "is required")
+        return default
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(name, "must be a non-empty string, not %r" % (value,))
+    if choices is not None and value not in choices:
+        raise _bad(name, "must be one of %s (got %r)"
+                   % (", ".join(choices), value))
+    return value
+
+
+def point_param(value, name, length=2):
+    """A list of ``length`` finite numbers, as floats."""
+    if (not isinstance(value, (list, tuple)) or len(value) != length
+            or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                   or not math.isfinite(v) for v in value)):
+        raise _bad(name, "must be a list of %d finite numbers, not %r"
+                   % (length, value))
+    return [float(v) for v in value]
+
+
+def earliest_frame_time(params, received):
+    """The ``not_before`` stamp a request asks for (``None``: any frame).
+
+    ``not_before`` is a helper-monotonic stamp; ``settle`` counts seconds from
+    when the request was received. With both, the later one wins.
+    """
+    not_before = number_param(params, "not_before", None)
+    settle = number_param(params, "settle", 0.0, low=0.0, high=600.0)
+    if settle > 0:
+        after_settle = received + settle
+        not_before = after_settle if not_before is None else max(not_before,
+                                                                after_settle)
+    return not_before
+
+
+def _just_after(stamp):
+    """The next representable stamp, so a frame is never used twice."""
+    if hasattr(math, "nextafter"):
+        return math.nextafter(stamp, math.inf)
+    return stamp + 1e-9
+
+
+def _median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _to_float(value):
+    return float(value)
+
+
+# ---------------------------------------------------------------- settings
+
+class Settings:
+    """Validated ``configure`` parameters."""
+
+    def __init__(self, params):
+        self.camera_url = string_param(params, "camera_url").strip()
+        from ktamv_helper.cameras import camera_kind
+        try:
+            camera_kind(self.camera_url)
+        except HelperError as exc:
+            exc.details["param"] = "camera_url"
+            raise
+        self.detection_tolerance = number_param(
+            params, "detection_tolerance", 1.0, low=0.0, low_open=True,
+            high=1000.0)
+        self.camera_timeout = number_param(params, "camera_timeout", 5.0,
+                                           low=0.1, high=30.0)
+        self.min_radius = number_param(params, "min_radius", 4.0, low=1.0,
+                                       high=5000.0)
+        self.max_radius = number_param(params, "max_radius", 120.0, low=1.0,
+                                       high=5000.0)
+        if self.max_radius <= self.min_radius:
+            raise _bad("max_radius", "must be larger than min_radius (%g)"
+                       % self.min_radius)
+        debug_dir = params.get("debug_dir")
+        if debug_dir is not None and (not isinstance(debug_dir, str)
+                                      or not debug_dir.strip()):
+            raise _bad("debug_dir", "must be a folder path or null")
+        self.debug_dir = (os.path.expanduser(debug_dir.strip())
+                          if debug_dir else None)
+        self.debug_keep = int_param(params, "debug_keep", 20, low=1,
+                                    high=100000)
+        self.preview_host = string_param(params, "preview_host", "127.0.0.1")
+        self.preview_port = int_param(params, "preview_port", 0, low=0,
+                                      high=65535)
+        self.preview_fps = number_param(params, "preview_fps", 10.0, low=0.5,
+                                        high=30.0)
+
+    @property
+    def preview_key(self):
+        if not self.preview_port:
+            return None
+        return (self.preview_host, self.preview_port, self.preview_fps)
+
+
+# ---------------------------------------------------------------- service
+
+class Service:
+    """The state behind the protocol methods.
+
+    Parameters
+    ----------
+    emit_event : callable, optional
+        ``emit_event(dict)`` sends an unsolicited event line (``log``).
+    """
+
+    def __init__(self, emit_event=None):
+        self._emit_event = emit_event
+        self._lock = threading.RLock()     # settings, camera and preview refs
+        self._open_lock = threading.Lock()  # one camera open at a time
+        self._settings = None
+        self._camera = None
+        self._camera_url = None
+        self._machine = None
+        self._preview = None
+        self._preview_key = None
+        self._preview_error = None
+        self._annotating = False
+        self._closed = False
+        self._methods = {
+            "configure": self.configure,
+            "detect": self.detect,
+            "grab": self.grab,
+            "fit_camera_model": self.fit_camera_model,
+            "preview": self.preview,
+            "version": self.version,
+            "shutdown": self.shutdown,
+            "sim_truth": self.sim_truth,
+        }
+
+    # -- dispatch
+
+    @property
+    def methods(self):
+        """Names of the methods :meth:`call` accepts."""
+        return sorted(self._methods)
+
+    def call(self, method, params=None, received=None):
+        """Run one protocol method.
+
+        Parameters
+        ----------
+        method : str
+        params : dict or None
+        received : float, optional
+            ``time.monotonic()`` when the request arrived (for ``settle``).
+
+        Returns
+        -------
+        dict
+            The method's ``result``.
+
+        Raises
+        ------
+        HelperError
+            With the protocol error code.
+        """
+        handler = self._methods.get(method)
+        if handler is None:
+            raise HelperError("unknown_method",
+                              "Unknown method %r; the helper knows %s."
+                              % (method, ", ".join(self.methods)),
+                              {"method": method})
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise HelperError("invalid_request", "params must be an object.")
+        if received is None:
+            received = time.monotonic()
+        if "machine" in params:
+            self._apply_machine(params["machine"])
+        return handler(params, received)
+
+    def _apply_machine(self, machine):
+        if machine is None:
+            return
+        if not isinstance(machine, dict):
+            raise _bad("machine", "must be an object with position and tool")
+        position = machine.get("position")
+        if position is not None:
+            position = point_param(position, "machine.position", 3)
+        tool = machine.get("tool")
+        if tool is not None and not isinstance(tool, str):
+            raise _bad("machine.tool", "must be a tool name (string)")
+        with self._lock:
+            self._machine = (position, tool)
+            camera = self._camera
+        if camera is not None:
+            camera.set_machine_state(position, tool)
+
+    def _log_event(self, level, message):
+        getattr(log, level if level != "info" else "info")(message)
+        if self._emit_event is not None:
+            self._emit_event({"event": "log", "level": level,
+                              "message": message})
+
+    # -- state helpers
+
+    def _require_settings(self):
+        with self._lock:
+            settings = self._settings
+        if settings is None:
+            raise HelperError("not_configured",
+                              "The helper has no camera yet: the extra must "
+                              "send configure first (check nozzle_cam_url in "
+                              "[ktamv] and run KTAMV_SEND_SERVER_CFG).")
+        return settings
+
+    def _get_camera(self, settings):
+        """The open camera for ``settings``, opening it on first use."""
+        with self._lock:
+            if self._camera is not None and self._camera_url == settings.camera_url:
+                return self._camera
+        with self._open_lock:
+            with self._lock:
+                if (self._camera is not None
+                        and self._camera_url == settings.camera_url):
+                    return self._camera
+            from ktamv_helper.cameras import open_camera
+            camera = open_camera(settings.camera_url, settings.camera_timeout)
+            with self._lock:
+                current = self._settings
+                if (self._closed or current is None
+                        or current.camera_url != settings.camera_url):
+                    # Reconfigured (or shut down) while opening.
+                    stale = True
+                else:
+                    stale = False
+                    self._camera = camera
+                    self._camera_url = settings.camera_url
+                    machine = self._machine
+            if stale:
+                camera.close()
+                raise HelperError("camera_unreachable",
+                                  "The camera changed while %s was being "
+                                  "opened; try again." % settings.camera_url)
+            if machine is not None:
+                camera.set_machine_state(*machine)
+            return camera
+
+    def _close_camera(self):
+        with self._lock:
+            camera, self._camera, self._camera_url = self._camera, None, None
+        if camera is not None:
+            try:
+                camera.close()
+            except Exception:
+                log.exception("closing camera %s failed", camera.url)
+
+    # -- configure
+
+    def configure(self, params, received):
+        settings = Settings(params)
+        with self._lock:
+            old = self._settings
+            self._settings = settings
+            url_changed = old is None or old.camera_url != settings.camera_url
+        if url_changed:
+            self._close_camera()
+        self._configure_preview(settings)
+        status = self._preview_status()
+        return {"camera_url": settings.camera_url,
+                "preview": {"running": status["running"],
+                            "url": status["url"],
+                            "error": status["error"]}}
+
+    def _configure_preview(self, settings):
+        key = settings.preview_key
+        with self._lock:
+            if key == self._preview_key and (self._preview is not None
+                                             or key is None):
+                return
+            old, self._preview = self._preview, None
+            self._preview_key = key
+            self._preview_error = None
+            annotating = self._annotating
+        if old is not None:
+            try:
+                old.close()
+            except Exception:
+                log.exception("closing the preview server failed")
+        if key is None:
+            with self._lock:
+                self._annotating = False
+            return
+        host, port, fps = key
+        try:
+            from ktamv_helper.preview import PreviewServer
+            preview = PreviewServer(host, port, fps)
+            preview.start()
+        except OSError as exc:
+            error = ("The preview could not listen on %s:%d (%s): pick a free "
+                     "preview_port in [ktamv]." % (host, port, exc.strerror
+                                                   or exc))
+            self._preview_failed(error)
+            return
+        except Exception as exc:
+            self._preview_failed("The preview server failed to start: %s: %s"
+                                 % (type(exc).__name__, exc))
+            return
+        with self._lock:
+            self._preview = preview
+        if annotating:
+            self._start_annotating(preview)
+
+    def _preview_failed(self, error):
+        with self._lock:
+            self._preview_error = error
+            self._annotating = False
+        self._log_event("warning", error)
+
+    def _preview_status(self):
+        with self._lock:
+            preview = self._preview
+            error = self._preview_error
+            annotating = self._annotating
+        status = {"running": False, "annotating": False, "url": None,
+                  "stream_url": None, "snapshot_url": None, "clients": 0,
+                  "error": error}
+        if preview is None:
+            return status
+        try:
+            status.update(preview.status())
+        except Exception as exc:
+            status["error"] = "preview status failed: %s" % exc
+        status.setdefault("annotating", annotating)
+        status["error"] = status.get("error") or error
+        return status
+
+    # -- detect
+
+    def _frame_source(self, settings):
+        """Camera plus the configured timeout, for methods reading frames."""
+        return self._get_camera(settings)
+
+    def _publish(self, image, detection=None, tolerance=None, status_lines=()):
+        with self._lock:
+            preview = self._preview
+        if preview is None:
+            return
+        try:
+            preview.publish(image, detection=detection, tolerance_px=tolerance,
+                            status_lines=tuple(status_lines))
+        except Exception:
+            log.exception("publishing a frame to the preview failed")
+
+    def detect(self, params, received):
+        settings = self._require_settings()
+        frames = int_param(params, "frames", 3, low=1, high=50)
+        earliest = earliest_frame_time(params, received)
+        timeout = number_param(params, "timeout",
+                               min(60.0, settings.camera_timeout
+                                   + 2.0 * frames / 5.0),
+                               low=0.1, high=60.0)
+        tolerance = number_param(params, "tolerance",
+                                 settings.detection_tolerance, low=0.0,
+                                 low_open=True, high=1000.0)
+        max_frames = int_param(params, "max_frames", 3 * frames + 2,
+                               low=frames, high=1000)
+        deadline = received + timeout
+        camera = self._frame_source(settings)
+
+        from ktamv_helper.consensus import consensus
+        from ktamv_helper.detection import detect_nozzle
+
+        detections, stamps = [], []
+        seen = 0
+        last_image = last_detection = None
+        frame_size = None
+        stopped_by = None
+        while seen < max_frames:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stopped_by = "timeout"
+                break
+            try:
+                frame = camera.get_frame(
+                    not_before=earliest,
+                    timeout=min(remaining, settings.camera_timeout))
+            except HelperError as exc:
+                if seen == 0:
+                    raise
+                stopped_by = exc
+                break
+            seen += 1
+            earliest = _just_after(frame.timestamp)
+            frame_size = frame.size
+            detection = detect_nozzle(frame.image, settings.min_radius,
+                                      settings.max_radius)
+            last_image, last_detection = frame.image, detection
+            self._publish(frame.image, detection, tolerance,
+                          ("detect: frame %d of at most %d, %d with a nozzle"
+                           % (seen, max_frames,
+                              len(detections) + (detection is not None)),))
+            if detection is None:
+                continue
+            detections.append(detection)
+            stamps.append(frame.timestamp)
+            agreed = consensus([tuple(d.center) for d in detections],
+                               tolerance, frames)
+            if agreed is None:
+                continue
+            center, used, spread = agreed
+            used = [int(i) for i in used]
+            return {
+                "center": [_to_float(center[0]), _to_float(center[1])],
+                "radius": _to_float(_median([detections[i].radius
+                                             for i in used])),
+                "score": _to_float(_median([detections[i].score
+                                            for i in used])),
+                "frames_used": len(used),
+                "frames_seen": seen,
+                "spread": _to_float(spread),
+                "frame_size": list(frame_size),
+                "frame_time": max(stamps[i] for i in used),
+                "elapsed": time.monotonic() - received,
+            }
+        if seen == 0 and stopped_by == "timeout":
+            raise HelperError("camera_timeout",
+                              "No fresh frame from %s within %.1f s: check "
+                              "that the camera is streaming."
+                              % (settings.camera_url, timeout))
+        return self._detect_failed(settings, frames, seen, detections,
+                                   tolerance, stopped_by, last_image,
+                                   last_detection)
+
+    def _detect_failed(self, settings, needed, seen, detections, tolerance,
+                       stopped_by, last_image, last_detection):
+        details = {"frames_seen": seen, "frames_with_nozzle": len(detections)}
+        if isinstance(stopped_by, HelperError):
+            why = " The camera then failed: %s" % stopped_by.message
+            details["camera_error"] = stopped_by.code
+        elif stopped_by == "timeout":
+            why = " The request's time ran out."
+        else:
+            why = ""
+        if not detections:
+            code = "nozzle_not_found"
+            reason = "nozzle_not_found"
+            message = ("No nozzle found in %d frame%s from the camera.%s Make "
+                       "sure the nozzle is in view and near the image centre, "
+                       "in focus, clean (no ooze or filament on the tip), and "
+                       "evenly lit." % (seen, "" if seen == 1 else "s", why))
+        else:
+            code = "no_consensus"
+            reason = "no_consensus"
+            message = ("The nozzle was found in %d of %d frames but fewer "
+                       "than %d agreed within %.2g px.%s Keep the printer "
+                       "still, check focus and lighting, clean the nozzle, or "
+                       "raise detection_tolerance."
+                       % (len(detections), seen, needed, tolerance, why))
+        if settings.debug_dir and last_image is not None:
+            paths = self._save_debug(settings, last_image, reason,
+                                     last_detection)
+            if paths:
+                details["debug_files"] = paths
+                message += " Frames saved for inspection: %s." % ", ".join(paths)
+        raise HelperError(code, message, details)
+
+    def _save_debug(self, settings, image, reason, detection):
+        try:
+            from ktamv_helper.debug_frames import save_failure
+            return [str(p) for p in save_failure(settings.debug_dir,
+                                                 settings.debug_keep, image,
+                                                 reason, detection=detection)]
+        except Exception as exc:
+            self._log_event("warning", "Could not save the failed frame to "
+                            "%s: %s" % (settings.debug_dir, exc))
+            return []
+
+    # -- grab
+
+    def grab(self, params, received):
+        settings = self._require_settings()
+        earliest = earliest_frame_time(params, received)
+        timeout = number_param(params, "timeout", settings.camera_timeout,
+                               low=0.1, high=60.0)
+        save = params.get("save")
+        if save is not None and (not isinstance(save, str) or not save.strip()):
+            raise _bad("save", "must be a file path or null")
+        camera = self._frame_source(settings)
+        remaining = received + timeout - time.monotonic()
+        frame = camera.get_frame(not_before=earliest,
+                                 timeout=max(0.05, remaining))
+        self._publish(frame.image, status_lines=("grab",))
+        saved = None
+        if save:
+            saved = self._save_image(os.path.expanduser(save.strip()),
+                                     frame.image)
+        return {"frame_size": list(frame.size), "frame_time": frame.timestamp,
+                "age": frame.age(), "saved": saved}
+
+    @staticmethod
+    def _save_image(path, image):
+        import cv2
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise _bad("save", "names a folder that does not exist (%s)"
+                       % folder)
+        try:
+            ok = cv2.imwrite(path, image)
+        except cv2.error as exc:
+            raise _bad("save", "could not be written as an image (%s); use a "
+                       ".jpg or .png name" % str(exc).strip().splitlines()[-1])
+        if not ok:
+            raise _bad("save", "could not be written to %s; check the name "
+                       "(.jpg or .png) and permissions" % path)
+        return os.path.abspath(path)
+
+    # -- fit_camera_model
+
+    def fit_camera_model(self, params, received):
+        pairs = params.get("pairs")
+        if not isinstance(pairs, list):
+            raise _bad("pairs", "is required: a list of {\"xy\": [x, y], "
+                       "\"uv\": [u, v]} objects")
+        if len(pairs) < 3:
+            raise _bad("pairs", "needs at least 3 calibration points (got %d)"
+                       % len(pairs))
+        xy, uv = [], []
+        for index, pair in enumerate(pairs):
+            if not isinstance(pair, dict):
+                raise _bad("pairs[%d]" % index, "must be an object with xy "
+                           "and uv")
+            xy.append(point_param(pair.get("xy"), "pairs[%d].xy" % index))
+            uv.append(point_param(pair.get("uv"), "pairs[%d].uv" % index))
+        max_residual = number_param(params, "max_residual", 0.02, low=0.0,
+                                    low_open=True, high=10.0)
+        from ktamv_helper.camera_model import fit_camera_model
+        return fit_camera_model(xy, uv, max_residual)
+
+    # -- preview
+
+    def preview(self, params, received):
+        action = string_param(params, "action", "status",
+                              choices=("start", "stop", "status"))
+        with self._lock:
+            preview = self._preview
+            configured = self._preview_key is not None
+        if action == "start" and not configured:
+            status = self._preview_status()
+            status["error"] = ("The preview is off: set preview_port in "
+                               "[ktamv] to serve one.")
+            return status
+        if action == "start":
+            with self._lock:
+                self._annotating = preview is not None
+            if preview is not None:
+                self._start_annotating(preview)
+        elif action == "stop":
+            with self._lock:
+                self._annotating = False
+            if preview is not None:
+                preview.stop_continuous()
+        return self._preview_status()
+
+    def _start_annotating(self, preview):
+        state = {"earliest": None}
+
+        def produce():
+            settings = self._require_settings()
+            camera = self._get_camera(settings)
+            frame = camera.get_frame(not_before=state["earliest"],
+                                     timeout=settings.camera_timeout)
+            state["earliest"] = _just_after(frame.timestamp)
+            from ktamv_helper.detection import detect_nozzle
+            return frame.image, detect_nozzle(frame.image, settings.min_radius,
+                                              settings.max_radius)
+
+        preview.start_continuous(produce)
+
+    # -- version
+
+    def version(self, params, received):
+        check_camera = bool_param(params, "check_camera", True)
+        import cv2
+        import numpy
+        try:
+            import skimage
+            skimage_version = skimage.__version__
+        except ImportError:
+            skimage_version = None
+        with self._lock:
+            settings = self._settings
+        camera = {"url": settings.camera_url if settings else None,
+                  "reachable": None, "frame_size": None, "error": None}
+        if settings is None:
+            camera["reachable"] = False
+            camera["error"] = "not configured"
+        elif check_camera:
+            camera.update(self._check_camera(settings))
+        return {"helper": __version__, "protocol": PROTOCOL_VERSION,
+                "python": sys.version.split()[0], "opencv": cv2.__version__,
+                "numpy": numpy.__version__, "skimage": skimage_version,
+                "camera": camera, "preview": self._preview_status()}
+
+    def _check_camera(self, settings):
+        """One frame with a short timeout; never raises."""
+        timeout = min(settings.camera_timeout, VERSION_CHECK_TIMEOUT)
+        try:
+            frame = self._get_camera(settings).get_frame(timeout=timeout)
+        except HelperError as exc:
+            return {"reachable": False, "error": exc.message,
+                    "error_code": exc.code}
+        except Exception as exc:
+            log.exception("camera check failed")
+            return {"reachable": False, "error": "%s: %s"
+                    % (type(exc).__name__, exc), "error_code": "internal_error"}
+        return {"reachable": True, "frame_size": list(frame.size)}
+
+    # -- simulation
+
+    def sim_truth(self, params, received):
+        settings = self._require_settings()
+        camera = self._get_camera(settings)
+        truth = getattr(camera, "truth", None)
+        if truth is None:
+            raise HelperError("invalid_request",
+                              "sim_truth needs the simulated camera; the "
+                              "camera_url %s is not sim://."
+                              % settings.camera_url)
+        return truth()
+
+    # -- shutdown
+
+    def shutdown(self, params=None, received=None):
+        self.close()
+        return {"ok": True}
+
+    def close(self):
+        """Stop the preview and the camera (each bounded by their close)."""
+        with self._lock:
+            self._closed = True
+            preview, self._preview = self._preview, None
+            self._annotating = False
+        if preview is not None:
+            try:
+                preview.close()
+            except Exception:
+                log.exception("closing the preview server failed")
+        self._close_camera()
