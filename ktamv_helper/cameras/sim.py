@@ -173,12 +173,16 @@ class SimCamera(CameraSource):
             oldest first (so backlash sees every reversal).
         """
         try:
-            position = [float(position[0]), float(position[1])]
+            if position is not None:
+                position = [float(position[0]), float(position[1])]
             moves = [[float(m[0]), float(m[1])] for m in (moves or ())]
         except (TypeError, ValueError, IndexError):
             raise HelperError("invalid_params",
-                              "machine.position must be a list of numbers [x, y, z].")
+                              "machine.position and machine.moves must be lists of "
+                              "numbers [x, y, z].")
         with self._lock:
+            if position is None:    # only the tool changed
+                position = self.machine.current.commanded
             self.machine.command(self._clock(), position, tool, moves)
 
     def state_at(self, when):
