@@ -7,6 +7,7 @@ with sub-pixel precision through OpenCV's fixed-point ``shift`` argument, so
 a circle drawn at u = 320.4 is not rounded to 320.
 """
 
+import functools
 import math
 
 import cv2
@@ -106,33 +107,68 @@ def placeholder_image(lines, size=(640, 480)):
 def draw_text_block(canvas, lines):
     """Draw ``lines`` top-left on a darkened box, sized to the frame (in place).
 
-    The font scale follows the frame height (about 36 lines fit) and shrinks
-    when the longest line would not fit the width; text OpenCV cannot draw
-    (non-ASCII) is replaced by ``?``.
+    Capitals are 1/40 of the frame height (at least 8 px); a line too wide
+    for the frame wraps at spaces, and only a single word too wide shrinks
+    the font. Text OpenCV cannot draw (non-ASCII) becomes ``?``.
     """
     lines = [_ascii(line) for line in lines if str(line)]
     if not lines:
         return canvas
     height, width = canvas.shape[:2]
-    base_height = cv2.getTextSize("Hg", _FONT, 1.0, 1)[0][1]
-    scale = max(height / 36.0, 9.0) / base_height
+    cap_height = _cap_height()
+    scale = max(height / 40.0, 8.0) / cap_height
+    thickness = max(1, int(round(scale * 1.4)))
     margin = max(3, int(round(height / 80.0)))
-    widest = max(cv2.getTextSize(line, _FONT, 1.0, 1)[0][0] for line in lines)
-    if widest * scale > width - 2 * margin:
-        scale = max((width - 2 * margin) / float(widest), 0.3)
-    text_thickness = max(1, int(round(scale * 1.4)))
-    line_height = int(math.ceil(base_height * scale * 1.6))
+    room = width - 2 * margin
 
-    box_w = max(cv2.getTextSize(line, _FONT, scale, text_thickness)[0][0]
-                for line in lines) + 2 * margin
+    def text_width(text):
+        return cv2.getTextSize(text, _FONT, scale, thickness)[0][0]
+
+    lines = [part for line in lines for part in _wrap(line, room, text_width)]
+    widest = max(text_width(line) for line in lines)
+    if widest > room:
+        scale = max(scale * room / float(widest), 0.25)
+        thickness = max(1, int(round(scale * 1.4)))
+    line_height = int(math.ceil(cap_height * scale * 1.8))
+
+    box_w = max(text_width(line) for line in lines) + 2 * margin
     box_h = line_height * len(lines) + margin
     roi = canvas[0:min(box_h, height), 0:min(box_w, width)]
     roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)
     for index, line in enumerate(lines):
-        baseline_y = margin + line_height * index + int(base_height * scale)
+        baseline_y = margin + line_height * index + int(cap_height * scale)
         cv2.putText(canvas, line, (margin, baseline_y), _FONT, scale,
-                    TEXT_COLOR, text_thickness, cv2.LINE_AA)
+                    TEXT_COLOR, thickness, cv2.LINE_AA)
     return canvas
+
+
+@functools.lru_cache(maxsize=1)
+def _cap_height():
+    """Drawn height of a capital at font scale 1, measured once.
+
+    ``cv2.getTextSize`` reports the font's line box, whose ratio to the
+    drawn glyphs differs between OpenCV versions.
+    """
+    probe = np.zeros((120, 120), np.uint8)
+    cv2.putText(probe, "H", (10, 100), _FONT, 1.0, 255, 1, cv2.LINE_8)
+    rows = np.nonzero(probe.any(axis=1))[0]
+    return float(rows.max() - rows.min() + 1) if rows.size else 22.0
+
+
+def _wrap(line, room, text_width):
+    """Split ``line`` at spaces into pieces at most ``room`` pixels wide."""
+    if text_width(line) <= room:
+        return [line]
+    pieces, current = [], ""
+    for word in line.split():
+        candidate = word if not current else current + " " + word
+        if current and text_width(candidate) > room:
+            pieces.append(current)
+            current = "  " + word  # indent continuation lines
+        else:
+            current = candidate
+    pieces.append(current)
+    return pieces
 
 
 def _as_bgr(image):
