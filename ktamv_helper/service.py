@@ -23,6 +23,8 @@ _REQUIRED = object()
 
 # The longest a version check waits for a frame: it must answer promptly.
 VERSION_CHECK_TIMEOUT = 2.0
+# Most machine.moves kept per request (the protocol promises at most 100).
+MAX_MOVES = 1000
 
 
 # ---------------------------------------------------------------- parameters
@@ -132,6 +134,19 @@ def _just_after(stamp):
     if hasattr(math, "nextafter"):
         return math.nextafter(stamp, math.inf)
     return stamp + 1e-9
+
+
+def _position(value, name):
+    """A machine position: 2 or 3 finite numbers (mm)."""
+    length = len(value) if isinstance(value, (list, tuple)) else 0
+    return point_param(value, name, 3 if length != 2 else 2)
+
+
+def _tell_machine_state(camera, position, tool, moves):
+    if moves:
+        camera.set_machine_state(position, tool, moves)
+    else:
+        camera.set_machine_state(position, tool)
 
 
 def _median(values):
@@ -276,15 +291,26 @@ class Service:
             raise _bad("machine", "must be an object with position and tool")
         position = machine.get("position")
         if position is not None:
-            position = point_param(position, "machine.position", 3)
+            position = _position(position, "machine.position")
         tool = machine.get("tool")
-        if tool is not None and not isinstance(tool, str):
+        if tool is not None and not isinstance(tool, (str, int)):
             raise _bad("machine.tool", "must be a tool name (string)")
+        moves = machine.get("moves") or []
+        if not isinstance(moves, list) or len(moves) > MAX_MOVES:
+            raise _bad("machine.moves", "must be a list of at most %d "
+                       "positions" % MAX_MOVES)
+        moves = [_position(m, "machine.moves[%d]" % i)
+                 for i, m in enumerate(moves)]
         with self._lock:
-            self._machine = (position, tool)
             camera = self._camera
+            if camera is None:
+                # Replayed once when the camera opens (sim:// needs them).
+                pending = self._machine[2] if self._machine else []
+                self._machine = (position, tool, (pending + moves)[-MAX_MOVES:])
+            else:
+                self._machine = (position, tool, [])
         if camera is not None:
-            camera.set_machine_state(position, tool)
+            _tell_machine_state(camera, position, tool, moves)
 
     def _log_event(self, level, message):
         getattr(log, level if level != "info" else "info")(message)
@@ -327,13 +353,15 @@ class Service:
                     self._camera = camera
                     self._camera_url = settings.camera_url
                     machine = self._machine
+                    if machine is not None:
+                        self._machine = (machine[0], machine[1], [])
             if stale:
                 camera.close()
                 raise HelperError("camera_unreachable",
                                   "The camera changed while %s was being "
                                   "opened; try again." % settings.camera_url)
             if machine is not None:
-                camera.set_machine_state(*machine)
+                _tell_machine_state(camera, *machine)
             return camera
 
     def _close_camera(self):

@@ -51,10 +51,11 @@ class CameraSource:
         """
         raise NotImplementedError
 
-    def set_machine_state(self, position, tool):
-        """Hear the commanded toolhead position and active tool.
+    def set_machine_state(self, position, tool, moves=()):
+        """Hear the commanded toolhead position, active tool and moves since.
 
-        Real cameras ignore it; the simulated camera renders from it.
+        Real cameras ignore it; the simulated camera renders from it
+        (``moves``: positions passed through since the previous request).
         """
 
     def close(self):
