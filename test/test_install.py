@@ -1,0 +1,331 @@
+"""install.sh against a fake home folder: a Klipper tree stub, a
+printer_data/config folder with a printer.cfg (ending in a SAVE_CONFIG block)
+and a moonraker.conf.
+
+Downloading OpenCV for every run would take minutes, so most tests seed the
+helper venv the way a previous install would have left it: a venv whose
+site-packages point (through a .pth file) at the repository's .venv. install.sh
+then runs its real steps on it: it reuses the venv, runs
+``pip install --prefer-binary -r requirements.txt`` (pip finds every
+requirement satisfied; PIP_NO_INDEX keeps it off the network) and checks that
+the helper imports. ``test_fresh_venv_creation_and_pip_failure`` covers
+creating a venv from nothing.
+"""
+
+import configparser
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "install.sh"
+ORIGIN = "https://example.invalid/ktamv.git"
+BEGIN_MARK = "# >>> kTAMV (added by kTAMV's install.sh; 'install.sh --uninstall' removes it)"
+END_MARK = "# <<< kTAMV"
+INCLUDE = "[include ktamv_macros.cfg]"
+
+PRINTER_CFG = """\
+# A user's printer.cfg
+[include mainsail.cfg]
+
+[printer]
+kinematics: corexy
+max_velocity: 300
+max_accel: 3000
+
+[gcode_macro T0]
+gcode:
+    ACTIVATE_EXTRUDER EXTRUDER=extruder
+
+#*# <---------------------- SAVE_CONFIG ---------------------->
+#*# DO NOT EDIT THIS BLOCK OR BELOW. The contents are auto-generated.
+#*#
+#*# [extruder]
+#*# control = pid
+#*# pid_kp = 26.213
+"""
+
+MOONRAKER_CONF = """\
+[server]
+host: 0.0.0.0
+port: 7125
+
+[update_manager]
+refresh_interval: 168
+
+[update_manager mainsail]
+type: web
+repo: mainsail-crew/mainsail
+path: ~/mainsail
+"""
+
+
+def site_packages_of_repo_venv():
+    return sysconfig.get_paths()["purelib"]
+
+
+def seed_venv(venv):
+    """A venv (no pip of its own) that sees the repo .venv's packages."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)],
+                   check=True)
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "repo_venv.pth").write_text(site_packages_of_repo_venv() + "\n")
+
+
+@pytest.fixture
+def home(tmp_path):
+    home = tmp_path / "home"
+    (home / "klipper" / "klippy" / "extras").mkdir(parents=True)
+    (home / "klipper" / ".git" / "info").mkdir(parents=True)
+    (home / "klipper" / ".git" / "info" / "exclude").write_text("# git ls-files --others --exclude-from=.git/info/exclude\n")
+    config = home / "printer_data" / "config"
+    config.mkdir(parents=True)
+    (config / "printer.cfg").write_text(PRINTER_CFG)
+    (config / "moonraker.conf").write_text(MOONRAKER_CONF)
+    (config / "mainsail.cfg").write_text("[virtual_sdcard]\npath: ~/printer_data/gcodes\n")
+    return home
+
+
+@pytest.fixture
+def seeded_home(home):
+    seed_venv(home / "ktamv-env")
+    return home
+
+
+def run_install(home, *args, timeout=300):
+    env = dict(os.environ, HOME=str(home), PIP_NO_INDEX="1")
+    env.pop("KTAMV_PIP_ARGS", None)
+    return subprocess.run(
+        ["bash", str(INSTALL), "--allow-root", "--no-apt", "--origin", ORIGIN, *args],
+        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(home):
+    """Every file, link and folder of the Klipper tree and the config folder,
+    with contents or link targets (the rest of the fake home is not ours)."""
+    state = {}
+    paths = [p for top in ("klipper", "printer_data") for p in (home / top).rglob("*")]
+    for path in sorted(paths):
+        rel = str(path.relative_to(home))
+        if path.is_symlink():
+            state[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            state[rel] = ("file", path.read_bytes())
+        else:
+            state[rel] = ("dir",)
+    return state
+
+
+def block_of(text):
+    lines = text.splitlines()
+    start = lines.index(BEGIN_MARK)
+    end = lines.index(END_MARK, start)
+    return lines[start:end + 1]
+
+
+def config_paths(home):
+    config = home / "printer_data" / "config"
+    return config / "printer.cfg", config / "moonraker.conf", config / "ktamv_macros.cfg"
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_install_sets_everything_up_once(seeded_home):
+    home = seeded_home
+    printer_cfg, moonraker_conf, macros = config_paths(home)
+
+    first = run_install(home)
+    assert_ok(first)
+
+    link = home / "klipper" / "klippy" / "extras" / "ktamv.py"
+    assert link.is_symlink()
+    assert os.readlink(link) == str(REPO / "ktamv.py")
+    assert "klippy/extras/ktamv.py" in (home / "klipper" / ".git" / "info" / "exclude").read_text().splitlines()
+
+    text = printer_cfg.read_text()
+    assert text.count(INCLUDE) == 1
+    block = block_of(text)
+    assert INCLUDE in block
+    assert "#[ktamv]" in block
+    assert any(line.startswith("#nozzle_cam_url:") for line in block)
+    assert "#helper_python: %s/bin/python" % (home / "ktamv-env") in block
+    # Nothing in the template is active: Klipper starts before it is filled in.
+    assert [line for line in block if line and not line.startswith("#")] == [INCLUDE]
+    # The user's content is intact and the SAVE_CONFIG block is still last.
+    without_block = text.replace("\n" + "\n".join(block) + "\n", "", 1)
+    assert without_block == PRINTER_CFG
+    save_at = text.index("#*# <---------------------- SAVE_CONFIG")
+    assert text.index(END_MARK) < save_at
+    assert all(line.startswith("#*#") for line in text[save_at:].splitlines())
+
+    conf_text = moonraker_conf.read_text()
+    assert conf_text.count("[update_manager ktamv]") == 1
+    assert conf_text.startswith(MOONRAKER_CONF)
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",))
+    parser.read_string(conf_text)
+    entry = parser["update_manager ktamv"]
+    assert entry["type"] == "git_repo"
+    assert Path(entry["path"]).expanduser() == REPO
+    assert entry["origin"] == ORIGIN
+    assert entry["primary_branch"] == "main"
+    assert entry["managed_services"] == "klipper"
+    assert Path(entry["virtualenv"]).expanduser() == home / "ktamv-env" or \
+        entry["virtualenv"] == "~/ktamv-env"
+    assert (REPO / entry["requirements"]).is_file()
+    assert (REPO / entry["system_dependencies"]).is_file()
+    assert parser["update_manager mainsail"]["repo"] == "mainsail-crew/mainsail"
+
+    assert macros.read_bytes() == (REPO / "examples" / "ktamv_macros.cfg").read_bytes()
+
+    imported = subprocess.run(
+        [str(home / "ktamv-env" / "bin" / "python"), "-c",
+         "import cv2, numpy, skimage; print(cv2.__version__)"],
+        capture_output=True, text=True, cwd=str(home))
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip()
+
+    # Second run: nothing changes, and it says so.
+    before = snapshot(home)
+    second = run_install(home)
+    assert_ok(second)
+    assert snapshot(home) == before
+    assert "already included" in second.stdout
+    assert "already present" in second.stdout
+    assert "already linked" in second.stdout
+
+
+def test_uninstall_restores_the_users_files(seeded_home):
+    home = seeded_home
+    printer_cfg, moonraker_conf, macros = config_paths(home)
+    exclude = home / "klipper" / ".git" / "info" / "exclude"
+    exclude_before = exclude.read_text()
+    assert_ok(run_install(home))
+
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    assert not (home / "klipper" / "klippy" / "extras" / "ktamv.py").exists()
+    assert printer_cfg.read_text() == PRINTER_CFG
+    assert moonraker_conf.read_text() == MOONRAKER_CONF
+    assert not macros.exists()
+    assert exclude.read_text() == exclude_before
+    assert (home / "ktamv-env" / "bin" / "python").exists()
+    assert "--remove-venv" in result.stdout
+
+    # Uninstalling again changes nothing; --remove-venv deletes the venv.
+    before = snapshot(home)
+    assert_ok(run_install(home, "--uninstall"))
+    assert snapshot(home) == before
+    assert_ok(run_install(home, "--uninstall", "--remove-venv"))
+    assert not (home / "ktamv-env").exists()
+
+
+def test_uninstall_keeps_a_ktamv_section_the_user_enabled(seeded_home):
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    assert_ok(run_install(home))
+    # The user enables the template and edits the macros.
+    text = printer_cfg.read_text()
+    text = text.replace("#[ktamv]", "[ktamv]", 1)
+    text = "\n".join(
+        line[1:] if line.startswith("#nozzle_cam_url:") else line
+        for line in text.split("\n"))
+    printer_cfg.write_text(text)
+    macros.write_text(macros.read_text() + "\n# my own tweak\n")
+
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    after = printer_cfg.read_text()
+    assert INCLUDE not in after
+    assert BEGIN_MARK not in after and END_MARK not in after
+    assert "\n[ktamv]\n" in after
+    assert any(line.startswith("nozzle_cam_url:") for line in after.splitlines())
+    assert "[ktamv] section" in result.stderr
+    assert macros.exists()
+    assert "you changed it" in result.stdout
+
+
+def test_existing_ktamv_setup_is_kept(seeded_home):
+    """An old kTAMV user: [ktamv] in an included file, an old update entry."""
+    home = seeded_home
+    printer_cfg, moonraker_conf, _ = config_paths(home)
+    config = printer_cfg.parent
+    (config / "ktamv.cfg").write_text(
+        "[ktamv]\nnozzle_cam_url: http://localhost/webcam2/snapshot\n"
+        "server_url: http://localhost:8085\nmove_speed: 1800\n")
+    user_cfg = PRINTER_CFG.replace("[include mainsail.cfg]", "[include mainsail.cfg]\n[include ktamv.cfg]")
+    printer_cfg.write_text(user_cfg)
+    old_entry = ("\n[update_manager ktamv]\ntype: git_repo\npath: ~/kTAMV\n"
+                 "origin: https://github.com/TypQxQ/kTAMV.git\nmanaged_services: klipper\n")
+    moonraker_conf.write_text(MOONRAKER_CONF + old_entry)
+
+    result = run_install(home)
+    assert_ok(result)
+    text = printer_cfg.read_text()
+    assert text.count(INCLUDE) == 1
+    assert "[ktamv]" not in text  # no second, commented template
+    assert "keeping your existing [ktamv] section in %s" % (config / "ktamv.cfg") in result.stdout
+    assert moonraker_conf.read_text() == MOONRAKER_CONF + old_entry
+    assert "~/kTAMV" in result.stderr
+
+    assert_ok(run_install(home, "--uninstall"))
+    assert printer_cfg.read_text() == user_cfg
+    assert moonraker_conf.read_text() == MOONRAKER_CONF + old_entry
+    assert (config / "ktamv.cfg").read_text().startswith("[ktamv]\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-k", "/nonexistent/klipper"], "no Klipper found at /nonexistent/klipper"),
+    (["-c", "/nonexistent/config"], "config directory /nonexistent/config does not exist"),
+    (["--bogus"], "unknown option '--bogus'"),
+])
+def test_bad_arguments_change_nothing(home, args, message):
+    before = snapshot(home)
+    for extra in ([], ["--uninstall"]):
+        result = run_install(home, *args, *extra)
+        assert result.returncode != 0
+        assert message in result.stderr
+        assert snapshot(home) == before
+    assert not (home / "ktamv-env").exists()
+
+
+def test_refuses_root_without_allow_root(home):
+    if os.geteuid() != 0:
+        pytest.skip("needs to run as root to see the refusal")
+    env = dict(os.environ, HOME=str(home))
+    result = subprocess.run(["bash", str(INSTALL), "--no-apt"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "not as root" in result.stderr
+    assert not (home / "ktamv-env").exists()
+
+
+def test_fresh_venv_creation_and_pip_failure(home):
+    """No venv yet: install.sh creates one; pip cannot reach an index here,
+    so the install stops with pip's reason before touching Klipper or configs."""
+    before = snapshot(home)
+    result = run_install(home, "--python", sys.executable)
+    assert result.returncode != 0
+    assert "creating helper venv" in result.stdout
+    assert (home / "ktamv-env" / "pyvenv.cfg").is_file()
+    assert "pip could not install" in result.stderr
+    assert snapshot(home) == before
+
+
+def test_missing_moonraker_conf_is_a_warning(seeded_home):
+    home = seeded_home
+    printer_cfg, moonraker_conf, _ = config_paths(home)
+    moonraker_conf.unlink()
+    result = run_install(home)
+    assert_ok(result)
+    assert "skipping Moonraker's update_manager entry" in result.stderr
+    assert not moonraker_conf.exists()
+    assert printer_cfg.read_text().count(INCLUDE) == 1
