@@ -1,0 +1,1175 @@
+# kTAMV: tool alignment using machine vision
+#
+# A Klippy extra: the [ktamv] section starts the vision helper
+# (python -m ktamv_helper) as a child process, talks to it with one JSON
+# object per line over its stdin/stdout (docs/protocol.md) and waits for
+# replies through Klipper's reactor, so Klipper never blocks on the camera.
+#
+# This file may be distributed under the terms of the GNU GPLv3 license.
+import atexit, errno, json, logging, math, os, shlex, subprocess, sys, time
+import weakref
+
+PROTOCOL_VERSION = 1
+# Most bytes kept from one unterminated helper output line (the protocol
+# caps a line at 1 MiB; anything longer is garbage).
+MAX_LINE_BYTES = 4 * 1024 * 1024
+READ_CHUNK = 65536
+# Helper restarts allowed within RESTART_WINDOW seconds before giving up.
+MAX_STARTS = 3
+RESTART_WINDOW = 60.
+# The protocol sends at most this many machine.moves per request.
+MAX_MOVES = 100
+DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
+DEFAULT_TOOL_NAME = "default"
+
+class HelperFailure(Exception):
+    """A request that did not produce a result; ``message`` is for users."""
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+
+# Helpers still alive, killed at interpreter exit as a backstop for
+# klippy:disconnect (a WeakSet so finished ones do not linger).
+_live_helpers = weakref.WeakSet()
+
+def _kill_live_helpers():
+    for helper in list(_live_helpers):
+        helper.kill()
+
+atexit.register(_kill_live_helpers)
+
+def _set_nonblock(fd):
+    import fcntl
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+######################################################################
+# Helper process: spawn, line IO through the reactor, requests, restart
+######################################################################
+
+class HelperProcess:
+    def __init__(self, reactor, argv, cwd=None, env=None, startup_timeout=10.,
+                 on_ready=None):
+        self.reactor = reactor
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.env = env
+        self.startup_timeout = startup_timeout
+        self.on_ready = on_ready
+        self.proc = None
+        self.state = "stopped"
+        self.last_error = ""
+        self.ready_info = {}
+        self.ready_completion = None
+        self.pending = {}
+        self.next_id = 1
+        self.start_times = []
+        self.fd_handles = []
+        self.buffers = {}
+        self.reap_timer = None
+    # Lifecycle
+    def start(self):
+        """Spawn the helper; returns at once (the ready event comes later)."""
+        now = self.reactor.monotonic()
+        self.start_times = [t for t in self.start_times
+                            if now - t < RESTART_WINDOW]
+        if len(self.start_times) >= MAX_STARTS:
+            self.state = "failed"
+            raise HelperFailure(
+                "helper_failed",
+                "The vision helper stopped %d times within %d s, so kTAMV "
+                "stopped restarting it. Last problem: %s Check the lines "
+                "starting with 'ktamv helper:' in klippy.log, fix the cause "
+                "and run RESTART." % (len(self.start_times),
+                                      RESTART_WINDOW, self.last_error))
+        self.start_times.append(now)
+        try:
+            proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, cwd=self.cwd, env=self.env,
+                close_fds=True)
+        except OSError as e:
+            self.state = "failed"
+            self.last_error = ("Cannot start the vision helper %r: %s."
+                               % (" ".join(self.argv), e.strerror or e))
+            raise HelperFailure("helper_failed", self.last_error + (
+                " Check helper_python / helper_command in [ktamv] (install.sh"
+                " creates %s)." % (DEFAULT_HELPER_VENV,)))
+        self.proc = proc
+        _live_helpers.add(self)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            _set_nonblock(f.fileno())
+        self.buffers = {proc.stdout.fileno(): b"", proc.stderr.fileno(): b""}
+        self.fd_handles = [
+            self.reactor.register_fd(proc.stdout.fileno(), self._read_stdout),
+            self.reactor.register_fd(proc.stderr.fileno(), self._read_stderr)]
+        self.ready_completion = self.reactor.completion()
+        self.ready_info = {}
+        self.state = "starting"
+        logging.info("ktamv: started vision helper pid %d: %s", proc.pid,
+                     " ".join(self.argv))
+    def get_pid(self):
+        if self.proc is None:
+            return None
+        return self.proc.pid
+    def is_running(self):
+        return self.proc is not None and self.state in ("starting", "ready")
+    def ensure_ready(self):
+        """Start the helper if needed and wait (bounded) for its ready."""
+        if not self.is_running():
+            self.start()
+        if self.state == "ready":
+            return
+        deadline = self.reactor.monotonic() + self.startup_timeout
+        info = self.ready_completion.wait(deadline)
+        if self.state == "ready":
+            return
+        if info is None and self.is_running():
+            self.last_error = ("The vision helper did not announce itself "
+                               "within %.0f s." % (self.startup_timeout,))
+            self._terminate_now()
+            self._helper_gone(self.last_error)
+        raise HelperFailure("helper_failed", self.last_error + (
+            " See the lines starting with 'ktamv helper:' in klippy.log."))
+    def _helper_gone(self, reason):
+        """Forget the process: close pipes, fail pending requests, reap."""
+        if self.proc is None:
+            return
+        proc = self.proc
+        self.proc = None
+        for handle in self.fd_handles:
+            self.reactor.unregister_fd(handle)
+        self.fd_handles = []
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+        self.last_error = reason
+        if self.state != "stopped":
+            self.state = "exited"
+        logging.warning("ktamv: %s", reason)
+        pending = self.pending
+        self.pending = {}
+        failure = {"error": {"code": "helper_died", "message": reason + (
+            " The command was not completed; kTAMV restarts the helper on"
+            " the next command.")}}
+        for completion in pending.values():
+            completion.complete(failure)
+        if self.ready_completion is not None:
+            self.ready_completion.complete(None)
+        self._reap_later(proc)
+    def _reap_later(self, proc, attempts=50):
+        # Collect the exit status without blocking the reactor.
+        if proc.poll() is not None:
+            logging.info("ktamv: helper pid %d ended with exit code %s",
+                         proc.pid, proc.returncode)
+            return
+        state = {"left": attempts}
+        def check(eventtime):
+            if proc.poll() is not None:
+                logging.info("ktamv: helper pid %d ended with exit code %s",
+                             proc.pid, proc.returncode)
+                self.reactor.unregister_timer(timer)
+                return self.reactor.NEVER
+            state["left"] -= 1
+            if state["left"] <= 0:
+                logging.warning("ktamv: helper pid %d does not exit; killing"
+                                " it", proc.pid)
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+                state["left"] = 10
+            return eventtime + 0.1
+        timer = self.reactor.register_timer(
+            check, self.reactor.monotonic() + 0.1)
+    def _terminate_now(self):
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+    def stop(self, grace=1.0):
+        """Ask the helper to exit, then terminate/kill and reap it.
+
+        Used at klippy:disconnect, when the reactor no longer runs, so it
+        may wait (bounded) for the process with the standard library.
+        """
+        proc = self.proc
+        self.state = "stopped"
+        if proc is None:
+            return
+        try:
+            self._write_line({"id": 0, "method": "shutdown"})
+        except HelperFailure:
+            pass
+        for f in (proc.stdin,):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+        for signal_it in (None, proc.terminate, proc.kill):
+            if signal_it is not None:
+                try:
+                    signal_it()
+                except OSError:
+                    pass
+            try:
+                proc.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._helper_gone("The vision helper was stopped (exit code %s)."
+                          % (proc.returncode,))
+        _live_helpers.discard(self)
+    def kill(self):
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.kill()
+                proc.wait(2.)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    # Reading
+    def _read_fd(self, fd):
+        """Read what is there; returns (complete lines, eof)."""
+        chunks = []
+        eof = False
+        while 1:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                eof = True
+                break
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            if len(data) < READ_CHUNK:
+                break
+        data = self.buffers.get(fd, b"") + b"".join(chunks)
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_LINE_BYTES:
+            logging.warning("ktamv: discarding %d bytes of helper output "
+                            "without a line end", len(rest))
+            rest = b""
+        self.buffers[fd] = rest
+        return lines, eof
+    def _read_stderr(self, eventtime):
+        if self.proc is None:
+            return
+        lines, eof = self._read_fd(self.proc.stderr.fileno())
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                logging.info("ktamv helper: %s", text)
+        if eof:
+            # Keep waiting for stdout's EOF, which ends the helper's life.
+            for handle in list(self.fd_handles):
+                if handle.fd == self.proc.stderr.fileno():
+                    self.reactor.unregister_fd(handle)
+                    self.fd_handles.remove(handle)
+    def _read_stdout(self, eventtime):
+        if self.proc is None:
+            return
+        proc = self.proc
+        lines, eof = self._read_fd(proc.stdout.fileno())
+        for line in lines:
+            self._handle_line(line)
+        if eof and self.proc is proc:
+            code = proc.poll()
+            if code is None:
+                reason = "The vision helper closed its output."
+            else:
+                reason = ("The vision helper exited unexpectedly (exit code"
+                          " %s)." % (code,))
+            self._helper_gone(reason)
+    def _handle_line(self, line):
+        try:
+            msg = json.loads(line.decode("utf-8"))
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict):
+            logging.warning("ktamv: ignoring a helper output line that is not"
+                            " a protocol message: %r", line[:200])
+            return
+        if "event" in msg:
+            self._handle_event(msg)
+            return
+        req_id = msg.get("id")
+        completion = self.pending.pop(req_id, None)
+        if completion is None:
+            logging.info("ktamv: ignoring a late or unknown reply id %r",
+                         req_id)
+            return
+        completion.complete(msg)
+    def _handle_event(self, msg):
+        event = msg.get("event")
+        if event == "ready":
+            if msg.get("protocol") != PROTOCOL_VERSION:
+                self.last_error = (
+                    "The vision helper speaks protocol %r but this ktamv.py "
+                    "needs %d; update both from the same kTAMV checkout."
+                    % (msg.get("protocol"), PROTOCOL_VERSION))
+                logging.warning("ktamv: %s", self.last_error)
+                self._terminate_now()
+                return
+            self.state = "ready"
+            self.ready_info = dict(msg)
+            logging.info("ktamv: vision helper %s ready (pid %s, python %s)",
+                         msg.get("helper"), msg.get("pid"), msg.get("python"))
+            self.ready_completion.complete(msg)
+            if self.on_ready is not None:
+                self.on_ready()
+        elif event == "log":
+            logging.info("ktamv helper [%s]: %s", msg.get("level", "info"),
+                         msg.get("message"))
+        elif event == "error":
+            logging.warning("ktamv helper reported %s: %s", msg.get("code"),
+                            msg.get("message"))
+        else:
+            logging.info("ktamv: ignoring helper event %r", event)
+    # Requests
+    def _write_line(self, msg):
+        proc = self.proc
+        if proc is None:
+            raise HelperFailure("helper_died", "The vision helper is not "
+                                "running.")
+        data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(proc.stdin.fileno(), view)
+                view = view[written:]
+        except (BlockingIOError, InterruptedError):
+            # Requests are small; a full pipe means the helper stopped
+            # reading. Never wait for it inside Klippy.
+            self._terminate_now()
+            raise HelperFailure("helper_stuck", "The vision helper stopped "
+                                "reading requests; it was stopped and will be"
+                                " restarted on the next command.")
+        except OSError as e:
+            raise HelperFailure("helper_died", "Cannot send to the vision "
+                                "helper (%s); it will be restarted on the "
+                                "next command." % (e.strerror or e,))
+    def send(self, method, params=None):
+        """Send a request without waiting; returns its completion."""
+        req_id = self.next_id
+        self.next_id += 1
+        msg = {"id": req_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        completion = self.reactor.completion()
+        self.pending[req_id] = completion
+        try:
+            self._write_line(msg)
+        except HelperFailure:
+            self.pending.pop(req_id, None)
+            raise
+        return req_id, completion
+    def request(self, method, params=None, timeout=10.):
+        """Send a request and wait (through the reactor) for its result.
+
+        Raises HelperFailure with the helper's sentence on an error reply,
+        on timeout or when the helper dies meanwhile.
+        """
+        self.ensure_ready()
+        req_id, completion = self.send(method, params)
+        reply = completion.wait(self.reactor.monotonic() + timeout)
+        if reply is None:
+            self.pending.pop(req_id, None)
+            raise HelperFailure("helper_timeout", (
+                "The vision helper did not answer %s within %.1f s; any late"
+                " answer will be ignored. Check the camera and the lines "
+                "starting with 'ktamv helper:' in klippy.log."
+                % (method, timeout)))
+        if "error" in reply:
+            error = reply.get("error")
+            if not isinstance(error, dict):
+                error = {"code": "internal_error", "message": str(error)}
+            raise HelperFailure(str(error.get("code", "internal_error")),
+                                str(error.get("message", "unknown error")))
+        result = reply.get("result")
+        if not isinstance(result, dict):
+            result = {"value": result}
+        return result
+
+######################################################################
+# Camera model: pixels to machine millimetres
+######################################################################
+
+class CameraModel:
+    """The 2x2 linear part [[a, b], [d, e]] of the pixel to mm map."""
+    def __init__(self, matrix, fit=None):
+        (a, b), (d, e) = matrix
+        self.matrix = [[float(a), float(b)], [float(d), float(e)]]
+        self.fit = dict(fit or {})
+    @classmethod
+    def from_flat(cls, values):
+        a, b, d, e = values
+        return cls([[a, b], [d, e]])
+    def flat(self):
+        (a, b), (d, e) = self.matrix
+        return [a, b, d, e]
+    def determinant(self):
+        (a, b), (d, e) = self.matrix
+        return a * e - b * d
+    def mm_per_px(self):
+        return math.sqrt(abs(self.determinant()))
+    def rotation_deg(self):
+        (a, b), (d, e) = self.matrix
+        return math.degrees(math.atan2(d, a))
+    def mirrored(self):
+        return self.determinant() > 0.
+    def px_to_mm(self, du, dv):
+        """Toolhead move (dx, dy) that shifts the nozzle image by (du, dv)."""
+        (a, b), (d, e) = self.matrix
+        return a * du + b * dv, d * du + e * dv
+    def config_value(self):
+        return ", ".join("%.9g" % (v,) for v in self.flat())
+    def summary(self):
+        res = {'matrix': [list(row) for row in self.matrix],
+               'mm_per_px': self.mm_per_px(),
+               'rotation_deg': self.rotation_deg(),
+               'mirrored': self.mirrored()}
+        for key in ('rms_mm', 'max_residual_mm', 'used', 'rejected',
+                    'scale_uv'):
+            if key in self.fit:
+                res[key] = self.fit[key]
+        return res
+
+def image_center(frame_size):
+    """Centre of a W x H frame in OpenCV pixel coordinates."""
+    width, height = frame_size
+    return (width - 1) / 2., (height - 1) / 2.
+
+######################################################################
+# Motion: homing check, travel fence, backlash approach
+######################################################################
+
+class KtamvMotion:
+    def __init__(self, printer, speed, backlash, max_travel):
+        self.printer = printer
+        self.speed = speed
+        self.backlash = backlash
+        self.max_travel = max_travel
+        self.toolhead = None
+        self.step_dist = 0.
+        self.moves = []
+        self.fence_start = None
+    def handle_connect(self):
+        self.toolhead = self.printer.lookup_object('toolhead')
+        # The smallest XY step: a correction below half of it cannot move
+        # the nozzle, so centring stops there (the image corrects the rest).
+        dists = []
+        try:
+            for s in self.toolhead.get_kinematics().get_steppers():
+                if s.is_active_axis('x') or s.is_active_axis('y'):
+                    dists.append(s.get_step_dist())
+        except Exception:
+            logging.exception("ktamv: cannot read stepper step distances")
+        self.step_dist = min(dists) if dists else 0.
+    def position(self):
+        return self.toolhead.get_position()
+    def check_homed(self):
+        eventtime = self.printer.get_reactor().monotonic()
+        homed = self.toolhead.get_status(eventtime)['homed_axes']
+        if 'x' not in homed or 'y' not in homed:
+            raise self.printer.command_error(
+                "kTAMV needs X and Y homed before it moves the toolhead; run"
+                " G28 first.")
+    def begin(self):
+        """Start a command's travel fence at the current position."""
+        self.check_homed()
+        pos = self.position()
+        self.fence_start = (pos[0], pos[1])
+        return self.fence_start
+    def waypoints(self, x, y):
+        """The points a move to (x, y) passes, backlash approach first."""
+        if self.backlash <= 0.:
+            return [(x, y)]
+        pos = self.position()
+        b = self.backlash
+        # Arrive moving +X and +Y by at least the backlash on both axes, so
+        # the slack is always taken up the same way.
+        if pos[0] <= x - b and pos[1] <= y - b:
+            return [(x, y)]
+        return [(x - b, y - b), (x, y)]
+    def check_targets(self, points, what="move"):
+        eventtime = self.printer.get_reactor().monotonic()
+        status = self.toolhead.get_status(eventtime)
+        amin = status.get('axis_minimum')
+        amax = status.get('axis_maximum')
+        for px, py in points:
+            if self.fence_start is not None and self.max_travel > 0.:
+                dist = math.hypot(px - self.fence_start[0],
+                                  py - self.fence_start[1])
+                if dist > self.max_travel + 1e-9:
+                    raise self.printer.command_error(
+                        "kTAMV %s to X%.3f Y%.3f refused: it is %.3f mm from"
+                        " where this command started (X%.3f Y%.3f), more "
+                        "than max_travel = %.3f mm. Nothing was moved for "
+                        "this step; check the camera calibration or raise "
+                        "max_travel." % (what, px, py, dist,
+                                         self.fence_start[0],
+                                         self.fence_start[1],
+                                         self.max_travel))
+            if amin is not None and amax is not None:
+                if (px < amin[0] or px > amax[0] or py < amin[1]
+                    or py > amax[1]):
+                    raise self.printer.command_error(
+                        "kTAMV %s to X%.3f Y%.3f refused: outside the "
+                        "printer's limits X%.3f..%.3f Y%.3f..%.3f."
+                        % (what, px, py, amin[0], amax[0], amin[1], amax[1]))
+    def snap(self, value):
+        """Round a coordinate to a whole number of motor steps.
+
+        The motors can only hold whole (micro)steps, so commanding one makes
+        the commanded position the physical one; the image then measures
+        the remaining sub-step error instead of it hiding in the rounding.
+        """
+        if self.step_dist <= 0.:
+            return value
+        return round(value / self.step_dist) * self.step_dist
+    def move_to(self, x, y, what="move"):
+        """Move XY through the toolhead, backlash-proof, and wait for it."""
+        points = [(self.snap(px), self.snap(py))
+                  for px, py in self.waypoints(x, y)]
+        self.check_targets(points, what)
+        for px, py in points:
+            self.toolhead.manual_move([px, py, None], self.speed)
+            self.moves.append(self.toolhead.get_position()[:3])
+        self.toolhead.wait_moves()
+    def take_moves(self):
+        """Positions commanded since the last request (for the sim camera)."""
+        moves = self.moves[-MAX_MOVES:]
+        self.moves = []
+        return moves
+
+######################################################################
+# Statistics of repeated offset measurements
+######################################################################
+
+def offset_statistics(samples):
+    """Mean, sample standard deviation and range of [(x, y), ...]."""
+    count = len(samples)
+    res = {'count': count}
+    if not count:
+        return res
+    mean = [sum(s[i] for s in samples) / count for i in (0, 1)]
+    if count > 1:
+        stdev = [math.sqrt(sum((s[i] - mean[i]) ** 2 for s in samples)
+                           / (count - 1)) for i in (0, 1)]
+    else:
+        stdev = [0., 0.]
+    rng = [max(s[i] for s in samples) - min(s[i] for s in samples)
+           for i in (0, 1)]
+    res.update({'mean': mean, 'stdev': stdev, 'range': rng})
+    return res
+
+######################################################################
+# The [ktamv] extra
+######################################################################
+
+class Ktamv:
+    def __init__(self, config):
+        self.printer = config.get_printer()
+        self.reactor = self.printer.get_reactor()
+        self.name = config.get_name()
+        # kTAMV's options
+        self.camera_url = config.get('nozzle_cam_url')
+        self.move_speed = config.getfloat('move_speed', 1800., above=0.,
+                                          maxval=60000.)
+        self.detection_tolerance = config.getfloat(
+            'detection_tolerance', 1., minval=0., maxval=50.)
+        ignored = [opt for opt in ('server_url', 'send_frame_to_cloud')
+                   if config.get(opt, None) is not None]
+        if ignored:
+            logging.warning(
+                "ktamv: option(s) %s are ignored: the vision work runs in a "
+                "helper process started by Klipper and nothing is uploaded.",
+                ", ".join(ignored))
+        # The helper
+        self.helper_python = config.get('helper_python', None)
+        self.helper_command = config.get('helper_command', None)
+        self.helper_timeout = config.getfloat('helper_timeout', 10.,
+                                              minval=1., maxval=300.)
+        self.camera_timeout = config.getfloat('camera_timeout', 5.,
+                                              minval=0.1, maxval=30.)
+        self.debug_dir = config.get('debug_dir', None)
+        self.preview_host = config.get('preview_host', '127.0.0.1')
+        self.preview_port = config.getint('preview_port', 0, minval=0,
+                                          maxval=65535)
+        # Measuring
+        self.settle_time = config.getfloat('settle_time', 0.3, minval=0.,
+                                           maxval=10.)
+        self.detection_frames = config.getint('detection_frames', 3,
+                                              minval=1, maxval=50)
+        self.calibration_radius = config.getfloat(
+            'calibration_radius', 0.5, above=0., maxval=10.)
+        self.calibration_points = config.getint('calibration_points', 10,
+                                                minval=4, maxval=50)
+        self.center_tolerance = config.getfloat('center_tolerance', 0.3,
+                                                above=0., maxval=50.)
+        self.center_max_moves = config.getint('center_max_moves', 8,
+                                              minval=1, maxval=50)
+        backlash = config.getfloat('backlash_approach', 0.5, minval=0.,
+                                   maxval=5.)
+        max_travel = config.getfloat('max_travel', 5., above=0.,
+                                     maxval=1000.)
+        self.camera_position = config.getfloatlist('camera_position', None,
+                                                   count=2)
+        self.tool_status = config.get('tool_status', '').strip()
+        if self.tool_status and '.' not in self.tool_status:
+            raise config.error(
+                "Option 'tool_status' in section '%s' must look like "
+                "OBJECT.FIELD (e.g. gcode_macro _KTAMV_TOOL.current), not %r"
+                % (self.name, self.tool_status))
+        self.model = None
+        matrix = config.getfloatlist('camera_matrix', None, count=4)
+        if matrix is not None:
+            model = CameraModel.from_flat(matrix)
+            if not 0.001 <= model.mm_per_px() <= 0.2:
+                raise config.error(
+                    "Option 'camera_matrix' in section '%s' gives %.5f mm per"
+                    " pixel; a usable nozzle camera has 0.001..0.2. Delete "
+                    "the option and run KTAMV_CALIB_CAMERA again."
+                    % (self.name, model.mm_per_px()))
+            self.model = model
+        self.motion = KtamvMotion(self.printer, self.move_speed / 60.,
+                                  backlash, max_travel)
+        self.helper = HelperProcess(
+            self.reactor, self._helper_argv(), cwd=self._repo_dir(),
+            env=self._helper_env(), startup_timeout=self.helper_timeout,
+            on_ready=self._send_configure)
+        # State reported by get_status()
+        self.configure_pending = None
+        self.configure_error = None
+        self.preview_info = None
+        self.last_detection = None
+        self.last_center_moves = 0
+        self.last_nozzle_center_successful = False
+        self.last_calculated_offset = [0., 0.]
+        self.origin = None
+        self.offsets = {}
+        self.samples = {}
+        # Events and commands
+        self.printer.register_event_handler("klippy:connect",
+                                            self._handle_connect)
+        self.printer.register_event_handler("klippy:disconnect",
+                                            self._handle_disconnect)
+        gcode = self.printer.lookup_object('gcode')
+        for cmd in ('CALIB_CAMERA', 'FIND_NOZZLE_CENTER', 'SET_ORIGIN',
+                    'GET_OFFSET', 'MOVE_TO_ORIGIN', 'SIMPLE_NOZZLE_POSITION',
+                    'TEST', 'START_PREVIEW', 'STOP_PREVIEW',
+                    'SEND_SERVER_CFG', 'OFFSET_STATISTICS'):
+            gcode.register_command(
+                'KTAMV_' + cmd, getattr(self, 'cmd_KTAMV_' + cmd),
+                desc=getattr(self, 'cmd_KTAMV_' + cmd + '_help'))
+    # Helper command line
+    def _repo_dir(self):
+        return os.path.dirname(os.path.realpath(__file__))
+    def _helper_argv(self):
+        if self.helper_command:
+            return shlex.split(self.helper_command)
+        return [self._helper_python(), "-m", "ktamv_helper"]
+    def _helper_python(self):
+        if self.helper_python:
+            return os.path.expanduser(self.helper_python)
+        for candidate in (DEFAULT_HELPER_VENV,
+                          os.path.join(self._repo_dir(), ".venv", "bin",
+                                       "python")):
+            path = os.path.expanduser(candidate)
+            if os.path.exists(path):
+                return path
+        # Starting fails with a sentence naming the option to set.
+        return os.path.expanduser(DEFAULT_HELPER_VENV)
+    def _helper_env(self):
+        env = dict(os.environ)
+        repo = self._repo_dir()
+        old = env.get('PYTHONPATH')
+        env['PYTHONPATH'] = repo + (os.pathsep + old if old else "")
+        env['PYTHONUNBUFFERED'] = '1'
+        return env
+    # Events
+    def _handle_connect(self):
+        self.motion.handle_connect()
+        try:
+            self.helper.start()
+        except HelperFailure as e:
+            # Klipper keeps running; commands report the problem.
+            logging.warning("ktamv: %s", e.message)
+    def _handle_disconnect(self):
+        self.helper.stop()
+    def _configure_params(self):
+        params = {'camera_url': self.camera_url,
+                  'camera_timeout': self.camera_timeout,
+                  'preview_host': self.preview_host,
+                  'preview_port': self.preview_port,
+                  'debug_dir': self.debug_dir or None}
+        if self.detection_tolerance > 0.:
+            params['detection_tolerance'] = self.detection_tolerance
+        return params
+    def _send_configure(self):
+        # Runs from the reactor's fd callback: send, never wait here, and
+        # never let an exception escape into the reactor.
+        try:
+            params = self._configure_params()
+            params['machine'] = self._machine_state()
+            req_id, completion = self.helper.send('configure', params)
+        except HelperFailure as e:
+            self.configure_error = e.message
+            return
+        except Exception as e:
+            logging.exception("ktamv: cannot configure the helper")
+            self.configure_error = "Cannot configure the helper: %s" % (e,)
+            return
+        self.configure_pending = completion
+        self.configure_error = None
+        def check(eventtime):
+            reply = completion.wait(eventtime + self.helper_timeout)
+            if reply is None:
+                self.helper.pending.pop(req_id, None)
+                self.configure_error = ("The vision helper did not answer "
+                                        "configure.")
+            elif 'error' in reply:
+                self.configure_error = reply['error'].get('message')
+                logging.warning("ktamv: configure failed: %s",
+                                self.configure_error)
+            else:
+                self.preview_info = reply.get('result', {}).get('preview')
+                preview_error = (self.preview_info or {}).get('error')
+                if preview_error:
+                    logging.warning("ktamv: preview: %s", preview_error)
+            if self.configure_pending is completion:
+                self.configure_pending = None
+        self.reactor.register_callback(check)
+    # Talking to the helper
+    def _current_tool(self):
+        eventtime = self.reactor.monotonic()
+        if not self.tool_status:
+            toolhead = self.printer.lookup_object('toolhead')
+            return toolhead.get_extruder().get_name() or DEFAULT_TOOL_NAME
+        obj_name, field = self.tool_status.rsplit('.', 1)
+        obj = self.printer.lookup_object(obj_name, None)
+        if obj is None or not hasattr(obj, 'get_status'):
+            raise self.printer.command_error(
+                "tool_status in [ktamv] names %r, which is not a printer "
+                "object with a status." % (obj_name,))
+        status = obj.get_status(eventtime)
+        if field not in status:
+            raise self.printer.command_error(
+                "tool_status in [ktamv]: %r has no field %r (it has: %s)."
+                % (obj_name, field, ", ".join(sorted(status)) or "none"))
+        value = status[field]
+        return str(value) if value is not None else DEFAULT_TOOL_NAME
+    def _machine_state(self):
+        toolhead = self.printer.lookup_object('toolhead')
+        machine = {'position': [float(v) for v in
+                                toolhead.get_position()[:3]],
+                   'tool': self._current_tool()}
+        moves = self.motion.take_moves()
+        if moves:
+            machine['moves'] = [[float(v) for v in m] for m in moves]
+        return machine
+    def _call(self, gcmd, method, params=None, timeout=0.):
+        """One helper request for a command; errors become command errors."""
+        params = dict(params or {})
+        try:
+            self.helper.ensure_ready()
+            if self.configure_pending is not None:
+                self.configure_pending.wait(
+                    self.reactor.monotonic() + self.helper_timeout)
+            if self.configure_error and method != 'configure':
+                # A configure that failed (or never arrived) is retried so
+                # a fixed problem heals without RESTART.
+                self._configure_now()
+            params['machine'] = self._machine_state()
+            return self.helper.request(method, params,
+                                       timeout + self.helper_timeout)
+        except HelperFailure as e:
+            raise gcmd.error("kTAMV: %s" % (e.message,))
+    def _configure_now(self):
+        params = self._configure_params()
+        params['machine'] = self._machine_state()
+        try:
+            result = self.helper.request('configure', params,
+                                         self.helper_timeout)
+        except HelperFailure as e:
+            self.configure_error = e.message
+            raise
+        self.configure_error = None
+        self.preview_info = result.get('preview')
+        return result
+    def _detect(self, gcmd, frames=None, after_move=True):
+        """Detect the nozzle in fresh frames; returns the result dict."""
+        frames = frames or self.detection_frames
+        params = {'frames': frames}
+        if after_move:
+            if self.helper_command:
+                params['settle'] = self.settle_time
+            else:
+                params['not_before'] = time.monotonic() + self.settle_time
+        timeout = self.camera_timeout + self.settle_time + 0.4 * frames + 1.
+        params['timeout'] = min(60., timeout)
+        result = self._call(gcmd, 'detect', params, timeout)
+        pos = self.motion.position()
+        self.last_detection = {
+            'uv': [float(v) for v in result['center']],
+            'radius': float(result.get('radius', 0.)),
+            'score': float(result.get('score', 0.)),
+            'frames': int(result.get('frames_used', frames)),
+            'spread': float(result.get('spread', 0.)),
+            'frame_size': [int(v) for v in result['frame_size']],
+            'position': [pos[0], pos[1]],
+            'tool': self._current_tool()}
+        return self.last_detection
+    def _fresh_detection(self, gcmd):
+        """The last detection if it was made here with this tool, or a new one."""
+        det = self.last_detection
+        pos = self.motion.position()
+        if (det is not None and det['tool'] == self._current_tool()
+            and abs(det['position'][0] - pos[0]) < 1e-9
+            and abs(det['position'][1] - pos[1]) < 1e-9):
+            return det
+        return self._detect(gcmd)
+    def _pixel_error(self, det):
+        cu, cv = image_center(det['frame_size'])
+        return cu - det['uv'][0], cv - det['uv'][1]
+    def _corrected_position(self, gcmd):
+        """Toolhead XY that puts the nozzle exactly on the image centre."""
+        pos = self.motion.position()
+        if self.model is None:
+            return (pos[0], pos[1]), False
+        det = self._fresh_detection(gcmd)
+        du, dv = self._pixel_error(det)
+        dx, dy = self.model.px_to_mm(du, dv)
+        return (pos[0] + dx, pos[1] + dy), True
+    def _require_model(self, gcmd):
+        if self.model is None:
+            raise gcmd.error("kTAMV: the camera is not calibrated; put a "
+                             "nozzle over the camera and run "
+                             "KTAMV_CALIB_CAMERA first.")
+    # Commands
+    cmd_KTAMV_CALIB_CAMERA_help = ("Calibrate the nozzle camera: move the "
+                                   "nozzle around this point and fit the "
+                                   "pixel to mm model")
+    def cmd_KTAMV_CALIB_CAMERA(self, gcmd):
+        radius = gcmd.get_float('RADIUS', self.calibration_radius, above=0.,
+                                maxval=10.)
+        count = gcmd.get_int('POINTS', self.calibration_points, minval=4,
+                             maxval=50)
+        start = self.motion.begin()
+        targets = [start] + [
+            (start[0] + radius * math.cos(2. * math.pi * i / count),
+             start[1] + radius * math.sin(2. * math.pi * i / count))
+            for i in range(count)]
+        # Refuse the whole plan before the first move if any point is out.
+        self.motion.check_targets(
+            [p for t in targets for p in self.motion.waypoints(*t)]
+            + [(t[0] - self.motion.backlash, t[1] - self.motion.backlash)
+               for t in targets], "calibration move")
+        gcmd.respond_info("kTAMV: calibrating the camera with %d points on "
+                          "a %.3f mm circle around X%.3f Y%.3f."
+                          % (count, radius, start[0], start[1]))
+        pairs = []
+        missed = []
+        try:
+            self._calibration_points(gcmd, targets, pairs, missed)
+        except Exception:
+            # Leave the nozzle where the user put it, but report the
+            # original problem, not a failure of the way back.
+            try:
+                self.motion.move_to(start[0], start[1], "return to start")
+            except Exception:
+                logging.exception("ktamv: cannot return to the start")
+            raise
+        self.motion.move_to(start[0], start[1], "return to start")
+        if len(pairs) < 3:
+            raise gcmd.error("kTAMV: the nozzle was found at only %d of %d "
+                             "calibration points; nothing was changed. Check "
+                             "focus and lighting (KTAMV_SIMPLE_NOZZLE_POSITION"
+                             ") or use a smaller RADIUS." % (len(pairs),
+                                                            count + 1))
+        fit = self._call(gcmd, 'fit_camera_model', {'pairs': pairs})
+        self.model = CameraModel(fit['matrix'], fit)
+        self.last_detection = None
+        configfile = self.printer.lookup_object('configfile')
+        configfile.set(self.name, 'camera_matrix', self.model.config_value())
+        used = fit.get('used', list(range(len(pairs))))
+        rejected = fit.get('rejected', [])
+        gcmd.respond_info(
+            "kTAMV: camera calibrated: %.5f mm/px (%.1f px/mm), rotation "
+            "%.2f deg, %s, RMS residual %.4f mm; %d points used, %d rejected"
+            " as outliers, %d without a nozzle.\nThe model is in use now; "
+            "run SAVE_CONFIG to keep it after a restart."
+            % (self.model.mm_per_px(), 1. / self.model.mm_per_px(),
+               self.model.rotation_deg(),
+               "mirrored" if self.model.mirrored() else "not mirrored",
+               float(fit.get('rms_mm', 0.)), len(used), len(rejected),
+               len(missed)))
+    def _calibration_points(self, gcmd, targets, pairs, missed):
+        for i, (x, y) in enumerate(targets):
+            self.motion.move_to(x, y, "calibration move")
+            try:
+                det = self._detect(gcmd)
+            except gcmd.error as e:
+                if i == 0:
+                    raise gcmd.error("kTAMV: no nozzle at the start position,"
+                                     " so calibration cannot begin. %s"
+                                     % (e,))
+                missed.append(i)
+                logging.info("ktamv: calibration point %d: %s", i, e)
+                continue
+            pos = self.motion.position()
+            pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
+    cmd_KTAMV_FIND_NOZZLE_CENTER_help = ("Move the nozzle to the centre of "
+                                         "the camera image")
+    def cmd_KTAMV_FIND_NOZZLE_CENTER(self, gcmd):
+        self._require_model(gcmd)
+        tolerance = gcmd.get_float('TOLERANCE', self.center_tolerance,
+                                   above=0., maxval=50.)
+        max_moves = gcmd.get_int('MAX_MOVES', self.center_max_moves,
+                                 minval=1, maxval=50)
+        self.last_nozzle_center_successful = False
+        self.motion.begin()
+        self._center(gcmd, tolerance, max_moves)
+        self.last_nozzle_center_successful = True
+    def _center(self, gcmd, tolerance, max_moves):
+        det = self._detect(gcmd)
+        moves = 0
+        self.last_center_moves = 0
+        half_step = 0.5 * self.motion.step_dist
+        while 1:
+            du, dv = self._pixel_error(det)
+            error_px = math.hypot(du, dv)
+            dx, dy = self.model.px_to_mm(du, dv)
+            if error_px <= tolerance:
+                why = "within %.2f px" % (tolerance,)
+                break
+            if abs(dx) < half_step and abs(dy) < half_step:
+                why = ("within half a motor step (%.4f mm); the image "
+                       "corrects the rest" % (half_step,))
+                break
+            if moves >= max_moves:
+                raise gcmd.error(
+                    "kTAMV: the nozzle did not centre in %d moves: it is "
+                    "still %.2f px (%.4f mm) from the image centre. Check the"
+                    " camera calibration (KTAMV_CALIB_CAMERA) and that the "
+                    "camera is firmly mounted." % (moves, error_px,
+                                                   math.hypot(dx, dy)))
+            pos = self.motion.position()
+            self.motion.move_to(pos[0] + dx, pos[1] + dy, "centring move")
+            moves += 1
+            self.last_center_moves = moves
+            try:
+                det = self._detect(gcmd)
+            except gcmd.error as e:
+                raise gcmd.error("kTAMV: lost the nozzle after centring move"
+                                 " %d. %s" % (moves, e))
+        pos = self.motion.position()
+        gcmd.respond_info(
+            "kTAMV: nozzle centred after %d move(s) at X%.4f Y%.4f, %.3f px "
+            "from the image centre (%s)." % (moves, pos[0], pos[1], error_px,
+                                             why))
+        return det
+    cmd_KTAMV_SET_ORIGIN_help = ("Remember the centred nozzle's position as "
+                                 "the origin that offsets are measured from")
+    def cmd_KTAMV_SET_ORIGIN(self, gcmd):
+        (x, y), corrected = self._corrected_position(gcmd)
+        tool = self._current_tool()
+        self.origin = {'tool': tool, 'position': [x, y]}
+        self.offsets = {tool: [0., 0.]}
+        self.samples = {}
+        note = ("corrected from the image" if corrected else
+                "raw toolhead position: the camera is not calibrated")
+        gcmd.respond_info("kTAMV: origin set to X%.4f Y%.4f for %s (%s)."
+                          % (x, y, tool, note))
+    cmd_KTAMV_GET_OFFSET_help = ("Report the current tool's offset from the "
+                                 "origin (REPEAT=n re-centres n times and "
+                                 "reports statistics)")
+    def cmd_KTAMV_GET_OFFSET(self, gcmd):
+        if self.origin is None:
+            raise gcmd.error("kTAMV: no origin yet; centre the reference "
+                             "tool and run KTAMV_SET_ORIGIN first.")
+        repeat = gcmd.get_int('REPEAT', 1, minval=1, maxval=100)
+        tool = self._current_tool()
+        if repeat > 1:
+            self._require_model(gcmd)
+            self.motion.begin()
+            start = self.motion.position()
+            for i in range(repeat):
+                # Step away and come back so each sample includes a fresh
+                # approach and detection (TAMV's repeatability test).
+                angle = 2. * math.pi * i / repeat
+                r = self.calibration_radius
+                self.motion.move_to(start[0] + r * math.cos(angle),
+                                    start[1] + r * math.sin(angle),
+                                    "repeat move")
+                self.motion.move_to(start[0], start[1], "repeat move")
+                self._center(gcmd, self.center_tolerance,
+                             self.center_max_moves)
+                offset = self._measure_offset(gcmd, tool)
+                gcmd.respond_info("kTAMV: %s sample %d/%d: X%+.4f Y%+.4f"
+                                  % (tool, i + 1, repeat, offset[0],
+                                     offset[1]))
+            gcmd.respond_info(self._statistics_text([tool]))
+            return
+        offset = self._measure_offset(gcmd, tool)
+        corrected = self.model is not None
+        gcmd.respond_info(
+            "kTAMV: offset of %s from the origin (%s): X%+.4f Y%+.4f mm%s.\n"
+            "Tool G-code offset for %s: X=%.4f Y=%.4f (same sign: the "
+            "toolhead must move by this much to put %s where %s was), e.g. "
+            "SET_GCODE_OFFSET X=%.4f Y=%.4f while %s is active."
+            % (tool, self.origin['tool'], offset[0], offset[1],
+               "" if corrected else " (raw positions: camera not calibrated)",
+               tool, offset[0], offset[1], tool, self.origin['tool'],
+               offset[0], offset[1], tool))
+    def _measure_offset(self, gcmd, tool):
+        (x, y), corrected = self._corrected_position(gcmd)
+        ox, oy = self.origin['position']
+        offset = [x - ox, y - oy]
+        self.last_calculated_offset = offset
+        self.offsets[tool] = list(offset)
+        self.samples.setdefault(tool, []).append(tuple(offset))
+        return offset
+    def _statistics_text(self, tools):
+        lines = ["kTAMV offset statistics (mm):"]
+        for tool in tools:
+            st = offset_statistics(self.samples.get(tool, []))
+            if not st['count']:
+                lines.append("%s: no samples" % (tool,))
+                continue
+            lines.append(
+                "%s: n=%d mean X%+.4f Y%+.4f stdev X%.4f Y%.4f range X%.4f "
+                "Y%.4f" % (tool, st['count'], st['mean'][0], st['mean'][1],
+                           st['stdev'][0], st['stdev'][1], st['range'][0],
+                           st['range'][1]))
+        return "\n".join(lines)
+    cmd_KTAMV_OFFSET_STATISTICS_help = ("Report mean, standard deviation and"
+                                        " range of the offsets measured per "
+                                        "tool (RESET=1 clears them)")
+    def cmd_KTAMV_OFFSET_STATISTICS(self, gcmd):
+        reset = gcmd.get_int('RESET', 0, minval=0, maxval=1)
+        if not self.samples:
+            gcmd.respond_info("kTAMV: no offsets measured since the origin "
+                              "was set.")
+        else:
+            gcmd.respond_info(self._statistics_text(sorted(self.samples)))
+        if reset:
+            self.samples = {}
+    cmd_KTAMV_MOVE_TO_ORIGIN_help = ("Move to the origin (or camera_position"
+                                     " if no origin is set)")
+    def cmd_KTAMV_MOVE_TO_ORIGIN(self, gcmd):
+        if self.origin is not None:
+            x, y = self.origin['position']
+            what = "origin"
+        elif self.camera_position is not None:
+            x, y = self.camera_position
+            what = "camera_position"
+        else:
+            raise gcmd.error("kTAMV: no origin set and no camera_position in "
+                             "[ktamv]; nothing to move to.")
+        self.motion.check_homed()
+        # An explicit move to a known point: not bound by max_travel.
+        self.motion.fence_start = None
+        self.motion.move_to(x, y, "move to %s" % (what,))
+        gcmd.respond_info("kTAMV: moved to the %s X%.4f Y%.4f." % (what, x, y))
+    cmd_KTAMV_SIMPLE_NOZZLE_POSITION_help = ("Detect the nozzle in the camera"
+                                             " image without moving")
+    def cmd_KTAMV_SIMPLE_NOZZLE_POSITION(self, gcmd):
+        frames = gcmd.get_int('FRAMES', self.detection_frames, minval=1,
+                              maxval=50)
+        det = self._detect(gcmd, frames, after_move=False)
+        du, dv = self._pixel_error(det)
+        msg = ("kTAMV: nozzle found at u=%.2f v=%.2f px (radius %.1f px, "
+               "score %.2f, %d frames), %.2f px from the image centre."
+               % (det['uv'][0], det['uv'][1], det['radius'], det['score'],
+                  det['frames'], math.hypot(du, dv)))
+        if self.model is not None:
+            dx, dy = self.model.px_to_mm(du, dv)
+            msg += " Centring needs a move of X%+.4f Y%+.4f mm." % (dx, dy)
+        gcmd.respond_info(msg)
+    cmd_KTAMV_TEST_help = ("Check the vision helper and the camera: versions "
+                           "and one frame")
+    def cmd_KTAMV_TEST(self, gcmd):
+        info = self._call(gcmd, 'version', {'check_camera': False})
+        grab = self._call(gcmd, 'grab', {'timeout': self.camera_timeout},
+                          self.camera_timeout)
+        size = grab.get('frame_size') or [0, 0]
+        gcmd.respond_info(
+            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
+            "NumPy %s, scikit-image %s.\nCamera %s: got a %dx%d frame, %.3f s"
+            " old." % (info.get('helper'), info.get('protocol'),
+                       self.helper.get_pid(), info.get('python'),
+                       info.get('opencv'), info.get('numpy'),
+                       info.get('skimage'), self.camera_url, size[0], size[1],
+                       float(grab.get('age', 0.))))
+    cmd_KTAMV_START_PREVIEW_help = "Start annotating the preview stream"
+    def cmd_KTAMV_START_PREVIEW(self, gcmd):
+        res = self._call(gcmd, 'preview', {'action': 'start'})
+        self.preview_info = res
+        if res.get('error') or not res.get('url'):
+            raise gcmd.error("kTAMV: the preview is not available: %s"
+                             % (res.get('error') or "set preview_port in "
+                                "[ktamv] to serve one",))
+        gcmd.respond_info("kTAMV: preview running at %s (stream %s)."
+                          % (res.get('url'), res.get('stream_url')))
+    cmd_KTAMV_STOP_PREVIEW_help = "Stop annotating the preview stream"
+    def cmd_KTAMV_STOP_PREVIEW(self, gcmd):
+        res = self._call(gcmd, 'preview', {'action': 'stop'})
+        self.preview_info = res
+        gcmd.respond_info("kTAMV: preview annotation stopped.")
+    cmd_KTAMV_SEND_SERVER_CFG_help = ("Send the camera settings to the vision"
+                                      " helper again (optional CAMERA_URL=)")
+    def cmd_KTAMV_SEND_SERVER_CFG(self, gcmd):
+        url = gcmd.get('CAMERA_URL', None)
+        if url is not None:
+            self.camera_url = url
+        self.detection_tolerance = gcmd.get_float(
+            'DETECTION_TOLERANCE', self.detection_tolerance, minval=0.,
+            maxval=50.)
+        self._call(gcmd, 'version', {'check_camera': False})
+        try:
+            self._configure_now()
+        except HelperFailure as e:
+            raise gcmd.error("kTAMV: %s" % (e.message,))
+        gcmd.respond_info("kTAMV: helper configured for camera %s."
+                          % (self.camera_url,))
+    # Status for macros
+    def get_status(self, eventtime):
+        model = self.model
+        stats = dict((tool, offset_statistics(samples))
+                     for tool, samples in self.samples.items())
+        det = self.last_detection
+        return {
+            'last_calculated_offset': list(self.last_calculated_offset),
+            'mm_per_pixels': model.mm_per_px() if model else 0.,
+            'is_calibrated': model is not None,
+            'camera_center_coordinates': (list(self.origin['position'])
+                                          if self.origin else None),
+            'travel_speed': self.move_speed,
+            'last_nozzle_center_successful':
+                self.last_nozzle_center_successful,
+            'helper_state': self.helper.state,
+            'helper_pid': self.helper.get_pid(),
+            'helper_error': self.helper.last_error or self.configure_error,
+            'last_detection': dict(det) if det else None,
+            'camera_model': model.summary() if model else None,
+            'last_center_moves': self.last_center_moves,
+            'origin': dict(self.origin) if self.origin else None,
+            'offsets': dict((k, list(v)) for k, v in self.offsets.items()),
+            'camera_position': (list(self.camera_position)
+                                if self.camera_position else None),
+            'preview_url': (self.preview_info or {}).get('url'),
+            'repeat_statistics': stats,
+        }
+
+def load_config(config):
+    return Ktamv(config)
