@@ -690,8 +690,9 @@ class Service:
                                      timeout=settings.camera_timeout)
             state["earliest"] = _just_after(frame.timestamp)
             from ktamv_helper.detection import detect_nozzle
-            return frame.image, detect_nozzle(frame.image, settings.min_radius,
-                                              settings.max_radius)
+            detection = detect_nozzle(frame.image, settings.min_radius,
+                                      settings.max_radius)
+            return frame.image, detection, settings.detection_tolerance
 
         preview.start_continuous(produce)
 

@@ -191,6 +191,10 @@ def read_body(response, url, deadline, limit=MAX_BODY_BYTES):
                                   "in time (%d bytes so far)." % (url, total))
             data = response.read1(64 * 1024)
             if not data:
+                missing = getattr(response, "length", None)
+                if missing:
+                    # read1 reports a short body as a plain end of data.
+                    raise http.client.IncompleteRead(b"", missing)
                 break
             total += len(data)
             if total > limit:
@@ -438,8 +442,12 @@ class _Part:
         self.data = data
 
 
-def _shutdown_response(response):
-    """Wake a reader blocked on ``response``'s socket, then close it."""
+def _shutdown_response(response, close=True):
+    """Wake a reader blocked on ``response``'s socket, then close it.
+
+    Another thread only shuts the socket down (``close=False``): closing the
+    response under the reader's feet races with its own bookkeeping.
+    """
     sock = getattr(getattr(getattr(response, "fp", None), "raw", None),
                    "_sock", None)
     if sock is not None:
@@ -447,10 +455,11 @@ def _shutdown_response(response):
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-    try:
-        response.close()
-    except Exception:
-        pass
+    if close:
+        try:
+            response.close()
+        except Exception:
+            pass
 
 
 class MjpegCamera(CameraSource):
@@ -542,6 +551,8 @@ class MjpegCamera(CameraSource):
                     self._set_error(_connection_error(self.url, exc,
                                                       self.timeout))
             except Exception as exc:   # never let the reader die silently
+                if self._closed:
+                    break
                 log.exception("MJPEG reader of %s failed", self.url)
                 self._set_error(HelperError(
                     "camera_unreachable", "Reading the MJPEG stream at %s "
@@ -617,5 +628,5 @@ class MjpegCamera(CameraSource):
             response = self._response
             self._cond.notify_all()
         if response is not None:
-            _shutdown_response(response)
+            _shutdown_response(response, close=False)
         self._thread.join(0.5)
