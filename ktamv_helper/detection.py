@@ -1,0 +1,431 @@
+"""Find the nozzle bore in one camera frame, to a fraction of a pixel.
+
+Seen from below, a nozzle's tip is a bright polished annulus (the collar)
+around a dark round hole (the bore). The detector looks for exactly that:
+
+1. **Candidates**: dark, compact, round connected regions of the frame
+   thresholded at several grey levels (the collar encloses the bore, so at
+   some level between the two the bore is an island of its own). This runs
+   on a downscaled copy for speed.
+2. **Verification**: from each candidate's centre, grey-level profiles are
+   read along rays at full resolution. A bore has, on most rays, a dark
+   inside, a clear rise to a bright collar and a fall beyond the collar;
+   the rise must stand well above the frame's noise.
+3. **Refinement**: on each ray the edge is placed where the profile crosses
+   half-way between bore and collar (sub-pixel, linear interpolation);
+   a circle is fitted to these edge points with RANSAC
+   (``skimage.measure.CircleModel``) so rays spoilt by dirt, ooze or a glint
+   drop out. Rays are then cast again from the fitted centre and the fit
+   repeated.
+
+A frame without such a structure returns None: the detector never guesses.
+"""
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+
+# Longest side of the copy searched for candidates (px). Verification and
+# refinement always run on the full frame.
+CANDIDATE_LONG_SIDE = 320
+# Candidates are found down to this bore radius in the search copy (px).
+MIN_SEARCH_RADIUS = 2.0
+# Threshold levels, as fractions of the frame's dark..bright range: closer
+# together at the dark end, where bores are.
+THRESHOLD_FRACTIONS = np.linspace(0.2, 0.85, 10) ** 2
+# Most candidates verified per frame, the most persistent first.
+MAX_CANDIDATES = 12
+# A ray counts when the bore-to-collar rise is this many times the noise.
+MIN_RAY_SNR = 4.0
+# Fraction of rays that must show the edge (dirt may hide the rest).
+MIN_COMPLETENESS = 0.55
+# ... and by at least this many grey levels (JPEG smooths noise away, so the
+# noise estimate alone can be too optimistic in dark frames).
+MIN_RISE_LEVELS = 12.0
+# Rays are read out to this many bore radii (wide tip faces of small
+# nozzles reach ~4 radii).
+RAY_LENGTH = 5.0
+# Beyond the collar the brightness must fall by this fraction of the
+# bore-to-collar rise (a hole in a flat plate has no collar) ...
+RING_DROP = 0.35
+# ... on at least this fraction of the rays that show the edge.
+MIN_CLOSURE = 0.5
+# Smallest accepted score.
+MIN_SCORE = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """A detected nozzle bore.
+
+    Attributes
+    ----------
+    center : (float, float)
+        Bore centre ``(u, v)`` in the frame's pixels, OpenCV convention (the
+        centre of pixel (0, 0) is (0.0, 0.0)).
+    radius : float
+        Bore radius, px.
+    score : float
+        Confidence between 0 and 1.
+    """
+
+    center: tuple
+    radius: float
+    score: float
+
+
+def to_gray(image):
+    """Grey-level float32 copy of a BGR or grey uint8 image.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W) or (H, W, 3)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        gray = image[:, :, 0]
+    elif image.ndim == 2:
+        gray = image
+    else:
+        raise ValueError(f"expected a BGR or grey image, got shape {image.shape}")
+    if gray.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels, got {gray.dtype}")
+    return gray
+
+
+def estimate_noise(gray):
+    """Robust standard deviation of the pixel noise, grey levels.
+
+    The median absolute difference of horizontal neighbours is insensitive to
+    edges (they are few) and to smooth shading.
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+
+    Returns
+    -------
+    float
+        At least 0.5 (8-bit quantisation).
+    """
+    rows = gray[::2].astype(np.int16)
+    diff = np.abs(rows[:, 1:] - rows[:, :-1])
+    hist = np.bincount(diff.ravel(), minlength=256)
+    half = np.searchsorted(np.cumsum(hist), diff.size / 2.0)
+    # MAD of a difference of two samples -> sigma of one sample.
+    return max(0.5, 1.4826 * float(half) / math.sqrt(2.0))
+
+
+def find_candidates(gray, min_radius, max_radius):
+    """Dark, round, compact regions that may be a bore.
+
+    The frame is thresholded at several grey levels spread over its range
+    (closer together at the dark end, where bores are); the collar encloses
+    the bore, so at any level between the two the bore is an island of its
+    own. Islands of the right size that are round and compact are kept. The
+    search runs on a copy scaled so that the smallest bore still measures
+    ``MIN_SEARCH_RADIUS`` px.
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+    min_radius, max_radius : float
+        Bore radius range in full-frame pixels.
+
+    Returns
+    -------
+    list of (u, v, r, persistence)
+        Centre and equivalent radius in full-frame pixels, and at how many
+        levels the island was found, most persistent first.
+    """
+    height, width = gray.shape
+    scale = min(1.0, CANDIDATE_LONG_SIDE / max(width, height))
+    scale = min(1.0, max(scale, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
+    if scale < 1.0:
+        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    else:
+        small = gray
+    sh, sw = small.shape
+    sx, sy = width / sw, height / sh
+    hist = np.cumsum(cv2.calcHist([small], [0], None, [256], [0, 256]).ravel())
+    lo = float(np.searchsorted(hist, 0.01 * hist[-1]))
+    hi = float(np.searchsorted(hist, 0.9995 * hist[-1]))
+    if hi - lo < MIN_RISE_LEVELS:
+        return []
+    r_lo = max(min_radius / sx * 0.6, 1.0)
+    r_hi = max_radius / sx * 1.3
+    area_lo, area_hi = math.pi * r_lo * r_lo, math.pi * r_hi * r_hi
+    found = []
+    for fraction in THRESHOLD_FRACTIONS:
+        _, mask = cv2.threshold(small, lo + fraction * (hi - lo), 255, cv2.THRESH_BINARY_INV)
+        n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=4)
+        if n <= 1:
+            continue
+        x, y, w, h, area = (stats[1:, i] for i in range(5))
+        keep = ((area >= area_lo) & (area <= area_hi)
+                # cut by the frame edge: the centre would be wrong
+                & (x > 0) & (y > 0) & (x + w < sw) & (y + h < sh)
+                # round and compact (a disc fills pi/4 of its box)
+                & (np.maximum(w, h) <= 1.6 * np.minimum(w, h) + 1)
+                & (area >= 0.55 * w * h) & (area <= 0.98 * w * h + 2))
+        for i in np.flatnonzero(keep):
+            cu, cv_ = centroids[i + 1]
+            found.append(((cu + 0.5) * sx - 0.5, (cv_ + 0.5) * sy - 0.5,
+                          math.sqrt(area[i] / math.pi) * sx))
+    # Merge the same island seen at several levels.
+    merged = []
+    for u, v, r in sorted(found, key=lambda c: -c[2]):
+        for m in merged:
+            if math.hypot(u - m[0], v - m[1]) < 0.5 * max(r, m[2]) + sx and \
+                    0.5 < r / m[2] < 2.0:
+                m[3] += 1
+                break
+        else:
+            merged.append([u, v, r, 1])
+    merged.sort(key=lambda m: -m[3])
+    return [tuple(m) for m in merged[:MAX_CANDIDATES]]
+
+
+def _ray_profiles(gray_f, center, radii, angles):
+    """Bilinear samples of ``gray_f`` along rays; NaN outside the frame."""
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    map_x = (center[0] + cos * radii[None, :]).astype(np.float32)
+    map_y = (center[1] + sin * radii[None, :]).astype(np.float32)
+    return cv2.remap(gray_f, map_x, map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+
+
+def _first_rise(profiles, radii, thresholds, start):
+    """Sub-sample radius where each profile first rises through its threshold.
+
+    Returns NaN for rays without a crossing after index ``start``.
+    """
+    above = profiles[:, start:] >= thresholds[:, None]
+    has = above.any(axis=1)
+    k = np.argmax(above, axis=1) + start
+    k = np.where(has & (k > start), k, start + 1)
+    rows = np.arange(len(profiles))
+    p0, p1 = profiles[rows, k - 1], profiles[rows, k]
+    frac = np.clip((thresholds - p0) / np.where(p1 - p0 == 0, 1, p1 - p0), 0, 1)
+    edge = radii[k - 1] + frac * (radii[k] - radii[k - 1])
+    ok = has & (np.argmax(above, axis=1) > 0)
+    return np.where(ok, edge, np.nan)
+
+
+def _circumcircles(p1, p2, p3):
+    """Centres (M, 2) and radii (M,) of the circles through point triples."""
+    ax, ay = p1.T
+    bx, by = p2.T
+    cx, cy = p3.T
+    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
+    a2, b2, c2 = ax * ax + ay * ay, bx * bx + by * by, cx * cx + cy * cy
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
+        uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
+    centres = np.column_stack([ux, uy])
+    return centres, np.hypot(ax - ux, ay - uy)
+
+
+def _least_squares_circle(points):
+    """Geometric least-squares circle (``skimage.measure.CircleModel``)."""
+    from skimage.measure import CircleModel
+
+    if hasattr(CircleModel, "from_estimate"):      # scikit-image >= 0.26
+        model = CircleModel.from_estimate(points)
+        if not model:
+            return None
+    else:
+        model = CircleModel()
+        if not model.estimate(points):
+            return None
+        model.center = model.params[:2]
+        model.radius = model.params[2]
+    return np.asarray(model.center, float), float(model.radius)
+
+
+def fit_circle_robust(points, tolerance, hypotheses=48):
+    """Circle through ordered edge points, ignoring outliers.
+
+    RANSAC with all hypotheses evaluated at once: each is the circle through
+    three points about a third of the way round from each other (well
+    conditioned), scored by the MSAC cost (squared residuals, capped at
+    ``tolerance``); the best one's inliers are refitted by geometric least
+    squares. (``skimage.measure.ransac`` does the same one hypothesis at a
+    time and costs ~100x more, too slow for a per-frame budget.)
+
+    Parameters
+    ----------
+    points : ndarray, shape (N, 2)
+        Edge points, in order around the circle.
+    tolerance : float
+        Largest distance of an inlier from the circle.
+    hypotheses : int
+        Number of three-point circles tried.
+
+    Returns
+    -------
+    (center, radius, inliers) or None
+        ``inliers`` is a boolean mask over ``points``.
+    """
+    n = len(points)
+    if n < 6:
+        return None
+    origin = points.mean(axis=0)
+    p = points - origin
+    rng = np.random.default_rng(0)
+    i = rng.integers(0, n, hypotheses)
+    j = (i + n // 3 + rng.integers(-n // 12, n // 12 + 1, hypotheses)) % n
+    k = (i + 2 * n // 3 + rng.integers(-n // 12, n // 12 + 1, hypotheses)) % n
+    centres, radii = _circumcircles(p[i], p[j], p[k])
+    ok = np.isfinite(radii)
+    if not ok.any():
+        return None
+    centres, radii = centres[ok], radii[ok]
+    res = np.abs(np.hypot(p[None, :, 0] - centres[:, 0, None],
+                          p[None, :, 1] - centres[:, 1, None]) - radii[:, None])
+    cost = np.minimum(res, tolerance) ** 2
+    best = int(np.argmin(cost.sum(axis=1)))
+    inliers = res[best] <= tolerance
+    for _ in range(2):
+        if inliers.sum() < 6:
+            return None
+        fit = _least_squares_circle(p[inliers])
+        if fit is None:
+            return None
+        centre, radius = fit
+        inliers = np.abs(np.hypot(*(p - centre).T) - radius) <= tolerance
+    if inliers.sum() < 6:
+        return None
+    return centre + origin, radius, inliers
+
+
+def measure_bore(gray_f, noise, center, radius):
+    """Verify a candidate bore and measure its edge.
+
+    Parameters
+    ----------
+    gray_f : ndarray of float32, shape (H, W)
+        The full frame in grey levels.
+    noise : float
+        Pixel noise, grey levels.
+    center : (float, float)
+        Approximate bore centre, px.
+    radius : float
+        Approximate bore radius, px.
+
+    Returns
+    -------
+    dict or None
+        ``center``, ``radius``, ``completeness`` (fraction of rays whose edge
+        fits the circle), ``snr`` (median bore-to-collar rise over noise),
+        ``closure`` (fraction of those rays on which the brightness falls
+        again beyond the collar: a collar is a ring, not a plate) and ``rms``
+        (edge residual, px); None when the candidate has no usable edge.
+    """
+    n_rays = int(np.clip(round(2 * math.pi * radius / 1.5), 48, 144))
+    angles = np.arange(n_rays) * (2 * math.pi / n_rays)
+    step = float(np.clip(radius / 24.0, 0.2, 1.0))
+    radii = np.arange(0.0, RAY_LENGTH * radius + step, step, dtype=np.float32)
+    prof = _ray_profiles(gray_f, center, radii, angles)
+    inner = prof[:, radii <= 0.5 * radius]
+    if not np.isfinite(inner).any():
+        return None
+    bore = float(np.nanmedian(inner))
+    # Collar peak: the brightest point a little beyond the expected edge.
+    band_idx = np.flatnonzero((radii >= 0.7 * radius) & (radii <= 1.9 * radius))
+    band = prof[:, band_idx]
+    band = np.where(np.isnan(band), -np.inf, band)
+    peak_idx = band_idx[np.argmax(band, axis=1)]
+    rows = np.arange(n_rays)
+    collar = prof[rows, peak_idx]
+    rise = collar - bore
+    thresholds = bore + 0.5 * rise
+    start = max(1, int(np.searchsorted(radii, 0.3 * radius)))
+    stop = max(int(peak_idx.max()) + 1, start + 2)
+    edge = _first_rise(prof[:, :stop], radii, thresholds, start)
+    min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
+    good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
+    if good.sum() < 6:
+        return None
+    pts = np.column_stack([center[0] + np.cos(angles) * edge,
+                           center[1] + np.sin(angles) * edge])[good]
+    fit = fit_circle_robust(pts, max(0.35, 0.04 * radius))
+    if fit is None:
+        return None
+    c, r, inliers = fit
+    used = np.flatnonzero(good)[inliers]
+    residuals = np.hypot(*(pts[inliers] - c).T) - r
+    # Beyond the collar the light must drop well below the collar's level.
+    beyond = radii[None, :] > radii[peak_idx][:, None]
+    drop_level = (collar - RING_DROP * rise)[:, None]
+    closed = np.any(beyond & (prof < drop_level), axis=1)
+    return {
+        "center": (float(c[0]), float(c[1])),
+        "radius": r,
+        "completeness": len(used) / n_rays,
+        "snr": float(np.median(rise[used]) / noise),
+        "closure": float(np.mean(closed[used])),
+        "rms": float(np.sqrt(np.mean(residuals ** 2))),
+    }
+
+
+def _score(m):
+    """Confidence 0..1 from a bore measurement."""
+    snr_term = 1.0 - math.exp(-m["snr"] / 12.0)
+    closure_term = m["closure"]
+    fit_term = 1.0 / (1.0 + (m["rms"] / max(0.3, 0.03 * m["radius"])) ** 2)
+    return m["completeness"] * snr_term * (0.5 + 0.5 * closure_term) * (0.5 + 0.5 * fit_term)
+
+
+def detect_nozzle(image, min_radius=4.0, max_radius=120.0):
+    """Find the nozzle bore centre in one frame.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W, 3) or (H, W)
+        BGR or grey frame.
+    min_radius, max_radius : float
+        Range of bore radii searched, px.
+
+    Returns
+    -------
+    Detection or None
+        None when no candidate looks like a bore inside a bright collar.
+    """
+    gray = to_gray(image)
+    if gray.size == 0 or min(gray.shape) < 8:
+        return None
+    noise = estimate_noise(gray)
+    gray_f = gray.astype(np.float32)
+    best = None
+    for u, v, r, _ in find_candidates(gray, min_radius, max_radius):
+        m = measure_bore(gray_f, noise, (u, v), r)
+        if m is None:
+            continue
+        # Cast the rays again from the fitted centre: radial rays cross the
+        # edge squarely and the radius estimate is now right.
+        again = measure_bore(gray_f, noise, m["center"], m["radius"])
+        if again is not None:
+            m = again
+        if not (min_radius <= m["radius"] <= max_radius):
+            continue
+        if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
+            continue
+        if m["rms"] > max(0.5, 0.06 * m["radius"]):
+            continue
+        score = _score(m)
+        if score >= MIN_SCORE and (best is None or score > best[0]):
+            best = (score, m)
+    if best is None:
+        return None
+    score, m = best
+    return Detection(center=m["center"], radius=m["radius"], score=round(score, 4))
