@@ -132,20 +132,28 @@ class HelperProcess:
             self._helper_gone(self.last_error)
         raise HelperFailure("helper_failed", self.last_error + (
             " See the lines starting with 'ktamv helper:' in klippy.log."))
-    def _helper_gone(self, reason):
+    def _helper_gone(self, reason, deferred=True):
         """Forget the process: close pipes, fail pending requests, reap."""
         if self.proc is None:
             return
         proc = self.proc
         self.proc = None
-        for handle in self.fd_handles:
-            self.reactor.unregister_fd(handle)
+        handles = self.fd_handles
         self.fd_handles = []
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                f.close()
-            except (OSError, ValueError):
-                pass
+        def close_pipes(eventtime=None):
+            for handle in handles:
+                self.reactor.unregister_fd(handle)
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    f.close()
+                except (OSError, ValueError):
+                    pass
+        if deferred:
+            # The reactor may be part-way through one poll's results, which
+            # can include these fds: unregister only after it finished.
+            self.reactor.register_callback(close_pipes)
+        else:
+            close_pipes()
         self.last_error = reason
         if self.state != "stopped":
             self.state = "exited"
@@ -222,7 +230,7 @@ class HelperProcess:
             except subprocess.TimeoutExpired:
                 continue
         self._helper_gone("The vision helper was stopped (exit code %s)."
-                          % (proc.returncode,))
+                          % (proc.returncode,), deferred=False)
         _live_helpers.discard(self)
     def kill(self):
         proc = self.proc
@@ -270,6 +278,7 @@ class HelperProcess:
                 logging.info("ktamv helper: %s", text)
         if eof:
             # Keep waiting for stdout's EOF, which ends the helper's life.
+            # Unregistering the fd being served is safe in the reactor.
             for handle in list(self.fd_handles):
                 if handle.fd == self.proc.stderr.fileno():
                     self.reactor.unregister_fd(handle)
@@ -283,11 +292,11 @@ class HelperProcess:
             self._handle_line(line)
         if eof and self.proc is proc:
             code = proc.poll()
-            if code is None:
-                reason = "The vision helper closed its output."
-            else:
-                reason = ("The vision helper exited unexpectedly (exit code"
-                          " %s)." % (code,))
+            reason = "The vision helper stopped unexpectedly"
+            if code is not None:
+                reason += " (exit code %s)" % (code,)
+            reason += ("; its last words are in klippy.log (lines starting "
+                       "with 'ktamv helper:').")
             self._helper_gone(reason)
     def _handle_line(self, line):
         try:
@@ -669,8 +678,22 @@ class Ktamv:
                     'TEST', 'START_PREVIEW', 'STOP_PREVIEW',
                     'SEND_SERVER_CFG', 'OFFSET_STATISTICS'):
             gcode.register_command(
-                'KTAMV_' + cmd, getattr(self, 'cmd_KTAMV_' + cmd),
+                'KTAMV_' + cmd, self._guarded(getattr(self, 'cmd_KTAMV_' + cmd)),
                 desc=getattr(self, 'cmd_KTAMV_' + cmd + '_help'))
+    def _guarded(self, handler):
+        # Klippy shuts the printer down on any exception from a command
+        # that is not a command error; a vision problem must never do that.
+        def run(gcmd):
+            try:
+                handler(gcmd)
+            except self.printer.command_error:
+                raise
+            except Exception as e:
+                logging.exception("ktamv: internal error in %s",
+                                  gcmd.get_command())
+                raise gcmd.error("kTAMV: internal error in %s: %s (details "
+                                 "in klippy.log)" % (gcmd.get_command(), e))
+        return run
     # Helper command line
     def _repo_dir(self):
         return os.path.dirname(os.path.realpath(__file__))

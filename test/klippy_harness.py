@@ -23,8 +23,11 @@ import dataclasses
 import os
 import pathlib
 import re
+import select
 import subprocess
 import sys
+import time
+import tty
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KLIPPY_VENV = REPO / ".venv-klippy"
@@ -263,6 +266,151 @@ def pid_alive(pid):
         return False
     # The state letter follows the parenthesised command name.
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+@dataclasses.dataclass
+class Reply:
+    """Klippy's answer to one G-code line sent to a :class:`KlippySession`.
+
+    Attributes
+    ----------
+    lines : list of str
+        Response lines without the ``// `` prefix (``respond_info`` text).
+    error : str or None
+        The ``!! `` error line's text if the command failed.
+    """
+
+    lines: list
+    error: object = None
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+
+class KlippySession:
+    """Interactive Klippy on a pseudo-terminal, for sequences with failures.
+
+    Batch mode exits at the first G-code error, so a test that needs a
+    command to fail and the next one to run (helper crash then restart) talks
+    to Klippy like OctoPrint would: through the pty Klippy creates (``-I``),
+    one line at a time, reading ``ok`` / ``!! error``. The MCU side is still
+    the simulated dictionary (``-o``/``-d``), so no hardware is needed.
+
+    Use as a context manager::
+
+        with KlippySession(tmp_path, printer_config(SECTION)) as klippy:
+            reply = klippy.send("G28")
+            assert reply.error is None
+    """
+
+    def __init__(self, workdir, config, dictionary=SIM_DICT, env=None,
+                 link=True, start_timeout=60.0):
+        if link:
+            link_extra()
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "printer.cfg").write_text(config)
+        self.log_path = self.workdir / "klippy.log"
+        self.pty_path = self.workdir / "printer.tty"
+        run_env = dict(os.environ)
+        run_env.update(env or {})
+        argv = [str(KLIPPY), str(self.workdir / "printer.cfg"),
+                "-I", str(self.pty_path),
+                "-o", str(self.workdir / "out.serial"), "-d", str(dictionary),
+                "-l", str(self.log_path)]
+        self.proc = subprocess.Popen(argv, cwd=str(self.workdir), env=run_env,
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.fd = None
+        self._buffer = b""
+        try:
+            self._wait_ready(start_timeout)
+        except Exception:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while not self.pty_path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Klippy did not create its pty:\n"
+                                   + self.log())
+            time.sleep(0.05)
+        self.fd = os.open(str(self.pty_path), os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd)
+        while time.monotonic() < deadline:
+            reply = self.send("STATUS", timeout=deadline - time.monotonic())
+            if "Klipper state: Ready" in reply.text:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError("Klippy did not become ready:\n" + self.log())
+
+    def _read_line(self, deadline):
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer from Klippy in time:\n"
+                                   + self.log()[-3000:])
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    self._buffer += os.read(self.fd, 4096)
+                except OSError as exc:
+                    raise RuntimeError("Klippy went away (%s):\n%s"
+                                       % (exc, self.log()[-3000:]))
+            elif self.proc.poll() is not None:
+                raise RuntimeError("Klippy exited (%s):\n%s"
+                                   % (self.proc.returncode,
+                                      self.log()[-3000:]))
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode(errors="replace").rstrip("\r")
+
+    def send(self, line, timeout=120.0):
+        """Send one G-code line; wait for its ``ok`` and return a Reply."""
+        os.write(self.fd, (line.strip() + "\n").encode())
+        deadline = time.monotonic() + timeout
+        lines, error = [], None
+        while True:
+            text = self._read_line(deadline)
+            if text == "ok" or text.startswith("ok "):
+                return Reply(lines, error)
+            if text.startswith("!! "):
+                error = text[3:]
+            elif text.startswith("// "):
+                lines.append(text[3:])
+            elif text:
+                lines.append(text)
+
+    def log(self):
+        """The klippy.log text so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self):
+        """Stop Klippy (SIGTERM, then SIGKILL) and close the pty."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 if __name__ == "__main__":
