@@ -21,6 +21,7 @@ import errno
 import logging
 import math
 import os
+import select
 import selectors
 import socket
 import socketserver
@@ -112,7 +113,7 @@ class PreviewServer:
             placeholder_image(["kTAMV preview", "waiting for camera"]),
             raw=True)
         self._published_seq = 1
-        self._published_at = time.monotonic()
+        self._published_at = -math.inf
         # Newest encoded JPEG and the publish count it was made from.
         self._jpeg = None
         self._jpeg_seq = 0
@@ -284,7 +285,7 @@ class PreviewServer:
         with self._cond:
             self._published = record
             self._published_seq += 1
-            self._published_at = time.monotonic()
+            self._published_at = -math.inf if record.raw else time.monotonic()
             if self._demand():
                 self._cond.notify_all()
 
@@ -427,6 +428,8 @@ class PreviewServer:
                     if self._closed:
                         return
                     jpeg, seq = self._jpeg, self._jpeg_seq
+                if _peer_closed(handler.connection):
+                    return
                 if jpeg is None:
                     continue
                 header = ("Content-Type: image/jpeg\r\nContent-Length: %d\r\n"
@@ -443,6 +446,7 @@ class PreviewServer:
     def _snapshot(self, handler, head):
         with self._cond:
             wanted = self._published_seq
+            # _published_at is -inf for placeholders: never fresh.
             fresh = time.monotonic() - self._published_at <= self._interval
             if self._continuous_stop is not None and not fresh:
                 wanted += 1  # the continuous thread will produce a newer one
@@ -564,6 +568,23 @@ class _Handler(http_server.BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 (stdlib's name)
         log.debug("preview %s: %s", self.address_string(), format % args)
+
+
+def _peer_closed(connection):
+    """True when the client has hung up (its socket reads as end-of-file).
+
+    Clients send nothing after their request, so a readable socket means
+    EOF or a reset; checking before each write frees an idle stream's
+    thread at the next keep-alive instead of after a failed write.
+    """
+    try:
+        poller = select.poll()  # unlike select(), fine with fds above 1024
+        poller.register(connection, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def _url_host(host):
