@@ -209,6 +209,17 @@ class Settings:
 
 # ---------------------------------------------------------------- service
 
+class _Opening:
+    """A camera being opened in the background."""
+
+    def __init__(self, url, timeout):
+        self.url = url
+        self.timeout = timeout
+        self.done = threading.Event()
+        self.camera = None
+        self.error = None
+
+
 class Service:
     """The state behind the protocol methods.
 
@@ -221,7 +232,7 @@ class Service:
     def __init__(self, emit_event=None):
         self._emit_event = emit_event
         self._lock = threading.RLock()     # settings, camera and preview refs
-        self._open_lock = threading.Lock()  # one camera open at a time
+        self._opening = None                # _Opening in progress
         self._settings = None
         self._camera = None
         self._camera_url = None
@@ -330,39 +341,75 @@ class Service:
                               "[ktamv] and run KTAMV_SEND_SERVER_CFG).")
         return settings
 
-    def _get_camera(self, settings):
-        """The open camera for ``settings``, opening it on first use."""
+    def _get_camera(self, settings, wait=None):
+        """The open camera for ``settings``, opening it on first use.
+
+        Opening (an HTTP probe) runs in its own thread and the caller waits
+        at most ``wait`` seconds (default ``camera_timeout``), so a camera
+        that hangs never holds up a request longer than its own bound; a
+        later request picks up the camera once it has opened.
+        """
+        wait = settings.camera_timeout if wait is None else wait
         with self._lock:
-            if self._camera is not None and self._camera_url == settings.camera_url:
+            if (self._camera is not None
+                    and self._camera_url == settings.camera_url):
                 return self._camera
-        with self._open_lock:
-            with self._lock:
-                if (self._camera is not None
-                        and self._camera_url == settings.camera_url):
-                    return self._camera
+            opening = self._opening
+            if opening is None or opening.url != settings.camera_url:
+                opening = _Opening(settings.camera_url, settings.camera_timeout)
+                self._opening = opening
+                threading.Thread(target=self._open_camera, args=(opening,),
+                                 name="ktamv-camera-open", daemon=True).start()
+        if not opening.done.wait(max(0.0, wait)):
+            raise HelperError("camera_timeout",
+                              "The camera at %s did not answer within %.1f s: "
+                              "check that it is running and not overloaded, "
+                              "or raise camera_timeout." % (opening.url, wait))
+        if opening.error is not None:
+            error = opening.error
+            raise HelperError(error.code, error.message, error.details)
+        return opening.camera
+
+    def _open_camera(self, opening):
+        """Thread body: open ``opening.url`` and install it if still wanted."""
+        camera = None
+        try:
             from ktamv_helper.cameras import open_camera
-            camera = open_camera(settings.camera_url, settings.camera_timeout)
-            with self._lock:
-                current = self._settings
-                if (self._closed or current is None
-                        or current.camera_url != settings.camera_url):
-                    # Reconfigured (or shut down) while opening.
-                    stale = True
-                else:
-                    stale = False
-                    self._camera = camera
-                    self._camera_url = settings.camera_url
-                    machine = self._machine
-                    if machine is not None:
-                        self._machine = (machine[0], machine[1], [])
-            if stale:
-                camera.close()
-                raise HelperError("camera_unreachable",
-                                  "The camera changed while %s was being "
-                                  "opened; try again." % settings.camera_url)
+            camera = open_camera(opening.url, opening.timeout)
+        except HelperError as exc:
+            opening.error = exc
+        except Exception as exc:
+            log.exception("opening camera %s failed", opening.url)
+            opening.error = HelperError(
+                "camera_unreachable", "Opening the camera %s failed: %s: %s"
+                % (opening.url, type(exc).__name__, exc))
+        machine = None
+        with self._lock:
+            wanted = (not self._closed and self._opening is opening
+                      and self._settings is not None
+                      and self._settings.camera_url == opening.url)
+            if self._opening is opening:
+                self._opening = None
+            if camera is not None and wanted:
+                self._camera = camera
+                self._camera_url = opening.url
+                machine = self._machine
+                if machine is not None:
+                    self._machine = (machine[0], machine[1], [])
+        if camera is not None and not wanted:
+            camera.close()
+            opening.error = HelperError("camera_unreachable",
+                                        "The camera changed while %s was "
+                                        "being opened; try again."
+                                        % opening.url)
+        elif camera is not None:
+            opening.camera = camera
             if machine is not None:
-                _tell_machine_state(camera, *machine)
-            return camera
+                try:
+                    _tell_machine_state(camera, *machine)
+                except HelperError as exc:
+                    opening.error = exc
+        opening.done.set()
 
     def _close_camera(self):
         with self._lock:
@@ -455,10 +502,6 @@ class Service:
 
     # -- detect
 
-    def _frame_source(self, settings):
-        """Camera plus the configured timeout, for methods reading frames."""
-        return self._get_camera(settings)
-
     def _publish(self, image, detection=None, tolerance=None, status_lines=()):
         with self._lock:
             preview = self._preview
@@ -484,7 +527,7 @@ class Service:
         max_frames = int_param(params, "max_frames", 3 * frames + 2,
                                low=frames, high=1000)
         deadline = received + timeout
-        camera = self._frame_source(settings)
+        camera = self._get_camera(settings, deadline - time.monotonic())
 
         from ktamv_helper.consensus import consensus
         from ktamv_helper.detection import detect_nozzle
@@ -604,7 +647,8 @@ class Service:
         save = params.get("save")
         if save is not None and (not isinstance(save, str) or not save.strip()):
             raise _bad("save", "must be a file path or null")
-        camera = self._frame_source(settings)
+        camera = self._get_camera(settings,
+                                  received + timeout - time.monotonic())
         remaining = received + timeout - time.monotonic()
         frame = camera.get_frame(not_before=earliest,
                                  timeout=max(0.05, remaining))
@@ -723,9 +767,12 @@ class Service:
 
     def _check_camera(self, settings):
         """One frame with a short timeout; never raises."""
-        timeout = min(settings.camera_timeout, VERSION_CHECK_TIMEOUT)
+        deadline = time.monotonic() + min(settings.camera_timeout,
+                                          VERSION_CHECK_TIMEOUT)
         try:
-            frame = self._get_camera(settings).get_frame(timeout=timeout)
+            camera = self._get_camera(settings, deadline - time.monotonic())
+            frame = camera.get_frame(
+                timeout=max(0.05, deadline - time.monotonic()))
         except HelperError as exc:
             return {"reachable": False, "error": exc.message,
                     "error_code": exc.code}

@@ -1,0 +1,320 @@
+"""Service methods in-process, with real cameras (file:, http, sim://), the
+real detector and a real preview server."""
+
+import os
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import NOZZLE_CENTER, draw_nozzle
+from ktamv_helper.errors import HelperError
+from ktamv_helper.service import Service
+
+
+def expect_error(code, service, method, params=None):
+    with pytest.raises(HelperError) as info:
+        service.call(method, params or {})
+    assert info.value.code == code, info.value.message
+    return info.value
+
+
+@pytest.fixture
+def service():
+    service = Service()
+    yield service
+    service.close()
+
+
+def write_images(folder, images):
+    folder.mkdir(exist_ok=True)
+    for index, image in enumerate(images):
+        cv2.imwrite(str(folder / ("%03d.png" % index)), image)
+    return "file:%s/" % folder
+
+
+def configured(service, url, **settings):
+    params = {"camera_url": url}
+    params.update(settings)
+    return service.call("configure", params)
+
+
+# ---------------------------------------------------------------- configure
+
+@pytest.mark.parametrize("params, name", [
+    ({}, "camera_url"),
+    ({"camera_url": 5}, "camera_url"),
+    ({"camera_url": "ftp://x"}, "camera_url"),
+    ({"camera_url": "file:/x", "detection_tolerance": 0}, "detection_tolerance"),
+    ({"camera_url": "file:/x", "detection_tolerance": "1"}, "detection_tolerance"),
+    ({"camera_url": "file:/x", "camera_timeout": 60}, "camera_timeout"),
+    ({"camera_url": "file:/x", "camera_timeout": True}, "camera_timeout"),
+    ({"camera_url": "file:/x", "min_radius": 50, "max_radius": 20}, "max_radius"),
+    ({"camera_url": "file:/x", "debug_keep": 0}, "debug_keep"),
+    ({"camera_url": "file:/x", "debug_keep": 2.5}, "debug_keep"),
+    ({"camera_url": "file:/x", "debug_dir": 3}, "debug_dir"),
+    ({"camera_url": "file:/x", "preview_port": 70000}, "preview_port"),
+    ({"camera_url": "file:/x", "preview_fps": 0.1}, "preview_fps"),
+])
+def test_configure_rejects_bad_params_naming_them(service, params, name):
+    error = expect_error("invalid_params", service, "configure", params)
+    assert error.details["param"] == name
+    assert name in error.message
+
+
+def test_methods_need_a_camera_first(service):
+    for method in ("detect", "grab", "sim_truth"):
+        error = expect_error("not_configured", service, method)
+        assert "configure" in error.message
+    version = service.call("version", {})
+    assert version["camera"]["reachable"] is False
+
+
+def test_unknown_method_and_bad_machine(service, nozzle_png):
+    error = expect_error("unknown_method", service, "dance")
+    assert "detect" in error.message
+    configured(service, "file:%s" % nozzle_png)
+    error = expect_error("invalid_params", service, "grab",
+                         {"machine": {"position": [1, "y", 3]}})
+    assert "machine.position" in error.message
+
+
+def test_reconfigure_switches_camera(service, tmp_path, nozzle_png):
+    result = configured(service, "file:%s" % nozzle_png)
+    assert result["camera_url"] == "file:%s" % nozzle_png
+    assert result["preview"] == {"running": False, "url": None, "error": None}
+    assert service.call("grab", {})["frame_size"] == [640, 480]
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((120, 160, 3), np.uint8))
+    configured(service, "file:%s" % small)
+    assert service.call("grab", {})["frame_size"] == [160, 120]
+
+
+# ---------------------------------------------------------------- detect
+
+def test_detect_finds_the_nozzle_with_consensus(service, nozzle_png):
+    configured(service, "file:%s" % nozzle_png, detection_tolerance=0.5)
+    started = time.monotonic()
+    result = service.call("detect", {"frames": 3, "not_before": started})
+    assert result["frames_used"] == 3 and result["frames_seen"] == 3
+    assert result["frame_size"] == [640, 480]
+    assert np.hypot(result["center"][0] - NOZZLE_CENTER[0],
+                    result["center"][1] - NOZZLE_CENTER[1]) < 0.5
+    assert 15 < result["radius"] < 21
+    assert 0 < result["score"] <= 1
+    assert 0 <= result["spread"] <= 0.5
+    assert result["frame_time"] >= started
+    assert 0 < result["elapsed"] < 30
+
+
+def test_detect_honours_settle(service, nozzle_png):
+    configured(service, "file:%s" % nozzle_png)
+    received = time.monotonic()
+    result = service.call("detect", {"frames": 1, "settle": 0.3},
+                          received=received)
+    assert result["frame_time"] >= received + 0.3
+
+
+def test_detect_without_a_nozzle_says_what_to_try_and_saves_frames(
+        service, tmp_path):
+    url = write_images(tmp_path / "blank", [np.full((480, 640, 3), 90, np.uint8)])
+    debug = tmp_path / "debug"
+    configured(service, url, debug_dir=str(debug), debug_keep=5)
+    error = expect_error("nozzle_not_found", service, "detect",
+                         {"frames": 2, "max_frames": 4})
+    assert error.details["frames_seen"] == 4
+    for hint in ("in view", "focus", "clean", "lit"):
+        assert hint in error.message
+    files = error.details["debug_files"]
+    assert files and all(os.path.isfile(path) for path in files)
+    assert all(path in error.message for path in files)
+
+
+def test_detect_reports_no_consensus_when_frames_disagree(service, tmp_path):
+    centres = [(200.0, 200.0), (400.0, 260.0), (300.0, 330.0)]
+    url = write_images(tmp_path / "jumpy",
+                       [draw_nozzle(center=c) for c in centres])
+    configured(service, url, detection_tolerance=1.0)
+    error = expect_error("no_consensus", service, "detect",
+                         {"frames": 2, "max_frames": 3})
+    assert error.details["frames_seen"] == 3
+    assert error.details["frames_with_nozzle"] == 3
+    assert "detection_tolerance" in error.message
+    # With a tolerance that spans them, the same frames agree.
+    assert service.call("detect", {"frames": 2, "max_frames": 3,
+                                   "tolerance": 500})["frames_used"] >= 2
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"frames": 0}, "frames"), ({"frames": 51}, "frames"),
+    ({"frames": "3"}, "frames"), ({"not_before": "now"}, "not_before"),
+    ({"settle": -1}, "settle"), ({"timeout": 0}, "timeout"),
+    ({"tolerance": -2}, "tolerance"), ({"frames": 5, "max_frames": 4}, "max_frames"),
+])
+def test_detect_param_errors(service, nozzle_png, params, name):
+    configured(service, "file:%s" % nozzle_png)
+    error = expect_error("invalid_params", service, "detect", params)
+    assert error.details["param"] == name
+
+
+def test_detect_with_a_dead_camera_names_the_cause(service, free_port):
+    url = "http://127.0.0.1:%d/stream" % free_port()
+    configured(service, url)
+    error = expect_error("camera_unreachable", service, "detect")
+    assert url in error.message
+
+
+def test_detect_is_bounded_by_its_timeout_with_a_slow_camera(service, http_camera):
+    configured(service, http_camera.url("/snapshot.jpg"), camera_timeout=5)
+    http_camera.route("/snapshot.jpg", b"", delay=20)
+    started = time.monotonic()
+    error = expect_error("camera_timeout", service, "detect", {"timeout": 1.0})
+    assert time.monotonic() - started < 1.0 + 3.0
+    assert http_camera.url("/snapshot.jpg") in error.message
+
+
+def test_detect_over_a_real_mjpeg_stream(service, mjpeg_server, nozzle_png):
+    server = mjpeg_server(nozzle_png, fps=10)
+    configured(service, server.url, detection_tolerance=0.5)
+    not_before = time.monotonic() + 0.1
+    result = service.call("detect", {"frames": 3, "not_before": not_before})
+    assert result["frame_time"] >= not_before
+    assert np.hypot(result["center"][0] - NOZZLE_CENTER[0],
+                    result["center"][1] - NOZZLE_CENTER[1]) < 0.5
+
+
+# ---------------------------------------------------------------- grab
+
+def test_grab_saves_the_frame(service, nozzle_png, tmp_path):
+    configured(service, "file:%s" % nozzle_png)
+    target = tmp_path / "grab.png"
+    result = service.call("grab", {"save": str(target)})
+    assert result["saved"] == str(target)
+    assert np.array_equal(cv2.imread(str(target)), draw_nozzle())
+    assert 0 <= result["age"] < 5
+    error = expect_error("invalid_params", service, "grab",
+                         {"save": str(tmp_path / "nowhere" / "x.png")})
+    assert error.details["param"] == "save"
+
+
+# ---------------------------------------------------------------- camera model
+
+def test_fit_camera_model_validates_and_fits(service):
+    error = expect_error("invalid_params", service, "fit_camera_model",
+                         {"pairs": [{"xy": [0, 0], "uv": [1, 1]}]})
+    assert "at least 3" in error.message
+    error = expect_error("invalid_params", service, "fit_camera_model",
+                         {"pairs": [{"xy": [0, 0], "uv": [1, 1]}] * 2
+                          + [{"xy": [0], "uv": [1, 1]}]})
+    assert "pairs[2].xy" in error.message
+    # 0.01 mm/px, seen from below (mirrored), on a 3x3 grid.
+    pairs = []
+    for x in (-0.5, 0.0, 0.5):
+        for y in (-0.5, 0.0, 0.5):
+            pairs.append({"xy": [100 + x, 50 + y],
+                          "uv": [320 - x / 0.01, 240 - y / 0.01]})
+    result = service.call("fit_camera_model", {"pairs": pairs})
+    (a, b), (d, e) = result["matrix"]
+    assert [a, b, d, e] == pytest.approx([-0.01, 0.0, 0.0, -0.01], abs=1e-9)
+    assert result["mm_per_px"] == pytest.approx(0.01)
+    assert result["rejected"] == []
+
+
+# ---------------------------------------------------------------- version
+
+def test_version_reports_libraries_and_camera(service, nozzle_png, free_port):
+    configured(service, "file:%s" % nozzle_png)
+    result = service.call("version", {})
+    assert result["protocol"] == 1
+    assert result["opencv"] == cv2.__version__
+    assert result["numpy"] == np.__version__
+    assert result["camera"]["reachable"] is True
+    assert result["camera"]["frame_size"] == [640, 480]
+    configured(service, "http://127.0.0.1:%d/x" % free_port())
+    result = service.call("version", {})
+    assert result["camera"]["reachable"] is False
+    assert "Nothing answers" in result["camera"]["error"]
+    assert service.call("version", {"check_camera": False})["camera"][
+        "reachable"] is None
+
+
+def test_version_answers_quickly_with_a_hanging_camera(service, silent_server):
+    url, _ = silent_server
+    configured(service, url, camera_timeout=20)
+    started = time.monotonic()
+    result = service.call("version", {})
+    assert time.monotonic() - started < 2.0 + 3.0
+    assert result["camera"]["reachable"] is False
+
+
+# ---------------------------------------------------------------- preview
+
+def http_get(url, timeout=5.0):
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            url, timeout=timeout) as response:
+        return response.status, response.headers.get_content_type(), response.read()
+
+
+def test_preview_wiring(service, nozzle_png, free_port):
+    port = free_port()
+    result = configured(service, "file:%s" % nozzle_png, preview_port=port)
+    assert result["preview"]["running"] is True
+    assert result["preview"]["url"] == "http://127.0.0.1:%d/" % port
+    assert result["preview"]["error"] is None
+    service.call("detect", {"frames": 1})
+    status, kind, body = http_get("http://127.0.0.1:%d/snapshot" % port)
+    assert status == 200 and kind == "image/jpeg"
+    shown = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert shown.shape == (480, 640, 3)
+    started = service.call("preview", {"action": "start"})
+    assert started["annotating"] is True and started["running"] is True
+    stopped = service.call("preview", {"action": "stop"})
+    assert stopped["annotating"] is False
+    error = expect_error("invalid_params", service, "preview", {"action": "go"})
+    assert "start" in error.message
+
+
+def test_preview_port_in_use_is_reported_not_fatal(service, nozzle_png):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = configured(service, "file:%s" % nozzle_png, preview_port=port)
+        assert result["preview"]["running"] is False
+        assert str(port) in result["preview"]["error"]
+        assert service.call("version", {})["preview"]["error"]
+        assert service.call("detect", {"frames": 1})["frames_used"] == 1
+
+
+def test_preview_start_when_off_says_how_to_turn_it_on(service, nozzle_png):
+    configured(service, "file:%s" % nozzle_png)
+    result = service.call("preview", {"action": "start"})
+    assert result["running"] is False and "preview_port" in result["error"]
+
+
+# ---------------------------------------------------------------- simulation
+
+def test_machine_state_moves_the_simulated_nozzle(service):
+    configured(service, "sim://?seed=3&noise=0&blur=0&dirt=0&glints=0&latency=0"
+               "&step=0&mm_per_px=0.01&rotation=0", detection_tolerance=0.5)
+    truth = service.call("sim_truth", {})
+    assert truth["mm_per_px"] == pytest.approx(0.01)
+    cx, cy = truth["camera_xy"]
+    here = service.call("detect", {"frames": 2, "not_before": time.monotonic(),
+                                   "machine": {"position": [cx, cy, 10],
+                                               "tool": "extruder"}})
+    there = service.call("detect", {"frames": 2, "not_before": time.monotonic(),
+                                    "machine": {"position": [cx + 0.2, cy, 10],
+                                                "tool": "extruder"}})
+    moved = np.hypot(there["center"][0] - here["center"][0],
+                     there["center"][1] - here["center"][1])
+    assert moved == pytest.approx(0.2 / 0.01, rel=0.05)
+
+
+def test_sim_truth_refuses_real_cameras(service, nozzle_png):
+    configured(service, "file:%s" % nozzle_png)
+    error = expect_error("invalid_request", service, "sim_truth")
+    assert "sim://" in error.message
