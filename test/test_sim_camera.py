@@ -350,3 +350,20 @@ def test_detector_finds_the_bore_at_the_predicted_pixel(rotation, mirror, tool):
         assert found is not None
         errors.append(math.hypot(found.center[0] - pixel[0], found.center[1] - pixel[1]))
     assert np.median(errors) < 0.25
+
+
+def test_corexy_quantises_the_a_and_b_motors():
+    step = 0.0125
+    machine = m.Machine([[0, 0]], step=step, kinematics="corexy")
+    rng = np.random.default_rng(8)
+    for k, target in enumerate(rng.uniform(-5, 5, size=(20, 2))):
+        x, y = machine.command(float(k), target, "T0").carriage
+        for motor in (x + y, x - y):
+            assert motor / step == pytest.approx(round(motor / step), abs=1e-9)
+        assert abs((x + y) - (target[0] + target[1])) <= step / 2 + 1e-12
+    # A point on the cartesian step grid is reachable exactly on corexy too.
+    assert m.quantize_xy((1.025, -0.0375), step, "corexy") == pytest.approx((1.025, -0.0375))
+    # Half steps on X alone are not: A and B must both move whole steps.
+    assert m.quantize_xy((0.00625, 0.0), step, "corexy") != pytest.approx((0.00625, 0.0))
+    with pytest.raises(HelperError):
+        parse_sim_url("sim://?kinematics=delta")

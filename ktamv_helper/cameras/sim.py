@@ -31,6 +31,7 @@ tools          4          number of tools
 offset_range   0.5        tools 1.. are offset from tool 0 by up to this, mm
 backlash       0          play of each of X and Y, mm
 step           0.0125     microstep, mm (0 = continuous)
+kinematics     cartesian  ``corexy``: the microsteps are on A = X+Y, B = X-Y
 latency        0.08       age of what a frame shows, s
 nozzle         0.4        bore diameter, mm
 noise          (per tool) sensor noise sigma, grey levels
@@ -74,6 +75,7 @@ _KEYS = {
     "offset_range": (float, 0.5, 0.0, 50.0),
     "backlash": (float, 0.0, 0.0, 5.0),
     "step": (float, 0.0125, 0.0, 1.0),
+    "kinematics": (str, "cartesian", None, None),
     "latency": (float, 0.08, 0.0, 5.0),
     "nozzle": (float, 0.4, 0.05, 3.0),
     "noise": (float, None, 0.0, 100.0),
@@ -117,6 +119,9 @@ def parse_sim_url(url):
             raise HelperError("invalid_params",
                               "sim:// camera key %s=%s is outside %s..%s." % (key, text, low, high))
         settings[key] = value
+    if settings["kinematics"] not in ("cartesian", "corexy"):
+        raise HelperError("invalid_params", "sim:// camera key kinematics=%s must be "
+                          "cartesian or corexy." % (settings["kinematics"],))
     return settings
 
 
@@ -147,7 +152,7 @@ class SimCamera(CameraSource):
         self.machine = sim_machine.Machine(
             offsets, backlash=s["backlash"], step=s["step"],
             start_xy=(s["camera_x"], s["camera_y"]),
-            history=max(10.0, 4 * s["latency"]))
+            history=max(10.0, 4 * s["latency"]), kinematics=s["kinematics"])
         self.bore_radius_px = 0.5 * s["nozzle"] / s["mm_per_px"]
         self._looks = [None] * s["tools"]
         self._cache = {}       # tick -> Frame
@@ -337,6 +342,7 @@ class SimCamera(CameraSource):
             "mirror": bool(s["mirror"]),
             "backlash": s["backlash"],
             "step": s["step"],
+            "kinematics": s["kinematics"],
             "latency": s["latency"],
             "fps": s["fps"],
             "frame_size": [s["width"], s["height"]],

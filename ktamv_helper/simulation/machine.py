@@ -3,9 +3,9 @@
 Pure, deterministic pieces (time is always passed in, never read here):
 
 - :func:`tool_index` maps an active tool's name to a tool number.
-- :func:`quantize` and :func:`take_up_backlash` model the drive: the motor
-  stands on whole microsteps and the carriage follows it through a dead band
-  (the backlash).
+- :func:`quantize_xy` and :func:`take_up_backlash` model the drive: the
+  motors stand on whole microsteps (cartesian X/Y or corexy A/B) and the
+  carriage follows through a dead band on each axis (the backlash).
 - :class:`CameraModel` maps a nozzle's machine XY to the pixel where the
   upward-looking camera sees it (scale, rotation, mirror).
 - :class:`Machine` keeps the timeline of physical nozzle positions so a frame
@@ -45,11 +45,31 @@ def tool_index(name):
 def quantize(value, step):
     """Round ``value`` (mm) to a whole number of microsteps of ``step`` mm.
 
+    Halves round away from zero, as Klipper's ``get_mcu_position`` does.
     ``step`` <= 0 means no quantisation.
     """
     if step <= 0:
         return float(value)
-    return round(value / step) * step
+    steps = value / step
+    whole = math.floor(steps + 0.5) if steps >= 0 else math.ceil(steps - 0.5)
+    return whole * step
+
+
+def quantize_xy(xy, step, kinematics="cartesian"):
+    """Toolhead XY the motors really reach for commanded ``xy``.
+
+    Each motor stands on a whole number of microsteps of ``step`` mm. On a
+    cartesian printer the motors are X and Y; on a corexy printer they are
+    A = X + Y and B = X - Y (Klipper's ``stepper_x`` and ``stepper_y``), so
+    the reachable XY grid is diagonal with half-step spacing.
+    """
+    x, y = float(xy[0]), float(xy[1])
+    if kinematics == "corexy":
+        a, b = quantize(x + y, step), quantize(x - y, step)
+        return (0.5 * (a + b), 0.5 * (a - b))
+    if kinematics != "cartesian":
+        raise ValueError("kinematics must be 'cartesian' or 'corexy'")
+    return (quantize(x, step), quantize(y, step))
 
 
 def take_up_backlash(carriage, motor, backlash):
@@ -204,15 +224,19 @@ class Machine:
         Commanded (and physical) toolhead XY before the first command.
     history : float
         Seconds of past states kept for latency look-ups.
+    kinematics : str
+        ``"cartesian"`` or ``"corexy"``: which motors are quantised (see
+        :func:`quantize_xy`).
     """
 
     def __init__(self, tool_offsets, backlash=0.0, step=0.0125, start_xy=(0.0, 0.0),
-                 history=10.0):
+                 history=10.0, kinematics="cartesian"):
         self.tool_offsets = np.asarray(tool_offsets, dtype=float).reshape(-1, 2)
         self.backlash = float(backlash)
         self.step = float(step)
         self.history = float(history)
-        carriage = tuple(quantize(c, self.step) for c in start_xy[:2])
+        self.kinematics = kinematics
+        carriage = quantize_xy(start_xy, self.step, kinematics)
         first = MachineState(float("-inf"), tuple(float(c) for c in start_xy[:2]),
                              carriage, 0, self._nozzle(carriage, 0))
         self._states = [first]
@@ -252,9 +276,9 @@ class Machine:
         time = max(float(time), last.time)
         carriage = list(last.carriage)
         for target in list(moves) + [position]:
+            motors = quantize_xy(target, self.step, self.kinematics)
             for axis in (0, 1):
-                motor = quantize(float(target[axis]), self.step)
-                carriage[axis] = take_up_backlash(carriage[axis], motor, self.backlash)
+                carriage[axis] = take_up_backlash(carriage[axis], motors[axis], self.backlash)
         tool_number = tool_index(tool)
         carriage = tuple(float(c) for c in carriage)
         commanded = (float(position[0]), float(position[1]))
