@@ -1,0 +1,112 @@
+"""The example macros, run in real Klippy (batch mode) against the sim camera.
+
+examples/ktamv_macros.cfg is what install.sh copies into a printer's config
+folder, so it must load, align every tool, store offsets that match the
+simulated truth, and apply the stored offset when a tool is selected.
+"""
+
+import ast
+import configparser
+
+import pytest
+
+from klippy_harness import (HELPER_PYTHON, KLIPPY, REPO, printer_config,
+                            run_klippy)
+
+pytestmark = pytest.mark.skipif(
+    not KLIPPY.exists() or not HELPER_PYTHON.exists(),
+    reason="needs .venv and .venv-klippy (test/setup.sh)")
+
+SIM_URL = ("sim://?seed=11&tools=3&offset_range=0.6&camera_x=150&camera_y=150"
+           "&backlash=0.05")
+MACROS = REPO / "examples" / "ktamv_macros.cfg"
+
+
+def ktamv_config(tmp_path, tool_macros):
+    return printer_config("""
+[ktamv]
+nozzle_cam_url: %s
+helper_python: %s
+camera_position: 150, 150
+tool_status: gcode_macro _SIM_TOOL.name
+
+[gcode_macro _SIM_TOOL]
+variable_name: "extruder"
+gcode:
+
+[save_variables]
+filename: %s
+
+[include %s]
+%s
+""" % (SIM_URL, HELPER_PYTHON, tmp_path / "variables.cfg", MACROS, tool_macros),
+    )
+
+
+def tool_macro(number):
+    name = "extruder" if number == 0 else "extruder%d" % number
+    return """
+[gcode_macro T%d]
+gcode:
+    SET_GCODE_VARIABLE MACRO=_SIM_TOOL VARIABLE=name VALUE='"%s"'
+    _KTAMV_APPLY_TOOL_OFFSET
+""" % (number, name)
+
+
+def truth_offsets():
+    from ktamv_helper.cameras.sim import SimCamera
+    camera = SimCamera(SIM_URL)
+    try:
+        return camera.truth()["tools"]
+    finally:
+        camera.close()
+
+
+def saved_variables(path):
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    return {k: ast.literal_eval(v) for k, v in parser["Variables"].items()}
+
+
+def test_align_all_tools_stores_and_applies_offsets(tmp_path):
+    macros = "".join(tool_macro(n) for n in range(3))
+    # After the alignment, select T1 and print where G-code X0 Y0 puts the
+    # toolhead: the applied offset.
+    gcode = "\n".join([
+        "G28",
+        "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1,2",
+        "T1",
+        "GET_POSITION",
+    ]) + "\n"
+    result = run_klippy(tmp_path / "run", ktamv_config(tmp_path, macros), gcode,
+                        timeout=300)
+    assert result.returncode == 0, result.tail()
+    assert "kTAMV offsets against extruder" in result.text
+
+    truth = truth_offsets()
+    saved = saved_variables(tmp_path / "variables.cfg")
+    assert saved["ktamv_offset_extruder"] == [0.0, 0.0]
+    for n, name in ((1, "extruder1"), (2, "extruder2")):
+        stored = saved["ktamv_offset_" + name]
+        expected = truth[str(n)] if isinstance(truth, dict) else truth[n]
+        assert abs(stored[0] - expected[0]) < 0.005, (name, stored, expected)
+        assert abs(stored[1] - expected[1]) < 0.005, (name, stored, expected)
+
+    # _KTAMV_APPLY_TOOL_OFFSET in T1 set T1's stored offset.
+    status = [line for line in result.lines if "gcode homing:" in line]
+    assert status, result.tail()
+    x, y = [float(v.split(":")[1]) for v in status[-1].split("gcode homing:")[1].split()[:2]]
+    assert abs(x - saved["ktamv_offset_extruder1"][0]) < 1e-3
+    assert abs(y - saved["ktamv_offset_extruder1"][1]) < 1e-3
+
+
+def test_macros_explain_missing_tools_and_homing(tmp_path):
+    config = ktamv_config(tmp_path, tool_macro(0))
+    result = run_klippy(tmp_path / "unhomed", config, "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\n",
+                        timeout=120)
+    assert result.returncode != 0
+    assert "there is no T1 macro" in result.text
+    result = run_klippy(tmp_path / "no-home", ktamv_config(tmp_path, tool_macro(0) + tool_macro(1)),
+                        "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\n", timeout=120)
+    assert result.returncode != 0
+    assert "home the printer (G28) first" in result.text
