@@ -33,8 +33,12 @@ def image_center(image):
 
 
 def line_thickness(image):
-    """Line width in pixels for a frame: 1 px up to 540 lines, then wider."""
-    return max(1, int(round(min(image.shape[:2]) / 360.0)))
+    """Line width in pixels for a frame: 1 px below 450 lines, then wider.
+
+    Two pixels at 480 lines keep thin coloured lines visible after the
+    JPEG chroma subsampling of the stream.
+    """
+    return max(1, int(round(min(image.shape[:2]) / 300.0)))
 
 
 def annotate(image, detection=None, tolerance_px=None, status_lines=()):
