@@ -241,6 +241,8 @@ class Service:
         self._preview_key = None
         self._preview_error = None
         self._annotating = False
+        # Shown on every preview frame: last detect result, calibrated scale.
+        self._preview_notes = {"last": None, "scale": None}
         self._closed = False
         self._methods = {
             "configure": self.configure,
@@ -462,10 +464,8 @@ class Service:
             preview = PreviewServer(host, port, fps)
             preview.start()
         except OSError as exc:
-            error = ("The preview could not listen on %s:%d (%s): pick a free "
-                     "preview_port in [ktamv]." % (host, port, exc.strerror
-                                                   or exc))
-            self._preview_failed(error)
+            # PreviewServer.start words its OSError for the user already.
+            self._preview_failed(str(exc))
             return
         except Exception as exc:
             self._preview_failed("The preview server failed to start: %s: %s"
@@ -509,9 +509,19 @@ class Service:
             return
         try:
             preview.publish(image, detection=detection, tolerance_px=tolerance,
-                            status_lines=tuple(status_lines))
+                            status_lines=self._preview_lines(status_lines))
         except Exception:
             log.exception("publishing a frame to the preview failed")
+
+    def _note_for_preview(self, key, text):
+        with self._lock:
+            self._preview_notes[key] = text
+
+    def _preview_lines(self, state_lines):
+        """The preview's status text: state, last result, scale."""
+        with self._lock:
+            notes = (self._preview_notes["last"], self._preview_notes["scale"])
+        return tuple(state_lines) + tuple(note for note in notes if note)
 
     def detect(self, params, received):
         settings = self._require_settings()
@@ -557,7 +567,7 @@ class Service:
             detection = detect_nozzle(frame.image, settings.min_radius,
                                       settings.max_radius)
             last_image, last_detection = frame.image, detection
-            self._publish(frame.image, detection, tolerance,
+            self._publish(frame, detection, tolerance,
                           ("detect: frame %d of at most %d, %d with a nozzle"
                            % (seen, max_frames,
                               len(detections) + (detection is not None)),))
@@ -571,6 +581,10 @@ class Service:
                 continue
             center, used, spread = agreed
             used = [int(i) for i in used]
+            self._note_for_preview(
+                "last", "last: nozzle at %.2f, %.2f px (%d of %d frames, "
+                "spread %.2f px)" % (center[0], center[1], len(used), seen,
+                                      spread))
             return {
                 "center": [_to_float(center[0]), _to_float(center[1])],
                 "radius": _to_float(_median([detections[i].radius
@@ -618,6 +632,8 @@ class Service:
                        "still, check focus and lighting, clean the nozzle, or "
                        "raise detection_tolerance."
                        % (len(detections), seen, needed, tolerance, why))
+        self._note_for_preview("last", "last: %s after %d frame%s" % (
+            code.replace("_", " "), seen, "" if seen == 1 else "s"))
         if settings.debug_dir and last_image is not None:
             paths = self._save_debug(settings, last_image, reason,
                                      last_detection)
@@ -652,7 +668,7 @@ class Service:
         remaining = received + timeout - time.monotonic()
         frame = camera.get_frame(not_before=earliest,
                                  timeout=max(0.05, remaining))
-        self._publish(frame.image, status_lines=("grab",))
+        self._publish(frame, status_lines=("grab",))
         saved = None
         if save:
             saved = self._save_image(os.path.expanduser(save.strip()),
@@ -697,7 +713,12 @@ class Service:
         max_residual = number_param(params, "max_residual", 0.02, low=0.0,
                                     low_open=True, high=10.0)
         from ktamv_helper.camera_model import fit_camera_model
-        return fit_camera_model(xy, uv, max_residual)
+        result = fit_camera_model(xy, uv, max_residual)
+        if "mm_per_px" in result and "rotation_deg" in result:
+            self._note_for_preview(
+                "scale", "scale %.4f mm/px, rotation %.1f deg"
+                % (result["mm_per_px"], result["rotation_deg"]))
+        return result
 
     # -- preview
 
@@ -736,7 +757,8 @@ class Service:
             from ktamv_helper.detection import detect_nozzle
             detection = detect_nozzle(frame.image, settings.min_radius,
                                       settings.max_radius)
-            return frame.image, detection, settings.detection_tolerance
+            return (frame, detection, settings.detection_tolerance,
+                    self._preview_lines(("live preview",)))
 
         preview.start_continuous(produce)
 
