@@ -56,6 +56,9 @@ def parse_args(argv):
                         help="tools are offset from T0 by up to this, mm (default 0.8)")
     parser.add_argument("--latency", type=float, default=0.08,
                         help="age of what a camera frame shows, s (default 0.08)")
+    parser.add_argument("--backlash-approach", type=float, default=0.5,
+                        help="[ktamv] backlash_approach, mm; 0 shows what backlash "
+                             "does without it (default 0.5)")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
                              "emptied first)")
@@ -67,7 +70,9 @@ def parse_args(argv):
     if not 2 <= args.tools <= 10:
         parser.error("--tools must be 2..10")
     if not 0 <= args.backlash <= 0.4:
-        parser.error("--backlash must be 0..0.4 mm (kTAMV approaches from 0.5 mm)")
+        parser.error("--backlash must be 0..0.4 mm")
+    if not 0 <= args.backlash_approach <= 2:
+        parser.error("--backlash-approach must be 0..2 mm")
     if not 0 <= args.offset_range <= 1.5:
         parser.error("--offset-range must be 0..1.5 mm (the camera sees about +-2 mm)")
     if not 0 <= args.latency <= 1:
@@ -110,6 +115,7 @@ def printer_cfg(args, url, debug_dir):
         helper_python=sys.executable,
         camera_position="%.1f, %.1f" % CAMERA_POSITION,
         latency=args.latency,
+        backlash_approach=args.backlash_approach,
         # A frame must show the nozzle after the move: latency plus two frames.
         settle_time="%.3f" % (args.latency + 2.0 / 30.0 + 0.05),
         debug_dir=debug_dir)
