@@ -143,6 +143,11 @@ class HelperProcess:
         def close_pipes(eventtime=None):
             for handle in handles:
                 self.reactor.unregister_fd(handle)
+            # A dying helper's last stderr lines say why; keep them.
+            try:
+                self._read_stderr(eventtime, proc.stderr.fileno())
+            except (OSError, ValueError):
+                pass
             for f in (proc.stdin, proc.stdout, proc.stderr):
                 try:
                     f.close()
@@ -268,19 +273,21 @@ class HelperProcess:
             rest = b""
         self.buffers[fd] = rest
         return lines, eof
-    def _read_stderr(self, eventtime):
-        if self.proc is None:
-            return
-        lines, eof = self._read_fd(self.proc.stderr.fileno())
+    def _read_stderr(self, eventtime, fd=None):
+        if fd is None:
+            if self.proc is None:
+                return
+            fd = self.proc.stderr.fileno()
+        lines, eof = self._read_fd(fd)
         for line in lines:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 logging.info("ktamv helper: %s", text)
-        if eof:
+        if eof and self.proc is not None:
             # Keep waiting for stdout's EOF, which ends the helper's life.
             # Unregistering the fd being served is safe in the reactor.
             for handle in list(self.fd_handles):
-                if handle.fd == self.proc.stderr.fileno():
+                if handle.fd == fd:
                     self.reactor.unregister_fd(handle)
                     self.fd_handles.remove(handle)
     def _read_stdout(self, eventtime):

