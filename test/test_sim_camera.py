@@ -367,3 +367,58 @@ def test_corexy_quantises_the_a_and_b_motors():
     assert m.quantize_xy((0.00625, 0.0), step, "corexy") != pytest.approx((0.00625, 0.0))
     with pytest.raises(HelperError):
         parse_sim_url("sim://?kinematics=delta")
+
+
+# -- through the helper process, as the extra uses it ------------------------------
+
+def test_helper_process_renders_from_the_machine_state_and_reports_truth():
+    import json
+    import os
+    import select
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "ktamv_helper"], cwd=repo,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+    def read_reply(request_id, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                message = json.loads(proc.stdout.readline())
+                if message.get("id") == request_id:
+                    return message
+        raise AssertionError("no reply to request %d" % request_id)
+
+    def call(request_id, method, params):
+        proc.stdin.write((json.dumps({"id": request_id, "method": method,
+                                      "params": params}) + "\n").encode())
+        proc.stdin.flush()
+        return read_reply(request_id)
+
+    url = ("sim://?seed=9&tools=2&offset_range=0.6&latency=0.05&backlash=0.05"
+           "&camera_x=120&camera_y=80&rotation=40")
+    try:
+        assert call(1, "configure", {"camera_url": url}).get("result") is not None
+        truth = call(2, "sim_truth", {})["result"]
+        camera = SimCamera(url)      # same URL, same truth
+        assert truth["tools"] == camera.truth()["tools"]
+        position = [120.3, 79.8, 5.0]
+        reply = call(3, "detect", {
+            "frames": 3, "not_before": time.monotonic() + 0.15,
+            "machine": {"position": position, "tool": "extruder1",
+                        "moves": [[119.5, 79.0, 5.0]]}})
+        assert "result" in reply, reply
+        # Where tool 1's nozzle must appear: approached moving +X +Y, so the
+        # carriage trails the (microstep) position by half the backlash.
+        nozzle = (np.array(m.quantize_xy(position, 0.0125)) - 0.025
+                  + truth["nozzle_offsets"][1])
+        expected = camera.camera.pixel_of(nozzle)
+        found = reply["result"]["center"]
+        assert math.hypot(found[0] - expected[0], found[1] - expected[1]) < 0.3
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
