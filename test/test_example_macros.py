@@ -110,3 +110,80 @@ def test_macros_explain_missing_tools_and_homing(tmp_path):
                         "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\n", timeout=120)
     assert result.returncode != 0
     assert "home the printer (G28) first" in result.text
+
+
+def link_fake_toolchanger():
+    """Link test/fake_toolchanger.py into Klippy's extras as toolchanger.py."""
+    import os
+    from klippy_harness import klippy_extras_dir
+    source = (REPO / "test" / "fake_toolchanger.py").resolve()
+    link = klippy_extras_dir() / "toolchanger.py"
+    if link.is_symlink() and os.readlink(link) == str(source):
+        return
+    tmp = link.with_name("toolchanger.py.tmp%d" % os.getpid())
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(source, tmp)
+    os.replace(tmp, link)
+
+
+def test_toolchanger_macros_stage_tool_offsets(tmp_path):
+    """KTAMV_ALIGN_TOOLCHANGER then KTAMV_SAVE_TOOLCHANGER_OFFSETS stage
+    gcode_x/y_offset = the reference tool's offset + the measured one."""
+    link_fake_toolchanger()
+    reference = (0.1, -0.2)
+    config = printer_config("""
+[ktamv]
+nozzle_cam_url: %s
+helper_python: %s
+camera_position: 150, 150
+tool_status: toolchanger.tool
+
+[toolchanger]
+tool_count: 3
+reference_offset: %f, %f
+
+[include %s]
+
+[gcode_macro _PRINT_PENDING]
+gcode:
+    {action_respond_info("PENDING " ~ (printer.configfile.save_config_pending_items|tojson))}
+""" % (SIM_URL, HELPER_PYTHON, reference[0], reference[1],
+       REPO / "examples" / "toolchanger_macros.cfg"))
+    gcode = "G28\nKTAMV_ALIGN_TOOLCHANGER\nKTAMV_SAVE_TOOLCHANGER_OFFSETS\n_PRINT_PENDING\n"
+    result = run_klippy(tmp_path / "run", config, gcode, timeout=300)
+    assert result.returncode == 0, result.tail()
+    assert "kTAMV: tool offsets against tool T0" in result.text
+    import json
+    pending = json.loads(result.find(r"^PENDING (.*)$")[-1])
+    truth = truth_offsets()
+    assert "tool T0" not in pending  # the reference keeps its offset
+    for n in (1, 2):
+        section = pending["tool T%d" % n]
+        expected = truth[str(n)] if isinstance(truth, dict) else truth[n]
+        assert abs(float(section["gcode_x_offset"]) - (reference[0] + expected[0])) < 0.005
+        assert abs(float(section["gcode_y_offset"]) - (reference[1] + expected[1])) < 0.005
+
+
+def test_idex_and_toolchanger_macros_load(tmp_path):
+    """Every example macro file loads in Klippy together (templates compile,
+    no duplicate sections), and each macro explains a missing prerequisite."""
+    config = printer_config("""
+[ktamv]
+nozzle_cam_url: %s
+helper_python: %s
+
+[include %s]
+[include %s]
+[include %s]
+""" % (SIM_URL, HELPER_PYTHON, MACROS, REPO / "examples" / "idex_macros.cfg",
+       REPO / "examples" / "toolchanger_macros.cfg"))
+    result = run_klippy(tmp_path / "run", config, "KTAMV_ALIGN_TOOLCHANGER\n",
+                        timeout=120)
+    assert result.returncode != 0
+    assert "there is no [toolchanger]" in result.text
+    # T0/T1 come from idex_macros.cfg; without homing the alignment refuses.
+    result = run_klippy(tmp_path / "run2", config, "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\n",
+                        timeout=120)
+    assert result.returncode != 0
+    assert "home the printer (G28) first" in result.text
