@@ -40,7 +40,7 @@ MAX_CANDIDATES = 12
 # A ray counts when the bore-to-collar rise is this many times the noise.
 MIN_RAY_SNR = 4.0
 # Fraction of rays that must show the edge (dirt may hide the rest).
-MIN_COMPLETENESS = 0.55
+MIN_COMPLETENESS = 0.65
 # ... and by at least this many grey levels (JPEG smooths noise away, so the
 # noise estimate alone can be too optimistic in dark frames).
 MIN_RISE_LEVELS = 12.0
@@ -52,8 +52,10 @@ RAY_LENGTH = 5.0
 RING_DROP = 0.35
 # ... on at least this fraction of the rays that show the edge.
 MIN_CLOSURE = 0.5
+# Rays cast at a candidate's first look.
+QUICK_RAYS = 32
 # Smallest accepted score.
-MIN_SCORE = 0.3
+MIN_SCORE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +104,11 @@ def to_gray(image):
 
 
 def estimate_noise(gray):
-    """Robust standard deviation of the pixel noise, grey levels.
+    """Standard deviation of the pixel noise, grey levels.
 
-    The median absolute difference of horizontal neighbours is insensitive to
-    edges (they are few) and to smooth shading.
+    Immerkær's estimator (1996): the mean absolute response to a 3x3 mask
+    that cancels constant and linear shading. Edges add to it a little, which
+    only makes the detector's thresholds more cautious.
 
     Parameters
     ----------
@@ -116,12 +119,15 @@ def estimate_noise(gray):
     float
         At least 0.5 (8-bit quantisation).
     """
-    rows = gray[::2].astype(np.int16)
-    diff = np.abs(rows[:, 1:] - rows[:, :-1])
-    hist = np.bincount(diff.ravel(), minlength=256)
-    half = np.searchsorted(np.cumsum(hist), diff.size / 2.0)
-    # MAD of a difference of two samples -> sigma of one sample.
-    return max(0.5, 1.4826 * float(half) / math.sqrt(2.0))
+    if min(gray.shape) < 3:
+        return 0.5
+    response = cv2.filter2D(gray.astype(np.float32), -1, _NOISE_MASK,
+                            borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    sigma = math.sqrt(math.pi / 2.0) * float(cv2.mean(np.abs(response))[0]) / 6.0
+    return max(0.5, sigma)
+
+
+_NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
 def find_candidates(gray, min_radius, max_radius):
@@ -164,23 +170,34 @@ def find_candidates(gray, min_radius, max_radius):
     r_lo = max(min_radius / sx * 0.6, 1.0)
     r_hi = max_radius / sx * 1.3
     area_lo, area_hi = math.pi * r_lo * r_lo, math.pi * r_hi * r_hi
+    p_lo, p_hi = 2 * math.pi * r_lo, 2 * math.pi * r_hi * 1.3
     found = []
     for fraction in THRESHOLD_FRACTIONS:
         _, mask = cv2.threshold(small, lo + fraction * (hi - lo), 255, cv2.THRESH_BINARY_INV)
-        n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=4)
-        if n <= 1:
+        # Outer boundaries of the dark islands are the top level of RETR_CCOMP.
+        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        if hierarchy is None:
             continue
-        x, y, w, h, area = (stats[1:, i] for i in range(5))
-        keep = ((area >= area_lo) & (area <= area_hi)
-                # cut by the frame edge: the centre would be wrong
-                & (x > 0) & (y > 0) & (x + w < sw) & (y + h < sh)
-                # round and compact (a disc fills pi/4 of its box)
-                & (np.maximum(w, h) <= 1.6 * np.minimum(w, h) + 1)
-                & (area >= 0.55 * w * h) & (area <= 0.98 * w * h + 2))
-        for i in np.flatnonzero(keep):
-            cu, cv_ = centroids[i + 1]
+        for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+            if parent != -1 or not p_lo <= len(contour) <= p_hi:
+                continue
+            x, y, w, h = cv2.boundingRect(contour)
+            if x <= 0 or y <= 0 or x + w >= sw or y + h >= sh:
+                continue        # cut by the frame edge: the centre would be wrong
+            if max(w, h) > 1.6 * min(w, h) + 1:
+                continue        # elongated
+            m = cv2.moments(contour)
+            # Pixel count of the island: polygon through the boundary pixel
+            # centres plus the half pixel around it.
+            area = m["m00"] + 0.5 * len(contour) + 1.0
+            if not (area_lo <= area <= area_hi and 0.55 * w * h <= area <= 0.98 * w * h + 2):
+                continue        # not round and compact (a disc fills pi/4 of its box)
+            if m["m00"] > 0:
+                cu, cv_ = m["m10"] / m["m00"], m["m01"] / m["m00"]
+            else:
+                cu, cv_ = x + 0.5 * (w - 1), y + 0.5 * (h - 1)
             found.append(((cu + 0.5) * sx - 0.5, (cv_ + 0.5) * sy - 0.5,
-                          math.sqrt(area[i] / math.pi) * sx))
+                          math.sqrt(area / math.pi) * sx))
     # Merge the same island seen at several levels.
     merged = []
     for u, v, r in sorted(found, key=lambda c: -c[2]):
@@ -308,7 +325,7 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
     return centre + origin, radius, inliers
 
 
-def measure_bore(gray_f, noise, center, radius):
+def measure_bore(gray_f, noise, center, radius, n_rays=None):
     """Verify a candidate bore and measure its edge.
 
     Parameters
@@ -321,6 +338,9 @@ def measure_bore(gray_f, noise, center, radius):
         Approximate bore centre, px.
     radius : float
         Approximate bore radius, px.
+    n_rays : int, optional
+        Rays cast; by default about one per 1.5 px of circumference (48-144).
+        A quick first look may use fewer.
 
     Returns
     -------
@@ -331,7 +351,8 @@ def measure_bore(gray_f, noise, center, radius):
         again beyond the collar: a collar is a ring, not a plate) and ``rms``
         (edge residual, px); None when the candidate has no usable edge.
     """
-    n_rays = int(np.clip(round(2 * math.pi * radius / 1.5), 48, 144))
+    if n_rays is None:
+        n_rays = int(np.clip(round(2 * math.pi * radius / 1.5), 48, 144))
     angles = np.arange(n_rays) * (2 * math.pi / n_rays)
     step = float(np.clip(radius / 24.0, 0.2, 1.0))
     radii = np.arange(0.0, RAY_LENGTH * radius + step, step, dtype=np.float32)
@@ -354,7 +375,13 @@ def measure_bore(gray_f, noise, center, radius):
     edge = _first_rise(prof[:, :stop], radii, thresholds, start)
     min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
-    if good.sum() < 6:
+    if good.sum() < max(6, MIN_COMPLETENESS * n_rays):
+        return None
+    # Beyond the collar the light must drop well below the collar's level.
+    beyond = radii[None, :] > radii[peak_idx][:, None]
+    drop_level = (collar - RING_DROP * rise)[:, None]
+    closed = np.any(beyond & (prof < drop_level), axis=1)
+    if closed[good].mean() < MIN_CLOSURE:
         return None
     pts = np.column_stack([center[0] + np.cos(angles) * edge,
                            center[1] + np.sin(angles) * edge])[good]
@@ -362,12 +389,11 @@ def measure_bore(gray_f, noise, center, radius):
     if fit is None:
         return None
     c, r, inliers = fit
+    if not (0.5 * radius <= r <= 2.0 * radius) or \
+            math.hypot(c[0] - center[0], c[1] - center[1]) > radius:
+        return None     # the edge points belong to something else
     used = np.flatnonzero(good)[inliers]
     residuals = np.hypot(*(pts[inliers] - c).T) - r
-    # Beyond the collar the light must drop well below the collar's level.
-    beyond = radii[None, :] > radii[peak_idx][:, None]
-    drop_level = (collar - RING_DROP * rise)[:, None]
-    closed = np.any(beyond & (prof < drop_level), axis=1)
     return {
         "center": (float(c[0]), float(c[1])),
         "radius": r,
@@ -408,7 +434,7 @@ def detect_nozzle(image, min_radius=4.0, max_radius=120.0):
     gray_f = gray.astype(np.float32)
     best = None
     for u, v, r, _ in find_candidates(gray, min_radius, max_radius):
-        m = measure_bore(gray_f, noise, (u, v), r)
+        m = measure_bore(gray_f, noise, (u, v), r, n_rays=QUICK_RAYS)
         if m is None:
             continue
         # Cast the rays again from the fitted centre: radial rays cross the

@@ -275,8 +275,11 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
         cv2.GaussianBlur(canvas, (0, 0), look.blur_sigma, dst=canvas)
     if look.noise_sigma > 0:
         # Shot-like noise: stronger in bright areas.
+        # Demosaicing correlates the channels: most of the noise is shared.
         scale = np.sqrt(np.clip(canvas, 16, 255) * np.float32(look.noise_sigma ** 2 / 128.0))
-        canvas += rng.standard_normal(canvas.shape, np.float32) * scale
+        grain = rng.standard_normal(canvas.shape[:2], np.float32)[..., None] * np.float32(0.8)
+        grain = grain + rng.standard_normal(canvas.shape, np.float32) * np.float32(0.6)
+        canvas += grain * scale
     canvas += np.float32(0.5)
     image = np.clip(canvas, 0, 255).astype(np.uint8)
     if look.jpeg_quality:
