@@ -6,8 +6,7 @@
 # replies through Klipper's reactor, so Klipper never blocks on the camera.
 #
 # This file may be distributed under the terms of the GNU GPLv3 license.
-import atexit, errno, json, logging, math, os, shlex, subprocess, sys, time
-import weakref
+import atexit, json, logging, math, os, shlex, subprocess, time, weakref
 
 PROTOCOL_VERSION = 1
 # Most bytes kept from one unterminated helper output line (the protocol
@@ -67,7 +66,7 @@ class HelperProcess:
         self.start_times = []
         self.fd_handles = []
         self.buffers = {}
-        self.reap_timer = None
+        self.protocol_error = None
     # Lifecycle
     def start(self):
         """Spawn the helper; returns at once (the ready event comes later)."""
@@ -106,6 +105,7 @@ class HelperProcess:
             self.reactor.register_fd(proc.stderr.fileno(), self._read_stderr)]
         self.ready_completion = self.reactor.completion()
         self.ready_info = {}
+        self.protocol_error = None
         self.state = "starting"
         logging.info("ktamv: started vision helper pid %d: %s", proc.pid,
                      " ".join(self.argv))
@@ -159,6 +159,8 @@ class HelperProcess:
             self.reactor.register_callback(close_pipes)
         else:
             close_pipes()
+        if self.protocol_error:
+            reason = self.protocol_error
         self.last_error = reason
         if self.state != "stopped":
             self.state = "exited"
@@ -328,11 +330,11 @@ class HelperProcess:
         event = msg.get("event")
         if event == "ready":
             if msg.get("protocol") != PROTOCOL_VERSION:
-                self.last_error = (
+                self.protocol_error = (
                     "The vision helper speaks protocol %r but this ktamv.py "
                     "needs %d; update both from the same kTAMV checkout."
                     % (msg.get("protocol"), PROTOCOL_VERSION))
-                logging.warning("ktamv: %s", self.last_error)
+                logging.warning("ktamv: %s", self.protocol_error)
                 self._terminate_now()
                 return
             self.state = "ready"

@@ -96,13 +96,16 @@ def test_sim_workflow_measures_tool_offsets_within_5_microns(tmp_path):
         "KTAMV_FIND_NOZZLE_CENTER",
         "KTAMV_GET_OFFSET",
         "KTAMV_STATUS_JSON",
+        "KTAMV_GET_OFFSET REPEAT=3",
+        "KTAMV_OFFSET_STATISTICS",
+        "KTAMV_STATUS_JSON",
         "KTAMV_MOVE_TO_ORIGIN",
         "KTAMV_STATUS_JSON",
     ]) + "\n"
     result = run_klippy(tmp_path, printer_config(section), gcode)
     assert result.returncode == 0, result.tail()
     assert "camera calibrated" in result.text
-    after_offcentre, t1, t2, at_origin = statuses(result.text)
+    after_offcentre, t1, t2, repeated, at_origin = statuses(result.text)
 
     assert after_offcentre["is_calibrated"] is True
     assert 0.009 < after_offcentre["mm_per_pixels"] < 0.011
@@ -119,6 +122,13 @@ def test_sim_workflow_measures_tool_offsets_within_5_microns(tmp_path):
         assert status["offsets"]["T%d" % tool] == measured
         # The offsets are big enough that a wrong sign would fail.
         assert max(abs(expected[0]), abs(expected[1])) > 0.02
+    # Repeat statistics: T2 measured once, then 3 more times.
+    stats = repeated["repeat_statistics"]["T2"]
+    assert stats["count"] == 4
+    assert max(stats["stdev"]) < 0.002 and max(stats["range"]) < 0.005
+    assert stats["mean"][0] == pytest.approx(truth["tools"][2][0], abs=0.005)
+    assert re.search(r"T2: n=4 mean X[-+]\d\.\d{4} Y[-+]\d\.\d{4} stdev",
+                     result.text)
     assert t2["origin"]["tool"] == "T0"
     assert t2["last_detection"]["tool"] == "T2"
     assert "SET_GCODE_OFFSET X=" in result.text

@@ -1,0 +1,440 @@
+"""Fast tests of ktamv.py's own logic with a small fake printer.
+
+The maths (camera model, statistics), the motion rules (backlash approach,
+step snapping, travel fence, homing) and the centring loop run here against
+stand-ins for Klipper's toolhead and config; everything that needs Klipper's
+reactor and a helper process is tested in test_extra_klippy.py.
+"""
+
+import math
+import statistics
+import sys
+
+import pytest
+
+from klippy_harness import REPO
+
+sys.path.insert(0, str(REPO))
+import ktamv  # noqa: E402
+
+
+class CommandError(Exception):
+    pass
+
+
+class ConfigError(Exception):
+    pass
+
+
+class FakeStepper:
+    def __init__(self, axis, step_dist):
+        self.axis = axis
+        self.step_dist = step_dist
+
+    def is_active_axis(self, axis):
+        return axis in self.axis
+
+    def get_step_dist(self):
+        return self.step_dist
+
+
+class FakeKinematics:
+    def get_steppers(self):
+        # corexy: both motors move X and Y
+        return [FakeStepper("xy", 0.0125), FakeStepper("xy", 0.0125),
+                FakeStepper("z", 0.0025)]
+
+
+class FakeToolhead:
+    def __init__(self, homed="xyz"):
+        self.pos = [100.0, 100.0, 5.0, 0.0]
+        self.homed = homed
+        self.moves = []
+
+    def get_position(self):
+        return list(self.pos)
+
+    def manual_move(self, coord, speed):
+        for i, value in enumerate(coord):
+            if value is not None:
+                self.pos[i] = value
+        self.moves.append((tuple(self.pos[:2]), speed))
+
+    def wait_moves(self):
+        pass
+
+    def get_status(self, eventtime):
+        return {"homed_axes": self.homed, "axis_minimum": (0, 0, 0, 0),
+                "axis_maximum": (300, 300, 200, 0)}
+
+    def get_kinematics(self):
+        return FakeKinematics()
+
+    def get_extruder(self):
+        return type("Extruder", (), {"get_name": lambda self: "extruder"})()
+
+
+class FakeReactor:
+    def monotonic(self):
+        return 1000.0
+
+
+class FakeGcode:
+    def __init__(self):
+        self.commands = {}
+
+    def register_command(self, name, func, desc=None):
+        self.commands[name] = func
+
+
+class FakePrinter:
+    command_error = CommandError
+    config_error = ConfigError
+
+    def __init__(self, toolhead=None):
+        self.objects = {"toolhead": toolhead or FakeToolhead(),
+                        "gcode": FakeGcode()}
+        self.handlers = {}
+        self.reactor = FakeReactor()
+
+    def get_reactor(self):
+        return self.reactor
+
+    def lookup_object(self, name, default=ConfigError):
+        if name in self.objects:
+            return self.objects[name]
+        if default is ConfigError:
+            raise ConfigError("Unknown config object '%s'" % name)
+        return default
+
+    def register_event_handler(self, event, callback):
+        self.handlers.setdefault(event, []).append(callback)
+
+
+class FakeConfig:
+    """Klipper's ConfigWrapper getters (defaults, bounds, option names)."""
+
+    error = ConfigError
+    _missing = object()
+
+    def __init__(self, printer, options):
+        self.printer = printer
+        self.options = dict(options)
+
+    def get_printer(self):
+        return self.printer
+
+    def get_name(self):
+        return "ktamv"
+
+    def _get(self, option, default, parser, minval=None, maxval=None,
+             above=None, below=None):
+        if option not in self.options:
+            if default is self._missing:
+                raise ConfigError("Option '%s' in section 'ktamv' must be "
+                                  "specified" % option)
+            return default
+        value = parser(self.options[option])
+        for bound, bad in ((minval, lambda v, b: v < b),
+                           (maxval, lambda v, b: v > b),
+                           (above, lambda v, b: v <= b),
+                           (below, lambda v, b: v >= b)):
+            if bound is not None and bad(value, bound):
+                raise ConfigError("Option '%s' in section 'ktamv' is out of "
+                                  "range" % option)
+        return value
+
+    def get(self, option, default=_missing):
+        return self._get(option, default, str)
+
+    def getfloat(self, option, default=_missing, **bounds):
+        return self._get(option, default, float, **bounds)
+
+    def getint(self, option, default=_missing, **bounds):
+        return self._get(option, default, int, **bounds)
+
+    def getfloatlist(self, option, default=_missing, count=None):
+        def parse(text):
+            values = [float(v) for v in text.split(",")]
+            if count is not None and len(values) != count:
+                raise ConfigError("Option '%s' in section 'ktamv' must have "
+                                  "%d values" % (option, count))
+            return values
+        return self._get(option, default, parse)
+
+
+class FakeGcmd:
+    error = CommandError
+
+    def __init__(self, **params):
+        self.params = params
+        self.info = []
+
+    def respond_info(self, msg, log=True):
+        self.info.append(msg)
+
+    def get_command(self):
+        return "KTAMV_TEST_COMMAND"
+
+    def _get(self, name, default, parser, **bounds):
+        return parser(self.params.get(name, default))
+
+    def get_float(self, name, default=None, **bounds):
+        return self._get(name, default, float)
+
+    def get_int(self, name, default=None, **bounds):
+        return self._get(name, default, int)
+
+    def get(self, name, default=None):
+        return self.params.get(name, default)
+
+
+def make_ktamv(options=None, toolhead=None):
+    printer = FakePrinter(toolhead)
+    opts = {"nozzle_cam_url": "sim://", "helper_python": sys.executable}
+    opts.update(options or {})
+    extra = ktamv.Ktamv(FakeConfig(printer, opts))
+    extra.motion.handle_connect()
+    return extra, printer
+
+
+# -- camera model ------------------------------------------------------------
+
+def test_camera_model_derived_quantities():
+    # 0.01 mm/px, image +u along machine +Y (90 deg), seen from below.
+    model = ktamv.CameraModel([[0.0, 0.01], [0.01, 0.0]])
+    assert model.mm_per_px() == pytest.approx(0.01)
+    assert model.rotation_deg() == pytest.approx(90.0)
+    assert model.mirrored() is False  # det = -1e-4
+    assert model.px_to_mm(10, -20) == pytest.approx((-0.2, 0.1))
+    flipped = ktamv.CameraModel([[0.01, 0.0], [0.0, 0.01]])
+    assert flipped.mirrored() is True
+    assert flipped.rotation_deg() == pytest.approx(0.0)
+
+
+def test_camera_model_survives_its_config_text():
+    model = ktamv.CameraModel([[0.0101234567, -0.0001],
+                               [0.00012, -0.0099876543]])
+    text = model.config_value()
+    again = ktamv.CameraModel.from_flat([float(v) for v in text.split(",")])
+    assert again.flat() == pytest.approx(model.flat(), rel=1e-8)
+
+
+def test_image_center_uses_pixel_centres():
+    assert ktamv.image_center((640, 480)) == (319.5, 239.5)
+    assert ktamv.image_center((5, 3)) == (2.0, 1.0)
+
+
+def test_offset_statistics_match_the_statistics_module():
+    samples = [(0.101, -0.050), (0.103, -0.047), (0.098, -0.052),
+               (0.100, -0.049)]
+    st = ktamv.offset_statistics(samples)
+    xs, ys = zip(*samples)
+    assert st["count"] == 4
+    assert st["mean"] == pytest.approx([statistics.mean(xs),
+                                        statistics.mean(ys)])
+    assert st["stdev"] == pytest.approx([statistics.stdev(xs),
+                                         statistics.stdev(ys)])
+    assert st["range"] == pytest.approx([0.005, 0.005])
+    assert ktamv.offset_statistics([(1.0, 2.0)])["stdev"] == [0.0, 0.0]
+    assert ktamv.offset_statistics([]) == {"count": 0}
+
+
+# -- motion ------------------------------------------------------------------
+
+def make_motion(backlash=0.5, max_travel=2.0, homed="xyz"):
+    printer = FakePrinter(FakeToolhead(homed))
+    motion = ktamv.KtamvMotion(printer, 30.0, backlash, max_travel)
+    motion.handle_connect()
+    return motion, printer.objects["toolhead"]
+
+
+def test_motion_requires_x_and_y_homed():
+    motion, _ = make_motion(homed="z")
+    with pytest.raises(CommandError, match="G28"):
+        motion.begin()
+    motion, _ = make_motion(homed="xy")
+    assert motion.begin() == (100.0, 100.0)
+
+
+def test_every_target_is_reached_moving_plus_x_and_plus_y():
+    motion, toolhead = make_motion(backlash=0.5)
+    motion.begin()
+    for target in [(100.3, 99.8), (99.7, 100.2), (100.9, 100.9)]:
+        toolhead.moves.clear()
+        before = toolhead.get_position()
+        motion.move_to(*target)
+        last_from = before[:2] if len(toolhead.moves) == 1 else \
+            toolhead.moves[-2][0]
+        end = toolhead.moves[-1][0]
+        assert end == pytest.approx(target, abs=0.00625)
+        # The final leg moves +X and +Y by at least the backlash.
+        assert end[0] - last_from[0] >= 0.5 - 1e-9
+        assert end[1] - last_from[1] >= 0.5 - 1e-9
+
+
+def test_moves_snap_to_whole_steps_and_are_reported_for_the_camera():
+    motion, toolhead = make_motion(backlash=0.0)
+    motion.begin()
+    motion.move_to(100.1234, 99.9871)
+    x, y = toolhead.get_position()[:2]
+    assert x / 0.0125 == pytest.approx(round(x / 0.0125), abs=1e-6)
+    assert (x, y) == pytest.approx((100.125, 99.9875))
+    assert motion.take_moves() == [[x, y, 5.0]]
+    assert motion.take_moves() == []
+
+
+def test_travel_fence_refuses_before_any_motion():
+    motion, toolhead = make_motion(backlash=0.5, max_travel=1.0)
+    motion.begin()
+    with pytest.raises(CommandError, match="max_travel"):
+        # The target is 0.73 mm away but its approach point 1.24 mm.
+        motion.move_to(100.2, 99.3)
+    assert toolhead.moves == []
+    with pytest.raises(CommandError, match="outside the printer's limits"):
+        motion.fence_start = None
+        motion.move_to(301.0, 100.0)
+    assert toolhead.moves == []
+
+
+# -- configuration -----------------------------------------------------------
+
+def test_defaults_and_kTAMV_compatible_options():
+    extra, printer = make_ktamv({"server_url": "http://x", "move_speed": "600"})
+    assert extra.move_speed == 600.0
+    assert extra.motion.speed == pytest.approx(10.0)
+    assert extra.calibration_points == 10
+    assert extra.calibration_radius == 0.5
+    assert extra.center_tolerance < 1.0
+    assert sorted(printer.objects["gcode"].commands) == sorted(
+        "KTAMV_" + c for c in (
+            "CALIB_CAMERA", "FIND_NOZZLE_CENTER", "SET_ORIGIN", "GET_OFFSET",
+            "MOVE_TO_ORIGIN", "SIMPLE_NOZZLE_POSITION", "TEST",
+            "START_PREVIEW", "STOP_PREVIEW", "SEND_SERVER_CFG",
+            "OFFSET_STATISTICS"))
+    status = extra.get_status(0.0)
+    assert status["is_calibrated"] is False
+    assert status["travel_speed"] == 600.0
+    assert status["last_calculated_offset"] == [0.0, 0.0]
+    assert status["helper_state"] == "stopped"
+
+
+def test_helper_command_line():
+    extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python"})
+    assert extra._helper_argv() == ["/opt/env/bin/python", "-m",
+                                    "ktamv_helper"]
+    assert extra.helper.cwd == str(REPO)
+    assert extra.helper.env["PYTHONPATH"].split(":")[0] == str(REPO)
+    extra, _ = make_ktamv({"helper_command":
+                           "ssh box '~/ktamv env/bin/python' -m ktamv_helper"})
+    assert extra._helper_argv() == ["ssh", "box", "~/ktamv env/bin/python",
+                                    "-m", "ktamv_helper"]
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"camera_matrix": "0, 0, 0, 0"}, "camera_matrix"),
+    ({"camera_matrix": "1, 0, 0, 1"}, "camera_matrix"),
+    ({"tool_status": "nodot"}, "tool_status"),
+    ({"max_travel": "0"}, "max_travel"),
+])
+def test_bad_options_name_themselves(options, words):
+    with pytest.raises(ConfigError, match=words):
+        make_ktamv(options)
+
+
+def test_saved_camera_matrix_is_loaded():
+    extra, _ = make_ktamv({"camera_matrix": "0.01, 0, 0, 0.01"})
+    assert extra.get_status(0.0)["is_calibrated"] is True
+    assert extra.get_status(0.0)["mm_per_pixels"] == pytest.approx(0.01)
+
+
+# -- centring loop against a simulated camera --------------------------------
+
+class LinearCamera:
+    """Nozzle pixel from the toolhead position: uv = c + A^-1 (p - p0)."""
+
+    def __init__(self, toolhead, true_matrix, nozzle_xy, lose_after=None):
+        self.toolhead = toolhead
+        (a, b), (d, e) = true_matrix
+        det = a * e - b * d
+        self.inverse = [[e / det, -b / det], [-d / det, a / det]]
+        self.nozzle_xy = nozzle_xy  # toolhead XY that centres the nozzle
+        self.calls = 0
+        self.lose_after = lose_after
+
+    def __call__(self, gcmd, frames=None, after_move=True):
+        self.calls += 1
+        if self.lose_after is not None and self.calls > self.lose_after:
+            raise gcmd.error("kTAMV: No nozzle found in 3 frames.")
+        x, y = self.toolhead.get_position()[:2]
+        dx, dy = x - self.nozzle_xy[0], y - self.nozzle_xy[1]
+        inv = self.inverse
+        u = 319.5 + inv[0][0] * dx + inv[0][1] * dy
+        v = 239.5 + inv[1][0] * dx + inv[1][1] * dy
+        return {"uv": [u, v], "frame_size": [640, 480], "radius": 20.0,
+                "score": 1.0, "frames": 3, "position": [x, y],
+                "tool": "extruder"}
+
+
+def centring_setup(model_matrix, true_matrix, start_offset, **kw):
+    toolhead = FakeToolhead()
+    extra, _ = make_ktamv({"backlash_approach": "0.5", "max_travel": "5"},
+                          toolhead)
+    extra.model = ktamv.CameraModel(model_matrix)
+    nozzle = (100.0 - start_offset[0], 100.0 - start_offset[1])
+    camera = LinearCamera(toolhead, true_matrix, nozzle, **kw)
+    extra._detect = camera
+    return extra, toolhead, nozzle
+
+
+MATRIX = [[0.0, 0.01], [0.01, 0.0]]  # 0.01 mm/px, rotated, from below
+
+
+def test_centring_from_1mm_off_takes_at_most_3_moves():
+    extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_FIND_NOZZLE_CENTER(gcmd)
+    assert 1 <= extra.last_center_moves <= 3
+    assert extra.last_nozzle_center_successful is True
+    x, y = toolhead.get_position()[:2]
+    assert math.hypot(x - nozzle[0], y - nozzle[1]) <= 0.0125
+    assert "nozzle centred" in gcmd.info[-1]
+
+
+def test_centring_with_a_5_percent_scale_error_still_converges():
+    true = [[0.0, 0.0105], [0.0105, 0.0]]
+    extra, toolhead, nozzle = centring_setup(MATRIX, true, (0.6, -0.8))
+    extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    assert extra.last_center_moves <= 4
+
+
+def test_centring_with_a_wrong_model_fails_clearly():
+    # Model with X and Y swapped the wrong way round: every move makes
+    # it worse until the fence or the move limit stops it.
+    wrong = [[0.0, -0.01], [-0.01, 0.0]]
+    extra, toolhead, _ = centring_setup(wrong, MATRIX, (0.2, 0.1))
+    with pytest.raises(CommandError, match="max_travel|did not centre"):
+        extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    assert extra.last_nozzle_center_successful is False
+
+
+def test_centring_reports_a_lost_nozzle():
+    extra, _, _ = centring_setup(MATRIX, MATRIX, (0.6, -0.8), lose_after=1)
+    with pytest.raises(CommandError, match="lost the nozzle after centring "
+                                           "move 1"):
+        extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+
+
+def test_origin_and_offset_use_the_image_for_sub_step_accuracy():
+    extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
+    extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
+    assert extra.origin["position"] == pytest.approx(nozzle, abs=1e-9)
+    # A "second tool" whose nozzle centres 0.1234, -0.0567 mm away.
+    extra._detect.nozzle_xy = (nozzle[0] + 0.1234, nozzle[1] - 0.0567)
+    extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_GET_OFFSET(gcmd)
+    assert extra.last_calculated_offset == pytest.approx([0.1234, -0.0567],
+                                                         abs=1e-9)
+    assert "X=0.1234 Y=-0.0567" in gcmd.info[-1]
