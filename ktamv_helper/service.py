@@ -170,10 +170,16 @@ class Settings:
         self.camera_url = string_param(params, "camera_url").strip()
         from ktamv_helper.cameras import camera_kind
         try:
-            camera_kind(self.camera_url)
+            if camera_kind(self.camera_url) == "sim":
+                # Cheap to check now, and a typo is better caught here.
+                from ktamv_helper.cameras.sim import parse_sim_url
+                parse_sim_url(self.camera_url)
         except HelperError as exc:
-            exc.details["param"] = "camera_url"
-            raise
+            message = exc.message
+            if "camera_url" not in message:
+                message = "Parameter 'camera_url': " + message
+            raise HelperError(exc.code, message,
+                              dict(exc.details, param="camera_url"))
         self.detection_tolerance = number_param(
             params, "detection_tolerance", 1.0, low=0.0, low_open=True,
             high=1000.0)

@@ -47,6 +47,7 @@ def configured(service, url, **settings):
     ({}, "camera_url"),
     ({"camera_url": 5}, "camera_url"),
     ({"camera_url": "ftp://x"}, "camera_url"),
+    ({"camera_url": "sim://?colour=red"}, "camera_url"),
     ({"camera_url": "file:/x", "detection_tolerance": 0}, "detection_tolerance"),
     ({"camera_url": "file:/x", "detection_tolerance": "1"}, "detection_tolerance"),
     ({"camera_url": "file:/x", "camera_timeout": 60}, "camera_timeout"),
