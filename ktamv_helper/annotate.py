@@ -68,10 +68,7 @@ def annotate(image, detection=None, tolerance_px=None, status_lines=()):
     center = image_center(canvas)
     height, width = canvas.shape[:2]
 
-    _draw_line(canvas, (center[0], 0), (center[0], height - 1),
-               CROSSHAIR_COLOR, thickness)
-    _draw_line(canvas, (0, center[1]), (width - 1, center[1]),
-               CROSSHAIR_COLOR, thickness)
+    draw_crosshair(canvas, center, thickness)
 
     tolerance = _finite_or_none(tolerance_px)
     if tolerance is not None and tolerance > 0:
@@ -89,6 +86,20 @@ def annotate(image, detection=None, tolerance_px=None, status_lines=()):
         _draw_center_mark(canvas, (u, v), 4 * thickness + 2, color, thickness)
         lines.append(_describe_detection(u, v, radius, score, distance))
     draw_text_block(canvas, lines)
+    return canvas
+
+
+def draw_crosshair(canvas, center, thickness):
+    """Crosshair through ``center`` (in place): bold lines from the edges,
+    1 px hairlines near the centre so the bore stays visible under them."""
+    height, width = canvas.shape[:2]
+    u, v = center
+    gap = 0.1 * min(width, height)
+    for start, end in (((u, 0), (u, v - gap)), ((u, v + gap), (u, height - 1)),
+                       ((0, v), (u - gap, v)), ((u + gap, v), (width - 1, v))):
+        _draw_line(canvas, start, end, CROSSHAIR_COLOR, thickness)
+    _draw_line(canvas, (u, v - gap), (u, v + gap), CROSSHAIR_COLOR, 1)
+    _draw_line(canvas, (u - gap, v), (u + gap, v), CROSSHAIR_COLOR, 1)
     return canvas
 
 
