@@ -15,6 +15,7 @@ import threading
 import time
 
 from ktamv_helper import PROTOCOL_VERSION, __version__
+from ktamv_helper.cameras import public_url
 from ktamv_helper.errors import HelperError
 
 log = logging.getLogger("ktamv_helper.service")
@@ -332,7 +333,8 @@ class Service:
             _tell_machine_state(camera, position, tool, moves)
 
     def _log_event(self, level, message):
-        getattr(log, level if level != "info" else "info")(message)
+        """Log ``message`` here and send it to klippy.log as a log event."""
+        getattr(log, level)(message)
         if self._emit_event is not None:
             self._emit_event({"event": "log", "level": level,
                               "message": message})
@@ -372,7 +374,8 @@ class Service:
             raise HelperError("camera_timeout",
                               "The camera at %s did not answer within %.1f s: "
                               "check that it is running and not overloaded, "
-                              "or raise camera_timeout." % (opening.url, wait))
+                              "or raise camera_timeout."
+                              % (public_url(opening.url), wait))
         if opening.error is not None:
             error = opening.error
             raise HelperError(error.code, error.message, error.details)
@@ -387,10 +390,10 @@ class Service:
         except HelperError as exc:
             opening.error = exc
         except Exception as exc:
-            log.exception("opening camera %s failed", opening.url)
+            log.exception("opening camera %s failed", public_url(opening.url))
             opening.error = HelperError(
                 "camera_unreachable", "Opening the camera %s failed: %s: %s"
-                % (opening.url, type(exc).__name__, exc))
+                % (public_url(opening.url), type(exc).__name__, exc))
         machine = None
         with self._lock:
             wanted = (not self._closed and self._opening is opening
@@ -409,7 +412,7 @@ class Service:
             opening.error = HelperError("camera_unreachable",
                                         "The camera changed while %s was "
                                         "being opened; try again."
-                                        % opening.url)
+                                        % public_url(opening.url))
         elif camera is not None:
             opening.camera = camera
             if machine is not None:
@@ -440,7 +443,7 @@ class Service:
             self._close_camera()
         self._configure_preview(settings)
         status = self._preview_status()
-        return {"camera_url": settings.camera_url,
+        return {"camera_url": public_url(settings.camera_url),
                 "preview": {"running": status["running"],
                             "url": status["url"],
                             "error": status["error"]}}
@@ -608,7 +611,7 @@ class Service:
             raise HelperError("camera_timeout",
                               "No fresh frame from %s within %.1f s: check "
                               "that the camera is streaming."
-                              % (settings.camera_url, timeout))
+                              % (public_url(settings.camera_url), timeout))
         return self._detect_failed(settings, frames, seen, detections,
                                    tolerance, stopped_by, last_image,
                                    last_detection)
@@ -781,7 +784,7 @@ class Service:
             skimage_version = None
         with self._lock:
             settings = self._settings
-        camera = {"url": settings.camera_url if settings else None,
+        camera = {"url": public_url(settings.camera_url) if settings else None,
                   "reachable": None, "frame_size": None, "error": None}
         if settings is None:
             camera["reachable"] = False
@@ -820,7 +823,7 @@ class Service:
             raise HelperError("invalid_request",
                               "sim_truth needs the simulated camera; the "
                               "camera_url %s is not sim://."
-                              % settings.camera_url)
+                              % public_url(settings.camera_url))
         return truth()
 
     # -- shutdown

@@ -21,7 +21,8 @@ Fixtures (use them from any test file):
     A threaded ``http.server`` on 127.0.0.1. ``http_camera.route(path, ...)``
     sets what a path answers (status, content type, body, delay before the
     answer, a lying Content-Length, or a multipart stream of ``parts``;
-    ``then_hang`` makes every request after the first hang unanswered);
+    ``then_hang`` makes every request after the first hang unanswered;
+    ``auth`` demands that exact ``Authorization`` header, else 401);
     ``http_camera.url(path)`` gives its URL. ``/snapshot.jpg`` answers
     ``nozzle_jpeg`` as ``image/jpeg`` from the start.
 ``silent_server``
@@ -186,7 +187,7 @@ class Route:
     def __init__(self, body=b"", status=200, content_type="image/jpeg",
                  delay=0.0, content_length=None, parts=None,
                  part_interval=0.1, boundary="frame", part_length=True,
-                 hold=0.0, repeat=1, then_hang=False):
+                 hold=0.0, repeat=1, then_hang=False, auth=None):
         self.body = body
         self.status = status
         self.content_type = content_type
@@ -199,6 +200,7 @@ class Route:
         self.hold = hold
         self.repeat = repeat
         self.then_hang = then_hang
+        self.auth = auth
 
 
 class _CameraHandler(http.server.BaseHTTPRequestHandler):
@@ -212,6 +214,12 @@ class _CameraHandler(http.server.BaseHTTPRequestHandler):
             return
         if route.then_hang and self.server.hits[self.path] > 1:
             time.sleep(60)      # later clients: a camera that hangs
+            return
+        if route.auth is not None and self.headers.get("Authorization") != route.auth:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if route.delay:
             time.sleep(route.delay)

@@ -318,3 +318,19 @@ def test_unknown_host_is_unreachable():
     error = expect_error("camera_unreachable", open_camera,
                          "http://camera.invalid/snapshot", timeout=3.0)
     assert "camera.invalid" in error.message
+
+
+def test_credentials_in_the_url_are_sent_and_never_shown(http_camera,
+                                                         nozzle_jpeg):
+    import base64
+    secret = "Basic " + base64.b64encode(b"klipper:s3cret word").decode()
+    url = http_camera.route("/private.jpg", nozzle_jpeg, auth=secret)
+    error = expect_error("camera_http_error", open_camera, url, timeout=5.0)
+    assert error.details["status"] == 401 and "user:password@" in error.message
+    with_user = url.replace("http://", "http://klipper:s3cret%20word@")
+    camera = open_camera(with_user, timeout=5.0)
+    assert camera.url == url
+    assert camera.get_frame(timeout=5.0).size == (640, 480)
+    wrong = url.replace("http://", "http://klipper:nope@")
+    error = expect_error("camera_http_error", open_camera, wrong, timeout=5.0)
+    assert "nope" not in error.message and "check the user name" in error.message

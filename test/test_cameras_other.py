@@ -41,6 +41,14 @@ def test_unsupported_urls_are_invalid_params(url):
     assert "http" in error.message and "sim://" in error.message
 
 
+def test_public_url_hides_passwords():
+    from ktamv_helper.cameras import public_url
+    assert (public_url("http://me:pw@cam:8080/s?action=stream")
+            == "http://me:***@cam:8080/s?action=stream")
+    assert public_url("http://cam/s") == "http://cam/s"
+    assert public_url("/dev/video0") == "/dev/video0"
+
+
 def test_path_from_url_forms(tmp_path):
     assert path_from_url("file:/a/b c.png") == "/a/b c.png"
     assert path_from_url("file:///a/b%20c.png") == "/a/b c.png"

@@ -54,6 +54,20 @@ def camera_kind(url):
         % (text, SUPPORTED_FORMS))
 
 
+def public_url(url):
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    if not isinstance(url, str) or "@" not in url:
+        return url
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit((parts.scheme, "%s:***@%s" % (user, netloc[1]),
+                                    parts.path, parts.query, parts.fragment))
+
+
 def open_camera(url, timeout=5.0):
     """Open the camera source a URL names.
 

@@ -15,6 +15,7 @@ cause (``camera_unreachable``, ``camera_timeout``, ``camera_http_error``,
 ``camera_bad_frame``); nothing here blocks longer than its timeout.
 """
 
+import base64
 import http.client
 import logging
 import socket
@@ -22,6 +23,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from ktamv_helper.cameras import as_bgr, check_frame_size
@@ -162,21 +164,51 @@ def _connection_error(url, reason, timeout):
                        "nozzle_cam_url and the network." % (url, reason))
 
 
-def http_get(url, timeout):
+def split_credentials(url):
+    """``(url_without_credentials, authorization_header_or_None)``.
+
+    ``http://user:password@host/…`` works as cameras such as mjpg-streamer
+    expect (HTTP basic auth), and the password never appears in a message.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = "[%s]" % host
+    if parts.port is not None:
+        host += ":%d" % parts.port
+    clean = urllib.parse.urlunsplit((parts.scheme, host, parts.path,
+                                     parts.query, parts.fragment))
+    secret = "%s:%s" % (urllib.parse.unquote(parts.username),
+                        urllib.parse.unquote(parts.password or ""))
+    return clean, "Basic " + base64.b64encode(secret.encode()).decode("ascii")
+
+
+def http_get(url, timeout, authorization=None):
     """Send a GET; return the open response or raise a ``camera_*`` error."""
-    request = urllib.request.Request(url, headers=_HEADERS)
+    headers = dict(_HEADERS)
+    if authorization:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, headers=headers)
     try:
         return _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
+        if exc.code == 401:
+            hint = ("the camera wants a user name and password: put them in "
+                    "nozzle_cam_url as http://user:password@host/…"
+                    if not authorization else
+                    "check the user name and password in nozzle_cam_url")
+        else:
+            hint = "check the path in nozzle_cam_url"
         raise HelperError("camera_http_error",
-                          "The camera at %s answered HTTP %d (%s): check the "
-                          "path in nozzle_cam_url." % (url, exc.code,
-                                                       exc.reason),
+                          "The camera at %s answered HTTP %d (%s): %s."
+                          % (url, exc.code, exc.reason, hint),
                           {"status": exc.code})
     except urllib.error.URLError as exc:
         raise _connection_error(url, exc.reason, timeout)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         raise _connection_error(url, exc, timeout)
 
 
@@ -244,20 +276,21 @@ def _content_kind(response, url):
 
 def open_http_camera(url, timeout=5.0):
     """Probe ``url`` once and return the matching camera source."""
-    response = http_get(url, timeout)
+    url, authorization = split_credentials(url)
+    response = http_get(url, timeout, authorization)
     try:
         kind, boundary = _content_kind(response, url)
     except HelperError:
         response.close()
         raise
     if kind == "stream":
-        return MjpegCamera(url, timeout, response, boundary)
+        return MjpegCamera(url, timeout, response, boundary, authorization)
     try:
         body = read_body(response, url, time.monotonic() + timeout)
     finally:
         response.close()
     decode_image(body, url)
-    return SnapshotCamera(url, timeout)
+    return SnapshotCamera(url, timeout, authorization)
 
 
 def _wait_until(when, deadline, url, timeout):
@@ -276,9 +309,10 @@ def _wait_until(when, deadline, url, timeout):
 class SnapshotCamera(CameraSource):
     """One GET per frame; the frame is stamped when its body has arrived."""
 
-    def __init__(self, url, timeout=5.0):
+    def __init__(self, url, timeout=5.0, authorization=None):
         self.url = url
         self.timeout = timeout
+        self._authorization = authorization
         self._closed = False
 
     def get_frame(self, not_before=None, timeout=5.0):
@@ -288,7 +322,7 @@ class SnapshotCamera(CameraSource):
             raise HelperError("camera_unreachable",
                               "The camera %s was closed." % self.url)
         remaining = max(0.05, deadline - time.monotonic())
-        response = http_get(self.url, remaining)
+        response = http_get(self.url, remaining, self._authorization)
         try:
             kind, _ = _content_kind(response, self.url)
             if kind != "image":
@@ -475,11 +509,15 @@ class MjpegCamera(CameraSource):
         so the probe's connection is the one to keep).
     boundary : str, optional
         The content type's ``boundary``; sniffed from the body when absent.
+    authorization : str, optional
+        ``Authorization`` header value for reconnections.
     """
 
-    def __init__(self, url, timeout=5.0, response=None, boundary=None):
+    def __init__(self, url, timeout=5.0, response=None, boundary=None,
+                 authorization=None):
         self.url = url
         self.timeout = timeout
+        self._authorization = authorization
         self._cond = threading.Condition()
         self._part = None           # newest _Part
         self._seq = 0
@@ -497,7 +535,7 @@ class MjpegCamera(CameraSource):
     # -- reader thread
 
     def _connect(self):
-        response = http_get(self.url, self.timeout)
+        response = http_get(self.url, self.timeout, self._authorization)
         try:
             kind, boundary = _content_kind(response, self.url)
             if kind != "stream":
