@@ -6,7 +6,8 @@
 # replies through Klipper's reactor, so Klipper never blocks on the camera.
 #
 # This file may be distributed under the terms of the GNU GPLv3 license.
-import atexit, json, logging, math, os, shlex, subprocess, time, weakref
+import atexit, json, logging, math, os, shlex, shutil, subprocess, time
+import weakref
 
 PROTOCOL_VERSION = 1
 # Most bytes kept from one unterminated helper output line (the protocol
@@ -615,6 +616,8 @@ class Ktamv:
         # The helper
         self.helper_python = config.get('helper_python', None)
         self.helper_command = config.get('helper_command', None)
+        self.helper_nice = config.getint('helper_nice', 10, minval=0,
+                                         maxval=19)
         self.helper_timeout = config.getfloat('helper_timeout', 10.,
                                               minval=1., maxval=300.)
         self.camera_timeout = config.getfloat('camera_timeout', 5.,
@@ -708,8 +711,14 @@ class Ktamv:
         return os.path.dirname(os.path.realpath(__file__))
     def _helper_argv(self):
         if self.helper_command:
-            return shlex.split(self.helper_command)
-        return [self._helper_python(), "-m", "ktamv_helper"]
+            argv = shlex.split(self.helper_command)
+        else:
+            argv = [self._helper_python(), "-m", "ktamv_helper"]
+        nice = shutil.which("nice")
+        if self.helper_nice and nice:
+            # Vision work must never take CPU time from Klippy itself.
+            argv = [nice, "-n", str(self.helper_nice)] + argv
+        return argv
     def _helper_python(self):
         if self.helper_python:
             return os.path.expanduser(self.helper_python)
@@ -1132,17 +1141,29 @@ class Ktamv:
                            "and one frame")
     def cmd_KTAMV_TEST(self, gcmd):
         info = self._call(gcmd, 'version', {'check_camera': False})
+        preview = info.get('preview') or {}
+        if preview.get('error'):
+            # Before the grab, so it shows even when the camera fails too.
+            gcmd.respond_info("kTAMV preview error: %s" % (preview['error'],))
         grab = self._call(gcmd, 'grab', {'timeout': self.camera_timeout},
                           self.camera_timeout)
         size = grab.get('frame_size') or [0, 0]
+        if preview.get('url'):
+            preview_text = "Preview: %s (stream %s, snapshot %s)." % (
+                preview['url'], preview.get('stream_url'),
+                preview.get('snapshot_url'))
+        elif preview.get('error'):
+            preview_text = "Preview: off (error above)."
+        else:
+            preview_text = "Preview: off (set preview_port in [ktamv])."
         gcmd.respond_info(
             "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
             "NumPy %s, scikit-image %s.\nCamera %s: got a %dx%d frame, %.3f s"
-            " old." % (info.get('helper'), info.get('protocol'),
-                       self.helper.get_pid(), info.get('python'),
-                       info.get('opencv'), info.get('numpy'),
-                       info.get('skimage'), self.camera_url, size[0], size[1],
-                       float(grab.get('age', 0.))))
+            " old.\n%s" % (info.get('helper'), info.get('protocol'),
+                           self.helper.get_pid(), info.get('python'),
+                           info.get('opencv'), info.get('numpy'),
+                           info.get('skimage'), self.camera_url, size[0],
+                           size[1], float(grab.get('age', 0.)), preview_text))
     cmd_KTAMV_START_PREVIEW_help = "Start annotating the preview stream"
     def cmd_KTAMV_START_PREVIEW(self, gcmd):
         res = self._call(gcmd, 'preview', {'action': 'start'})

@@ -513,3 +513,65 @@ def test_publish_accepts_a_frame_object(server):
     server.publish(Frame(scene(), time.monotonic()), DETECTION)
     status, _, body = get(server.status()["snapshot_url"])
     assert status == 200 and decode(body).shape == (480, 640, 3)
+
+
+# ------------------------------------------------------------ inside Klipper
+
+def klippy_section(port):
+    from klippy_harness import HELPER_PYTHON
+    return ("[ktamv]\nnozzle_cam_url: sim://?seed=3&camera_x=150&camera_y=150"
+            "\nhelper_python: %s\npreview_port: %d\n" % (HELPER_PYTHON, port))
+
+
+def test_klippy_port_in_use_is_reported_by_ktamv_test_and_in_the_log(tmp_path):
+    from klippy_harness import KlippySession, printer_config
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with KlippySession(tmp_path, printer_config(klippy_section(port))) \
+                as klippy:
+            reply = klippy.send("KTAMV_TEST")
+            assert reply.error is None, reply  # the camera works regardless
+            assert "Preview port 127.0.0.1:%d is already in use" % port \
+                in reply.text
+            assert "got a 640x480 frame" in reply.text
+            reply = klippy.send("KTAMV_START_PREVIEW")
+            assert reply.error and "already in use" in reply.error
+            assert "Klipper state: Ready" in klippy.send("STATUS").text
+            log = klippy.log()
+    assert "already in use" in log
+
+
+def test_klippy_starts_and_stops_the_live_preview(tmp_path):
+    from klippy_harness import KlippySession, printer_config
+    probe = PreviewServer("127.0.0.1", 0, max_fps=1)
+    probe.start()
+    port = port_of(probe)
+    probe.close()
+    url = "http://127.0.0.1:%d/" % port
+    with KlippySession(tmp_path, printer_config(klippy_section(port))) as klippy:
+        assert klippy.send("G28").error is None
+        assert klippy.send("G1 X150 Y150 F6000").error is None
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error is None, reply
+        assert "Preview: %s (stream %sstream, snapshot %ssnapshot)" \
+            % (url, url, url) in reply.text
+        reply = klippy.send("KTAMV_START_PREVIEW")
+        assert reply.error is None and url + "stream" in reply.text
+        status, _, body = get(url + "snapshot")
+        image = decode(body)
+        assert status == 200 and image.shape == (480, 640, 3)
+        assert yellow_fraction(image, 319) > 0.5
+        # Tool 0 sits over the camera: a detection ring (green on target,
+        # orange off it) around the image centre.
+        ring = (np.all(np.abs(image.astype(int) - an.DETECTION_COLOR) < 70, axis=2)
+                | np.all(np.abs(image.astype(int) - an.OFF_TARGET_COLOR) < 70,
+                         axis=2))
+        ys, xs = np.nonzero(ring[100:380, 180:460])
+        assert len(xs) > 50
+        assert abs(np.median(xs) + 180 - 319.5) < 15
+        reply = klippy.send("KTAMV_STOP_PREVIEW")
+        assert reply.error is None
+        # The server keeps serving the last frame.
+        assert get(url + "snapshot")[0] == 200
