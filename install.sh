@@ -298,7 +298,7 @@ edit_printer_cfg() {
         printf '%s\n' "$BEGIN_MARK" "$INCLUDE_LINE"
         if [ "$has_section" -eq 0 ]; then
             printf '%s\n' "# Uncomment [ktamv] and set nozzle_cam_url to enable kTAMV." \
-                "# Every option: $REPO_DIR/docs/configuration.md"
+                "# Every option: $REPO_DIR/README.md (Configuration)"
             ktamv_template
         fi
         printf '%s\n' "$END_MARK"
