@@ -52,6 +52,8 @@ RAY_LENGTH = 5.0
 RING_DROP = 0.35
 # ... on at least this fraction of the rays that show the edge.
 MIN_CLOSURE = 0.5
+# Gaussian smoothing (px) of the patch the rays are read from.
+SAMPLE_SMOOTHING = 0.8
 # Rays cast at a candidate's first look.
 QUICK_RAYS = 32
 # Smallest accepted score.
@@ -212,13 +214,35 @@ def find_candidates(gray, min_radius, max_radius):
     return [tuple(m) for m in merged[:MAX_CANDIDATES]]
 
 
-def _ray_profiles(gray_f, center, radii, angles):
-    """Bilinear samples of ``gray_f`` along rays; NaN outside the frame."""
+def _ray_profiles(gray, center, radii, angles):
+    """Samples of the lightly smoothed frame along rays; NaN outside the frame.
+
+    Only the patch the rays cover is smoothed (Gaussian, sigma
+    ``SAMPLE_SMOOTHING``): it evens out pixel noise and the staircase of
+    sharp, barely blurred edges, which would otherwise bias sub-pixel
+    crossings; being symmetric it moves no edge.
+    """
+    height, width = gray.shape
     cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
     map_x = (center[0] + cos * radii[None, :]).astype(np.float32)
     map_y = (center[1] + sin * radii[None, :]).astype(np.float32)
-    return cv2.remap(gray_f, map_x, map_y, cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+    pad = 4
+    x0 = max(int(math.floor(min(center[0] - radii[-1], width))) - pad, 0)
+    x1 = min(int(math.ceil(max(center[0] + radii[-1], -1))) + pad + 1, width)
+    y0 = max(int(math.floor(min(center[1] - radii[-1], height))) - pad, 0)
+    y1 = min(int(math.ceil(max(center[1] + radii[-1], -1))) + pad + 1, height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return np.full(map_x.shape, np.nan, np.float32)
+    patch = cv2.GaussianBlur(gray[y0:y1, x0:x1].astype(np.float32), (0, 0),
+                             SAMPLE_SMOOTHING, borderType=cv2.BORDER_REPLICATE)
+    map_x -= x0
+    map_y -= y0
+    # Outside the frame is NaN; the patch border lies at the frame border or
+    # beyond the longest ray, so only such samples are affected.
+    inside = (map_x >= -0.5) & (map_x <= x1 - x0 - 0.5) & (map_y >= -0.5) & (map_y <= y1 - y0 - 0.5)
+    out = cv2.remap(patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out[~inside] = np.nan
+    return out
 
 
 def _first_rise(profiles, radii, thresholds, start):
@@ -325,12 +349,12 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
     return centre + origin, radius, inliers
 
 
-def measure_bore(gray_f, noise, center, radius, n_rays=None):
+def measure_bore(gray, noise, center, radius, n_rays=None):
     """Verify a candidate bore and measure its edge.
 
     Parameters
     ----------
-    gray_f : ndarray of float32, shape (H, W)
+    gray : ndarray of uint8, shape (H, W)
         The full frame in grey levels.
     noise : float
         Pixel noise, grey levels.
@@ -356,7 +380,7 @@ def measure_bore(gray_f, noise, center, radius, n_rays=None):
     angles = np.arange(n_rays) * (2 * math.pi / n_rays)
     step = float(np.clip(radius / 24.0, 0.2, 1.0))
     radii = np.arange(0.0, RAY_LENGTH * radius + step, step, dtype=np.float32)
-    prof = _ray_profiles(gray_f, center, radii, angles)
+    prof = _ray_profiles(gray, center, radii, angles)
     inner = prof[:, radii <= 0.5 * radius]
     if not np.isfinite(inner).any():
         return None
@@ -381,7 +405,12 @@ def measure_bore(gray_f, noise, center, radius, n_rays=None):
     beyond = radii[None, :] > radii[peak_idx][:, None]
     drop_level = (collar - RING_DROP * rise)[:, None]
     closed = np.any(beyond & (prof < drop_level), axis=1)
-    if closed[good].mean() < MIN_CLOSURE:
+    # A ray that leaves the frame before it could drop tells nothing.
+    known = closed | np.isfinite(prof[:, -1])
+    if known[good].sum() < 0.25 * good.sum():
+        return None
+    closure = float(closed[good].sum() / known[good].sum())
+    if closure < MIN_CLOSURE:
         return None
     pts = np.column_stack([center[0] + np.cos(angles) * edge,
                            center[1] + np.sin(angles) * edge])[good]
@@ -399,7 +428,7 @@ def measure_bore(gray_f, noise, center, radius, n_rays=None):
         "radius": r,
         "completeness": len(used) / n_rays,
         "snr": float(np.median(rise[used]) / noise),
-        "closure": float(np.mean(closed[used])),
+        "closure": closure,
         "rms": float(np.sqrt(np.mean(residuals ** 2))),
     }
 
@@ -431,15 +460,14 @@ def detect_nozzle(image, min_radius=4.0, max_radius=120.0):
     if gray.size == 0 or min(gray.shape) < 8:
         return None
     noise = estimate_noise(gray)
-    gray_f = gray.astype(np.float32)
     best = None
     for u, v, r, _ in find_candidates(gray, min_radius, max_radius):
-        m = measure_bore(gray_f, noise, (u, v), r, n_rays=QUICK_RAYS)
+        m = measure_bore(gray, noise, (u, v), r, n_rays=QUICK_RAYS)
         if m is None:
             continue
         # Cast the rays again from the fitted centre: radial rays cross the
         # edge squarely and the radius estimate is now right.
-        again = measure_bore(gray_f, noise, m["center"], m["radius"])
+        again = measure_bore(gray, noise, m["center"], m["radius"])
         if again is not None:
             m = again
         if not (min_radius <= m["radius"] <= max_radius):

@@ -1,0 +1,140 @@
+"""The bore detector on rendered frames with exact ground truth."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from ktamv_helper.detection import (Detection, detect_nozzle, estimate_noise,
+                                    fit_circle_robust)
+from ktamv_helper.simulation.render import NozzleLook, random_look, render_nozzle
+
+
+def _error(detection, truth):
+    return math.hypot(detection.center[0] - truth[0], detection.center[1] - truth[1])
+
+
+@pytest.mark.parametrize("size, center, radius", [
+    ((320, 240), (161.37, 118.81), 6.0),
+    ((320, 240), (100.52, 150.25), 20.0),
+    ((640, 480), (320.0, 240.0), 12.5),
+    ((640, 480), (401.73, 188.06), 35.0),
+    ((1280, 720), (612.2, 377.9), 45.0),
+    ((1920, 1080), (1000.61, 499.44), 80.0),
+    ((1920, 1080), (700.1, 600.9), 8.0),
+])
+def test_clean_nozzle_found_to_a_hundredth_of_a_pixel(size, center, radius):
+    image = render_nozzle(size, center, radius)
+    found = detect_nozzle(image)
+    assert isinstance(found, Detection)
+    assert _error(found, center) < 0.02
+    assert found.radius == pytest.approx(radius, abs=0.3)
+    assert 0.9 < found.score <= 1.0
+
+
+def test_grey_input_gives_the_same_result():
+    image = render_nozzle((640, 480), (300.4, 200.6), 15.0)
+    colour = detect_nozzle(image)
+    grey = detect_nozzle(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    assert grey.center == pytest.approx(colour.center, abs=1e-6)
+
+
+def test_random_looks_meet_the_accuracy_targets():
+    """Noise, blur, JPEG, dim/glaring light, dirt, ooze, glints, holes."""
+    rng = np.random.default_rng(20240611)
+    errors = []
+    for _ in range(40):
+        look = random_look(rng)
+        radius = float(np.exp(rng.uniform(math.log(6), math.log(40))))
+        margin = radius * look.collar_ratio + 2
+        center = (rng.uniform(margin, 640 - margin), rng.uniform(margin, 480 - margin))
+        found = detect_nozzle(render_nozzle((640, 480), center, radius, look, rng))
+        assert found is not None, (center, radius, look)
+        errors.append(_error(found, center))
+    assert np.median(errors) < 0.05
+    assert np.percentile(errors, 95) < 0.2
+    assert max(errors) < 0.5
+
+
+@pytest.mark.parametrize("distractor", [
+    dict(glints=8),
+    dict(dirt=1.0, dirt_on_collar=True),
+    dict(dirt=1.0, dirt_on_collar=False, ooze=1.0),
+    dict(second_circle=True),
+])
+def test_distractors_do_not_win(distractor):
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        look = random_look(rng, **distractor)
+        center = (rng.uniform(220, 420), rng.uniform(170, 310))
+        radius = rng.uniform(8, 16)
+        found = detect_nozzle(render_nozzle((640, 480), center, radius, look, rng))
+        assert found is not None and _error(found, center) < 0.3
+
+
+def test_second_dark_circle_in_a_plate_is_not_a_nozzle():
+    # A hole in a bright flat plate has a dark inside and a bright rim but no
+    # collar: the brightness never falls again beyond the rim.
+    image = np.full((480, 640, 3), 170, np.uint8)
+    cv2.circle(image, (200, 240), 20, (20, 20, 20), -1, cv2.LINE_AA)
+    assert detect_nozzle(image) is None
+    # The same hole with a real nozzle in view: the nozzle wins.
+    nozzle_look = NozzleLook(background="heater_block")
+    frame = render_nozzle((640, 480), (450.25, 250.75), 18, nozzle_look)
+    cv2.circle(frame, (120, 240), 20, (20, 20, 20), -1, cv2.LINE_AA)
+    found = detect_nozzle(frame)
+    assert found is not None and _error(found, (450.25, 250.75)) < 0.05
+
+
+@pytest.mark.parametrize("background", ["heater_block", "sock", "dark"])
+def test_no_nozzle_in_view_is_none(background):
+    rng = np.random.default_rng(99)
+    for _ in range(8):
+        look = random_look(rng, background=background)
+        assert detect_nozzle(render_nozzle((640, 480), None, 15, look, rng)) is None
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((480, 640, 3), np.uint8),
+    np.full((480, 640, 3), 255, np.uint8),
+    np.full((240, 320), 128, np.uint8),
+    np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8),
+    cv2.GaussianBlur(np.random.default_rng(2).integers(0, 256, (480, 640), dtype=np.uint8),
+                     (0, 0), 3),
+    np.zeros((4, 4, 3), np.uint8),
+])
+def test_blank_uniform_and_noise_frames_are_none(image):
+    assert detect_nozzle(image) is None
+
+
+def test_radius_range_is_respected():
+    image = render_nozzle((640, 480), (320.5, 240.5), 30)
+    assert detect_nozzle(image, min_radius=4, max_radius=20) is None
+    assert detect_nozzle(image, min_radius=40, max_radius=120) is None
+    assert detect_nozzle(image, min_radius=20, max_radius=40) is not None
+
+
+def test_bad_input_raises_value_error():
+    with pytest.raises(ValueError):
+        detect_nozzle(np.zeros((480, 640, 4), np.uint8))
+    with pytest.raises(ValueError):
+        detect_nozzle(np.zeros((480, 640), np.float32))
+
+
+def test_noise_estimate_tracks_added_noise():
+    rng = np.random.default_rng(5)
+    base = np.full((240, 320), 120.0)
+    for sigma in (2.0, 5.0, 10.0):
+        noisy = np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8)
+        assert estimate_noise(noisy) == pytest.approx(sigma, rel=0.15)
+
+
+def test_robust_circle_fit_ignores_outliers():
+    angles = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    points = np.column_stack([10.3 + 7 * np.cos(angles), -4.2 + 7 * np.sin(angles)])
+    points[5:15] += 3.0                     # a dirty sixth of the edge
+    center, radius, inliers = fit_circle_robust(points, tolerance=0.3)
+    assert center == pytest.approx([10.3, -4.2], abs=1e-9)
+    assert radius == pytest.approx(7.0, abs=1e-9)
+    assert not inliers[5:15].any() and inliers[15:].all()
