@@ -320,12 +320,17 @@ def test_defaults_and_kTAMV_compatible_options():
 
 
 def test_helper_command_line():
-    extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python"})
+    extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python",
+                           "helper_nice": "0"})
     assert extra._helper_argv() == ["/opt/env/bin/python", "-m",
                                     "ktamv_helper"]
+    extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python"})
+    argv = extra._helper_argv()
+    assert argv[0].endswith("nice") and argv[1:3] == ["-n", "10"]
+    assert argv[3:] == ["/opt/env/bin/python", "-m", "ktamv_helper"]
     assert extra.helper.cwd == str(REPO)
     assert extra.helper.env["PYTHONPATH"].split(":")[0] == str(REPO)
-    extra, _ = make_ktamv({"helper_command":
+    extra, _ = make_ktamv({"helper_nice": "0", "helper_command":
                            "ssh box '~/ktamv env/bin/python' -m ktamv_helper"})
     assert extra._helper_argv() == ["ssh", "box", "~/ktamv env/bin/python",
                                     "-m", "ktamv_helper"]
