@@ -26,6 +26,7 @@ INCLUDE_LINE="[include ktamv_macros.cfg]"
 INCLUDE_RE='^[[:space:]]*\[include[[:space:]]+([^]]*/)?ktamv_macros\.cfg[[:space:]]*\]'
 SECTION_RE='^\[ktamv\]'
 UPDATE_SECTION="[update_manager ktamv]"
+UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\][[:space:]]*$'
 SAVE_CONFIG_RE='^#\*# <-+ SAVE_CONFIG -+>'
 
 usage() {
@@ -306,7 +307,8 @@ edit_printer_cfg() {
     tmp=$(mktemp)
     # Goes before Klipper's SAVE_CONFIG block, which must stay last, after a
     # blank line; uninstall removes exactly that blank line and the block.
-    awk -v blockfile="$block" -v save_re="$SAVE_CONFIG_RE" '
+    # Regexes reach awk through the environment: -v would mangle backslashes.
+    RE="$SAVE_CONFIG_RE" awk -v blockfile="$block" '
         function emit_block(   line) {
             print ""
             while ((getline line < blockfile) > 0) print line
@@ -316,7 +318,7 @@ edit_printer_cfg() {
         { lines[NR] = $0 }
         END {
             n = NR; at = 0
-            for (i = 1; i <= n; i++) if (lines[i] ~ save_re) { at = i; break }
+            for (i = 1; i <= n; i++) if (lines[i] ~ ENVIRON["RE"]) { at = i; break }
             if (at > 1 && lines[at - 1] == "") at = at - 1
             for (i = 1; i <= n; i++) {
                 if (i == at) emit_block()
@@ -354,15 +356,15 @@ update_manager_entry() {
 
 # Prints the path: value of an existing [update_manager ktamv] section.
 existing_update_path() {
-    awk -v header="$UPDATE_SECTION" '
-        $0 == header { inside = 1; next }
+    RE="$UPDATE_SECTION_RE" awk '
+        $0 ~ ENVIRON["RE"] { inside = 1; next }
         /^\[/ { inside = 0 }
         inside && /^path[[:space:]]*[:=]/ { sub(/^path[[:space:]]*[:=][[:space:]]*/, ""); print; exit }
     ' "$MOONRAKER_CONF"
 }
 
 same_path() {
-    [ "$(realpath -m -- "${1/#\~/$HOME}")" = "$REPO_DIR" ]
+    [ -n "$1" ] && [ "$(realpath -m -- "${1/#\~/$HOME}")" = "$REPO_DIR" ]
 }
 
 edit_moonraker_conf() {
@@ -370,7 +372,7 @@ edit_moonraker_conf() {
         warn "no $MOONRAKER_CONF: skipping Moonraker's update_manager entry (pass -m FILE if it lives elsewhere)"
         return
     fi
-    if grep -qxF "$UPDATE_SECTION" "$MOONRAKER_CONF"; then
+    if grep -qE "$UPDATE_SECTION_RE" "$MOONRAKER_CONF"; then
         local path
         path=$(existing_update_path)
         if same_path "$path"; then
@@ -442,7 +444,7 @@ unlink_extra() {
 clean_printer_cfg() {
     local cfg="$CONFIG_DIR/printer.cfg" tmp
     tmp=$(mktemp)
-    awk -v begin="$BEGIN_MARK" -v end="$END_MARK" -v inc_re="$INCLUDE_RE" '
+    RE="$INCLUDE_RE" awk -v begin="$BEGIN_MARK" -v end="$END_MARK" '
         { lines[NR] = $0 }
         END {
             n = NR
@@ -453,7 +455,7 @@ clean_printer_cfg() {
                 if (j > n) continue
                 active = 0
                 for (k = i + 1; k < j; k++)
-                    if (lines[k] !~ /^[[:space:]]*(#.*)?$/ && lines[k] !~ inc_re) active = 1
+                    if (lines[k] !~ /^[[:space:]]*(#.*)?$/ && lines[k] !~ ENVIRON["RE"]) active = 1
                 if (!active) {
                     for (k = i; k <= j; k++) keep[k] = 0
                     if (i > 1 && lines[i - 1] == "") keep[i - 1] = 0
@@ -462,7 +464,7 @@ clean_printer_cfg() {
                 }
                 i = j
             }
-            for (i = 1; i <= n; i++) if (lines[i] ~ inc_re) keep[i] = 0
+            for (i = 1; i <= n; i++) if (lines[i] ~ ENVIRON["RE"]) keep[i] = 0
             for (i = 1; i <= n; i++) if (keep[i]) print lines[i]
         }' "$cfg" >"$tmp"
     if cmp -s "$cfg" "$tmp"; then
@@ -491,7 +493,7 @@ remove_macros() {
 
 clean_moonraker_conf() {
     [ -f "$MOONRAKER_CONF" ] || return 0
-    grep -qxF "$UPDATE_SECTION" "$MOONRAKER_CONF" || { say "moonraker.conf: no $UPDATE_SECTION to remove"; return 0; }
+    grep -qE "$UPDATE_SECTION_RE" "$MOONRAKER_CONF" || { say "moonraker.conf: no $UPDATE_SECTION to remove"; return 0; }
     local path ours=0 tmp
     path=$(existing_update_path)
     same_path "$path" && ours=1
@@ -502,13 +504,13 @@ clean_moonraker_conf() {
     tmp=$(mktemp)
     # Our entry is a blank line, BEGIN_MARK, the section and END_MARK. An entry
     # written by hand runs to the next section header, minus trailing blanks.
-    awk -v header="$UPDATE_SECTION" -v begin="$BEGIN_MARK" -v end="$END_MARK" '
+    RE="$UPDATE_SECTION_RE" awk -v begin="$BEGIN_MARK" -v end="$END_MARK" '
         { lines[NR] = $0 }
         END {
             n = NR
             for (i = 1; i <= n; i++) keep[i] = 1
             for (i = 1; i <= n; i++) {
-                if (lines[i] != header) continue
+                if (lines[i] !~ ENVIRON["RE"]) continue
                 s = (i > 1 && lines[i - 1] == begin) ? i - 1 : i
                 for (e = i + 1; e <= n && lines[e] !~ /^\[/ && lines[e] != end; e++) ;
                 if (e > n || lines[e] != end) {
