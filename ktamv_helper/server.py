@@ -253,17 +253,32 @@ def _protect_stdout():
 
 
 def _warm_up():
-    """Import the heavy modules in the background so the first request is quick."""
+    """Import the heavy modules in the background so the first request is quick.
+
+    The detector's scikit-image pieces load SciPy lazily on first use (about
+    0.8 s here, seconds on a Raspberry Pi), so it also runs once on a small
+    drawn nozzle: that time is spent while Klippy starts, not inside the
+    first detect's timeout.
+    """
     try:
-        import cv2  # noqa: F401
-        import numpy  # noqa: F401
+        import cv2
+        import numpy as np
         from ktamv_helper.cameras import base  # noqa: F401
+        from ktamv_helper import consensus  # noqa: F401
+        from ktamv_helper.detection import detect_nozzle
+        image = np.full((120, 160, 3), 60, np.uint8)
+        cv2.circle(image, (80, 60), 30, (210, 210, 210), -1, cv2.LINE_AA)
+        cv2.circle(image, (80, 60), 9, (10, 10, 10), -1, cv2.LINE_AA)
+        detect_nozzle(image)
     except Exception:
-        log.exception("importing OpenCV/numpy failed")
+        log.exception("warming up OpenCV and the detector failed")
 
 
 def main(argv=None):
-    """Run the protocol on stdin/stdout until ``shutdown`` or end of input."""
+    """Run the protocol on stdin/stdout until ``shutdown`` or end of input.
+
+    Exits the process (status 0) itself when done; returns 2 on bad usage.
+    """
     if argv:
         sys.stderr.write("usage: python -m ktamv_helper [serve]\n")
         return 2
@@ -293,8 +308,25 @@ def main(argv=None):
             writer.send({"id": stop[1], "result": {"ok": True}})
             log.info("shutdown requested")
             server.close_service()
-            return 0
+            _exit_now(0)
     log.info("stdin closed; exiting")
     server.finish_requests(FINISH_WAIT)
     server.close_service()
-    return 0
+    _exit_now(0)
+
+
+def _exit_now(status):
+    """End the process without interpreter finalisation.
+
+    Worker or warm-up threads may still be inside OpenCV or SciPy; running
+    C++ static destructors under them aborts the process ("terminate called
+    without an active exception", exit status -6). Everything that matters
+    (camera, preview, replies) is closed or flushed by now.
+    """
+    logging.shutdown()
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
