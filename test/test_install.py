@@ -99,12 +99,25 @@ def seeded_home(home):
     return home
 
 
-def run_install(home, *args, timeout=300):
+def run_install(home, *args, timeout=300, apt=False, path_prefix=None):
     env = dict(os.environ, HOME=str(home), PIP_NO_INDEX="1")
     env.pop("KTAMV_PIP_ARGS", None)
-    return subprocess.run(
-        ["bash", str(INSTALL), "--allow-root", "--no-apt", "--origin", ORIGIN, *args],
-        env=env, capture_output=True, text=True, timeout=timeout)
+    if path_prefix:
+        env["PATH"] = "%s:%s" % (path_prefix, env["PATH"])
+    options = ["--allow-root", "--origin", ORIGIN] + ([] if apt else ["--no-apt"])
+    return subprocess.run(["bash", str(INSTALL), *options, *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def fake_commands(folder, **scripts):
+    """Executables that stand in for system tools (dpkg, apt-get, systemctl):
+    each logs its arguments to <name>.log and runs the given shell body."""
+    folder.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        tool = folder / name.replace("_", "-")
+        tool.write_text('#!/bin/sh\necho "$*" >> "%s.log"\n%s\n' % (tool, body))
+        tool.chmod(0o755)
+    return folder
 
 
 def snapshot(home):
@@ -329,3 +342,33 @@ def test_missing_moonraker_conf_is_a_warning(seeded_home):
     assert "skipping Moonraker's update_manager entry" in result.stderr
     assert not moonraker_conf.exists()
     assert printer_cfg.read_text().count(INCLUDE) == 1
+
+
+def test_installs_only_missing_debian_packages(seeded_home, tmp_path):
+    """The apt step asks dpkg which packages of system-dependencies.json are
+    missing and installs only those (dpkg and apt-get are stand-ins here)."""
+    fakes = fake_commands(tmp_path / "bin",
+                          dpkg='case "$2" in python3-venv) exit 0 ;; *) exit 1 ;; esac',
+                          apt_get="exit 0")
+    result = run_install(seeded_home, apt=True, path_prefix=fakes)
+    assert_ok(result)
+    apt_calls = (fakes / "apt-get.log").read_text().splitlines()
+    assert apt_calls == ["update -qq", "install -y -qq libopenblas0"]
+    assert "installing Debian packages: libopenblas0" in result.stdout
+
+
+def test_apt_failure_stops_before_any_change(seeded_home, tmp_path):
+    fakes = fake_commands(tmp_path / "bin", dpkg="exit 1", apt_get="exit 100")
+    before = snapshot(seeded_home)
+    result = run_install(seeded_home, apt=True, path_prefix=fakes)
+    assert result.returncode != 0
+    assert "apt-get update failed" in result.stderr and "--no-apt" in result.stderr
+    assert snapshot(seeded_home) == before
+
+
+def test_restart_only_when_asked(seeded_home, tmp_path):
+    fakes = fake_commands(tmp_path / "bin", systemctl="exit 0")
+    assert_ok(run_install(seeded_home, path_prefix=fakes))
+    assert not (fakes / "systemctl.log").exists()
+    assert_ok(run_install(seeded_home, "--restart", path_prefix=fakes))
+    assert (fakes / "systemctl.log").read_text().splitlines() == ["restart klipper"]
