@@ -179,6 +179,20 @@ class LogFollower:
         return [line.decode("utf-8", "replace") for line in lines]
 
 
+def step_succeeded(name, state):
+    """Did step ``name`` do its job, judging by kTAMV's state right after it?"""
+    tool = name.split(":")[0]
+    if name == "calibrate the camera":
+        return bool(state["calibrated"])
+    if name.endswith(": centre the nozzle"):
+        return bool(state["centred"])
+    if name.endswith(": set the origin"):
+        return bool(state["origin"]) and state["origin"].get("tool") == tool
+    if name.endswith(": get the offset"):
+        return tool in state["measured"]
+    return True     # homing and moves fail loudly enough (exit status 255)
+
+
 class Run:
     """What the log told us so far."""
 
@@ -189,6 +203,9 @@ class Run:
         self.result_times = {}   # tool -> seconds since start
         self.camera = None
         self.log_lines = []
+        self.failed_step = None
+        self.failure_lines = []
+        self._step_lines = []
 
     def elapsed(self):
         return time.monotonic() - self.started
@@ -196,16 +213,31 @@ class Run:
     def hear(self, line):
         self.log_lines.append(line)
         if line.startswith("SIM_STEP "):
-            name = line[len("SIM_STEP "):].strip()
+            state = json.loads(line[len("SIM_STEP "):])
+            if self.steps and self.failed_step is None \
+                    and not step_succeeded(self.steps[-1][0], state):
+                self.failed_step = self.steps[-1][0]
+                self.failure_lines = self._step_lines
+                print("           failed (kTAMV's message below)", flush=True)
+            self._step_lines = []
+            if self.failed_step is not None:
+                return      # Klippy reads on after an error; nothing counts now
+            name = state["name"]
             self.steps.append((name, self.elapsed()))
             print("[%6.1f s] %s" % (self.elapsed(), name), flush=True)
-        elif line.startswith("SIM_RESULT "):
+            return
+        self._step_lines.append(line)
+        if self.failed_step is not None:
+            return
+        if line.startswith("SIM_RESULT "):
             result = json.loads(line[len("SIM_RESULT "):])
             self.results[result["tool"]] = result
             self.result_times[result["tool"]] = self.elapsed()
         elif line.startswith("SIM_CAMERA "):
             self.camera = json.loads(line[len("SIM_CAMERA "):])
-            print("           camera: %s" % (describe_camera(self.camera),), flush=True)
+            if self.camera.get("model"):
+                print("           camera: %s" % (describe_camera(self.camera),),
+                      flush=True)
 
     def step_time(self, name):
         for step, when in self.steps:
@@ -369,8 +401,13 @@ def main(argv=None):
     returncode = run_klippy(workdir, run, args.timeout)
     klippy_seconds = run.elapsed()
     rows = tool_rows(run, truth, args.tools)
-    ok = returncode == 0 and all(row["error_mm"] is not None for row in rows)
-    if returncode != 0:
+    ok = (returncode == 0 and run.failed_step is None
+          and all(row["error_mm"] is not None for row in rows))
+    if run.failed_step is not None:
+        print("\nStep '%s' failed; kTAMV said:" % (run.failed_step,))
+        for line in run.failure_lines[-8:]:
+            print("    " + line)
+    elif returncode != 0:
         print("\nKlippy stopped with exit status %s. Last lines of %s:" % (
             returncode, workdir / "klippy.log"))
         for line in run.log_lines[-12:]:
@@ -390,6 +427,7 @@ def main(argv=None):
         "klippy_seconds": round(klippy_seconds, 2),
         "ok": ok,
         "klippy_exit": returncode,
+        "failed_step": run.failed_step,
         "seed": args.seed,
         "backlash": args.backlash,
         "output": str(output),
