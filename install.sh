@@ -112,6 +112,7 @@ check_environment() {
         for f in ktamv.py requirements.txt system-dependencies.json examples/printer.cfg examples/ktamv_macros.cfg; do
             [ -f "$REPO_DIR/$f" ] || die "$REPO_DIR/$f is missing: run install.sh from a complete kTAMV clone"
         done
+        command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3 (sudo apt-get install python3) or pass --python PATH"
     fi
     [ -d "$KLIPPER_DIR/klippy/extras" ] || die "no Klipper found at $KLIPPER_DIR (there is no klippy/extras folder); pass your Klipper directory with -k DIR"
     [ -d "$CONFIG_DIR" ] || die "config directory $CONFIG_DIR does not exist; pass the folder that holds printer.cfg with -c DIR"
@@ -160,7 +161,6 @@ create_venv() {
             say "helper venv $VENV_DIR is broken (its Python no longer runs); recreating it"
             rm -rf -- "$VENV_DIR"
         fi
-        command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3 or pass --python PATH"
         local venv_args=()
         [ "$SYSTEM_SITE_PACKAGES" -eq 0 ] || venv_args+=(--system-site-packages)
         say "creating helper venv $VENV_DIR with $("$PYTHON" --version 2>&1)"
@@ -180,7 +180,7 @@ create_venv() {
     # --only-binary keeps a Raspberry Pi from compiling OpenCV if no wheel
     # matches; --prefer-binary picks wheels over newer source releases.
     # shellcheck disable=SC2086
-    "$vpy" -m pip install -q --prefer-binary --only-binary opencv-python-headless \
+    "$vpy" -m pip install --prefer-binary --only-binary opencv-python-headless \
         $PIP_ARGS -r "$REPO_DIR/requirements.txt" \
         || die "pip could not install $REPO_DIR/requirements.txt into $VENV_DIR (see pip's message above)"
     check_helper_imports
