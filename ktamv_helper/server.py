@@ -243,10 +243,20 @@ class Server:
             log.exception("closing the service failed")
 
 
+def _make_blocking(fd):
+    """Pipes inherited in non-blocking mode (e.g. through ssh) would make
+    reads and writes fail with EAGAIN; this process wants to wait instead."""
+    try:
+        os.set_blocking(fd, True)
+    except (OSError, AttributeError):
+        pass
+
+
 def _protect_stdout():
     """Keep the real stdout for protocol lines only; fd 1 becomes stderr."""
     sys.stdout.flush()
     protocol_fd = os.dup(1)
+    _make_blocking(protocol_fd)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return protocol_fd
@@ -297,6 +307,7 @@ def main(argv=None):
                      daemon=True).start()
 
     stdin_fd = sys.stdin.fileno() if sys.stdin is not None else 0
+    _make_blocking(stdin_fd)
     for line in iter_lines(stdin_fd):
         try:
             stop = server.handle_line(line)

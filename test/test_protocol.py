@@ -256,6 +256,31 @@ def test_exit_status_is_zero_whenever_stdin_closes(tmp_path):
             helper.stop()
 
 
+def test_non_blocking_pipes_from_the_parent_still_work(tmp_path):
+    # Pipes set O_NONBLOCK on the helper's side (as an ssh relay may leave
+    # them) must not make reads fail with EAGAIN.
+    stdin_read, stdin_write = os.pipe()
+    stdout_read, stdout_write = os.pipe()
+    os.set_blocking(stdin_read, False)
+    os.set_blocking(stdout_write, False)
+    process = subprocess.Popen([sys.executable, "-m", "ktamv_helper"],
+                               cwd=str(REPO), stdin=stdin_read,
+                               stdout=stdout_write, stderr=subprocess.DEVNULL)
+    os.close(stdin_read)
+    os.close(stdout_write)
+    try:
+        with os.fdopen(stdout_read, "rb") as out, os.fdopen(stdin_write, "wb") as into:
+            assert json.loads(out.readline())["event"] == "ready"
+            time.sleep(0.3)     # the helper now waits on an empty stdin
+            into.write(b'{"id": 1, "method": "version", "params": {"check_camera": false}}\n')
+            into.flush()
+            assert json.loads(out.readline())["result"]["protocol"] == 1
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def test_shutdown_replies_then_exits_zero(ready_helper):
     helper = ready_helper
     bye = helper.request("shutdown")
