@@ -10,6 +10,7 @@ stderr (where OpenCV's and Python's chatter then lands harmlessly).
 import json
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -93,6 +94,12 @@ def iter_lines(fd, max_bytes=MAX_LINE_BYTES, chunk=READ_CHUNK):
             data = os.read(fd, chunk)
         except InterruptedError:
             continue
+        except BlockingIOError:
+            select.select([fd], [], [])
+            continue
+        except OSError as exc:
+            log.warning("reading stdin failed (%s); treating it as closed", exc)
+            data = b""
         if not data:
             if buffer and not discarding:
                 yield bytes(buffer)
