@@ -182,7 +182,7 @@ class KlippyResult:
 
 
 def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
-               env=None, link=True):
+               env=None, link=True, prefix=()):
     """Run Klippy in batch mode and return a :class:`KlippyResult`.
 
     Parameters
@@ -205,6 +205,8 @@ def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
         Extra environment variables for Klippy.
     link : bool
         Link ``ktamv.py`` into Klippy's extras first.
+    prefix : sequence of str
+        Words put before Klippy's command line, e.g. ``("nice", "-n", "-5")``.
     """
     if link:
         link_extra()
@@ -225,9 +227,9 @@ def run_klippy(workdir, config, gcode, dictionary=SIM_DICT, timeout=180.0,
         log.unlink()
     run_env = dict(os.environ)
     run_env.update(env or {})
-    argv = [str(KLIPPY), str(cfg), "-i", str(commands),
-            "-o", str(workdir / "out.serial"), "-d", str(dictionary),
-            "-l", str(log)]
+    argv = list(prefix) + [str(KLIPPY), str(cfg), "-i", str(commands),
+                           "-o", str(workdir / "out.serial"),
+                           "-d", str(dictionary), "-l", str(log)]
     deadline = time.monotonic() + timeout
     out_path, err_path = workdir / "klippy.stdout", workdir / "klippy.stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
