@@ -163,3 +163,64 @@ def test_sim_url_opens_the_simulated_camera():
         assert hasattr(camera, "truth")
     finally:
         camera.close()
+
+
+class _VideoFileCamera:
+    """V4l2Camera reading a real MJPEG video file through OpenCV instead of a
+    device (none exists here): the reader thread, grab/retrieve on demand,
+    stamping and reopening are the production code."""
+
+    @staticmethod
+    def make(path):
+        from ktamv_helper.cameras.v4l2 import V4l2Camera
+
+        class VideoFileCamera(V4l2Camera):
+            opened = 0
+
+            def _open_capture(self):
+                type(self).opened += 1
+                capture = cv2.VideoCapture(self._path)
+                if not capture.isOpened():
+                    raise HelperError("camera_unreachable", "cannot open")
+                return capture
+
+        return VideoFileCamera(str(path), 5.0)
+
+
+@pytest.fixture
+def nozzle_video(tmp_path):
+    from conftest import draw_nozzle
+    path = tmp_path / "nozzle.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30,
+                             (640, 480))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV cannot write MJPG video")
+    for _ in range(20):
+        writer.write(draw_nozzle())
+    writer.release()
+    return path
+
+
+def test_capture_reader_delivers_fresh_frames_and_reopens(nozzle_video):
+    from conftest import draw_nozzle
+    camera = _VideoFileCamera.make(nozzle_video)
+    try:
+        for _ in range(5):
+            not_before = time.monotonic()
+            frame = camera.get_frame(not_before=not_before, timeout=5.0)
+            assert frame.timestamp >= not_before
+            assert frame.size == (640, 480)
+            assert float(np.mean(np.abs(frame.image.astype(int)
+                                        - draw_nozzle().astype(int)))) < 3.0
+        # The 20-frame file ends quickly; the reader reopens it and goes on.
+        deadline = time.monotonic() + 20
+        while type(camera).opened < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert type(camera).opened >= 3
+        frame = camera.get_frame(not_before=time.monotonic(), timeout=5.0)
+        assert frame.size == (640, 480)
+    finally:
+        started = time.monotonic()
+        camera.close()
+        assert time.monotonic() - started < 2.0
+    expect_error("camera_unreachable", camera.get_frame, timeout=0.2)

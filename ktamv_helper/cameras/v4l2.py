@@ -20,6 +20,8 @@ MIN_BACKOFF = 0.5
 MAX_BACKOFF = 5.0
 # Failed reads in a row before the device is closed and reopened.
 MAX_FAILED_READS = 10
+# A stored frame older than this is not "a frame" for get_frame(None).
+STALE_AFTER = 0.5
 
 
 def device_path(url):
@@ -54,6 +56,7 @@ class V4l2Camera(CameraSource):
         self._frame = None
         self._error = None
         self._closed = False
+        self._waiting = 0           # get_frame calls waiting for a frame
         self._thread = threading.Thread(target=self._run, args=(capture,),
                                         name="ktamv-v4l2-reader", daemon=True)
         self._thread.start()
@@ -85,8 +88,19 @@ class V4l2Camera(CameraSource):
                             break
                     backoff = min(MAX_BACKOFF, backoff * 2)
                     continue
-            ok, image = capture.read()
+            # grab() dequeues a frame without converting it, keeping the
+            # driver's queue fresh at little cost; the frame is only decoded
+            # (retrieve) while a request is waiting for one.
+            ok = capture.grab()
             stamp = time.monotonic()
+            image = None
+            if ok:
+                with self._cond:
+                    wanted = self._waiting > 0
+                if not wanted:
+                    failed = 0
+                    continue
+                ok, image = capture.retrieve()
             if not ok or image is None:
                 failed += 1
                 if failed >= MAX_FAILED_READS:
@@ -120,26 +134,37 @@ class V4l2Camera(CameraSource):
             self._cond.notify_all()
 
     def get_frame(self, not_before=None, timeout=5.0):
-        deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = now + timeout
+        if not_before is None:
+            # Idle frames are not decoded, so the stored one may be old:
+            # "any frame" means one from about now.
+            not_before = now - STALE_AFTER
         with self._cond:
-            while True:
-                if self._closed:
-                    raise HelperError("camera_unreachable",
-                                      "The camera %s was closed." % self.url)
-                frame = self._frame
-                if frame is not None and (not_before is None
-                                          or frame.timestamp >= not_before):
-                    return frame
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if self._error is not None:
-                        raise HelperError(self._error.code, self._error.message
-                                          + " No frame within %.1f s."
-                                          % timeout)
-                    raise HelperError("camera_timeout",
-                                      "No fresh frame from %s within %.1f s."
-                                      % (self.url, timeout))
-                self._cond.wait(remaining)
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise HelperError("camera_unreachable",
+                                          "The camera %s was closed."
+                                          % self.url)
+                    frame = self._frame
+                    if frame is not None and frame.timestamp >= not_before:
+                        return frame
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._timeout_error(timeout)
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def _timeout_error(self, timeout):
+        if self._error is not None:
+            return HelperError(self._error.code, self._error.message
+                               + " No frame within %.1f s." % timeout)
+        return HelperError("camera_timeout",
+                           "No fresh frame from %s within %.1f s."
+                           % (self.url, timeout))
 
     def close(self):
         with self._cond:
