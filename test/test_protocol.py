@@ -281,6 +281,23 @@ def test_non_blocking_pipes_from_the_parent_still_work(tmp_path):
             process.kill()
 
 
+def test_a_busy_preview_port_is_a_log_event_not_a_failure(ready_helper,
+                                                          nozzle_png):
+    import socket
+    helper = ready_helper
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        reply = helper.call("configure", {"camera_url": "file:%s" % nozzle_png,
+                                          "preview_port": port})
+        assert reply["result"]["preview"]["running"] is False
+        assert str(port) in reply["result"]["preview"]["error"]
+        event = helper.event("log")
+        assert event["level"] == "warning" and str(port) in event["message"]
+        assert helper.call("detect", {"frames": 1})["result"]["frames_used"] == 1
+
+
 def test_shutdown_replies_then_exits_zero(ready_helper):
     helper = ready_helper
     bye = helper.request("shutdown")
