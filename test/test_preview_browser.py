@@ -1,10 +1,18 @@
-"""Headless Chromium shows the preview stream in an <img>, like Mainsail does.
+"""Headless Chromium shows the preview the ways Mainsail and Fluidd do.
 
-A screenshot of the page proves annotated frames arrive in a real browser:
-the yellow crosshair and the detection ring are found in its pixels.
+The preview's own page, a cross-origin <img> of the stream or snapshot, and
+fetch()-based readers like Mainsail's "MJPEG-Streamer" and "Adaptive MJPEG"
+modes. Chromium is driven over its DevTools pipe, so each test waits until
+the page really shows a picture; a screenshot then proves annotated frames
+arrived: the yellow crosshair and the detection ring are found in its pixels.
 """
 
+import base64
+import contextlib
+import fcntl
+import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -24,29 +32,120 @@ from ktamv_helper.preview import PreviewServer
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def screenshot(url, path, size=(800, 600), timeout=90):
-    """Load ``url`` in headless Chromium and write a PNG screenshot."""
+# True once the page's (first) <img> shows a decoded picture.
+IMG_SHOWN = ("(() => { const i = document.querySelector('img');"
+             " return !!i && i.complete && i.naturalWidth > 0; })()")
+
+
+class DevTools:
+    """Chromium's DevTools protocol over --remote-debugging-pipe (fds 3/4):
+    JSON messages separated by NUL bytes, standard library only."""
+
+    def __init__(self, to_browser, from_browser):
+        self.to_browser, self.from_browser = to_browser, from_browser
+        self.buffer = b""
+        self.last_id = 0
+
+    def call(self, method, params=None, session=None, timeout=30.0):
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method,
+                   "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self.to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self.last_id:
+                if "error" in reply:
+                    raise RuntimeError("%s: %s" % (method, reply["error"]))
+                return reply.get("result", {})
+
+    def _read(self, deadline):
+        while b"\0" not in self.buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.from_browser], [], [],
+                                        max(0.0, left))
+            if not ready:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self.from_browser, 1 << 20)
+            if not chunk:
+                raise EOFError("Chromium exited")
+            self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+
+def high_pipe():
+    """``os.pipe()`` with both fds above 9, so that the shell's "3<&N 4>&M"
+    cannot overwrite one of them with the other."""
+    pair = os.pipe()
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in pair]
+    for fd in pair:
+        os.close(fd)
+    return high
+
+
+def screenshot(url, path, size=(800, 600), ready=IMG_SHOWN, settle=0.5,
+               timeout=60.0):
+    """Open ``url`` in headless Chromium, wait until the JavaScript
+    expression ``ready`` is true (then ``settle`` s more), save a PNG of the
+    page and return it as a BGR array."""
     assert os.path.exists(CHROMIUM), \
         "chromium is missing: run test/setup.sh (Debian package chromium)"
+    to_browser, from_browser = high_pipe(), high_pipe()
     with tempfile.TemporaryDirectory() as profile:
-        command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                   "--disable-quic", "--no-first-run",
-                   "--disable-background-networking",
-                   "--disable-component-update", "--disable-sync",
-                   "--hide-scrollbars", "--user-data-dir=" + profile,
-                   "--screenshot=" + str(path),
-                   "--window-size=%d,%d" % size, url]
-        # Own process group: on a timeout, the renderer children go too.
-        process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT,
+        flags = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-quic", "--no-first-run",
+                 "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", "--user-data-dir=" + profile,
+                 "--window-size=%d,%d" % size, "--remote-debugging-pipe",
+                 "about:blank"]
+        # bash (dash has single-digit fds only) puts our pipe ends on the
+        # fds 3 and 4 Chromium expects.
+        command = ["/bin/bash", "-c", 'exec "$0" "$@" 3<&%d 4>&%d'
+                   % (to_browser[0], from_browser[1]), CHROMIUM] + flags
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL,
+                                   pass_fds=(to_browser[0], from_browser[1]),
                                    start_new_session=True)
+        os.close(to_browser[0])
+        os.close(from_browser[1])
+        tools = DevTools(to_browser[1], from_browser[0])
         try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
-    assert os.path.exists(path), output.decode(errors="replace")[-2000:]
+            target = tools.call("Target.createTarget",
+                                {"url": "about:blank"})["targetId"]
+            session = tools.call("Target.attachToTarget",
+                                 {"targetId": target,
+                                  "flatten": True})["sessionId"]
+            tools.call("Emulation.setDeviceMetricsOverride",
+                       {"width": size[0], "height": size[1],
+                        "deviceScaleFactor": 1, "mobile": False}, session)
+            tools.call("Page.navigate", {"url": url}, session)
+            deadline = time.monotonic() + timeout
+            while True:
+                result = tools.call("Runtime.evaluate", {
+                    "expression": ready, "returnByValue": True}, session)
+                if result.get("result", {}).get("value"):
+                    break
+                assert time.monotonic() < deadline, \
+                    "the page never became ready: %s" % ready
+                time.sleep(0.1)
+            time.sleep(settle)
+            data = tools.call("Page.captureScreenshot", {"format": "png"},
+                              session)["data"]
+            with open(str(path), "wb") as stream:
+                stream.write(base64.b64decode(data))
+            with contextlib.suppress(Exception):
+                tools.call("Browser.close", timeout=5)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            os.close(to_browser[1])
+            os.close(from_browser[0])
     image = cv2.imread(str(path))
     assert image is not None and image.shape[:2] == (size[1], size[0])
     return image
@@ -128,6 +227,67 @@ def test_a_cross_origin_img_like_mainsail(served, tmp_path, path):
                       size=(700, 500))
     check_annotated_frame(shot)
     assert not yellow_pixels(shot[:, 650:]).any()  # nothing beyond the img
+
+
+# Mainsail's "MJPEG-Streamer" mode does not use an <img>: it reads the
+# stream with fetch() (cross-origin, so CORS matters), cuts the JPEGs out at
+# their start marker using the part's Content-Length, and shows each one.
+# Its "Adaptive MJPEG" mode fetches snapshots. This page does the same.
+FETCH_PAGE = """<!DOCTYPE html><html><body style="margin:0">
+<img id="view" style="display:block"><script>
+const view = document.getElementById('view');
+const show = (bytes) => {
+  view.src = URL.createObjectURL(new Blob([bytes], {type: 'image/jpeg'}));
+};
+async function stream(url) {
+  const reader = (await fetch(url)).body.getReader();
+  const latin1 = new TextDecoder('latin1');
+  let buffer = new Uint8Array(0), frames = 0;
+  while (frames < 3) {
+    const {done, value} = await reader.read();
+    if (done) throw new Error('stream ended');
+    const joined = new Uint8Array(buffer.length + value.length);
+    joined.set(buffer); joined.set(value, buffer.length); buffer = joined;
+    for (;;) {
+      let soi = -1;
+      for (let i = 0; i + 1 < buffer.length; i++) {
+        if (buffer[i] === 0xFF && buffer[i + 1] === 0xD8) { soi = i; break; }
+      }
+      if (soi < 0) break;
+      const found = /content-length:\\s*(\\d+)/i.exec(
+        latin1.decode(buffer.subarray(0, soi)));
+      const length = parseInt(found[1]);
+      if (buffer.length < soi + length) break;
+      show(buffer.slice(soi, soi + length));
+      buffer = buffer.slice(soi + length);
+      frames += 1;
+      window.framesShown = frames;
+    }
+  }
+}
+async function snapshots(url) {
+  for (let i = 0; i < 3; i++) {
+    show(new Uint8Array(await (await fetch(url + '?t=' + i)).arrayBuffer()));
+    window.framesShown = i + 1;
+  }
+}
+(%(mode)s)('%(url)s').catch((e) => {
+  document.body.insertAdjacentText('beforeend', 'ERROR ' + e);
+});
+</script></body></html>
+"""
+
+
+@pytest.mark.parametrize("mode,path", [("stream", "stream"),
+                                       ("snapshots", "snapshot")])
+def test_fetch_readers_like_mainsail(served, tmp_path, mode, path):
+    page = tmp_path / "fetch.html"
+    page.write_text(FETCH_PAGE % {"mode": mode,
+                                  "url": served.status()["url"] + path})
+    shot = screenshot("file://" + str(page), tmp_path / "shot.png",
+                      size=(700, 500),
+                      ready="window.framesShown >= 3 && " + IMG_SHOWN)
+    check_annotated_frame(shot)
 
 
 def test_simulated_printer_through_the_service(tmp_path):
