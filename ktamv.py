@@ -84,6 +84,15 @@ class HelperProcess:
                 "and run RESTART." % (len(self.start_times),
                                       RESTART_WINDOW, self.last_error))
         self.start_times.append(now)
+        program = self.argv[-3] if self.argv[-2:] == ["-m", "ktamv_helper"] \
+            else self.argv[0]
+        if os.path.isabs(program) and not os.access(program, os.X_OK):
+            self.state = "failed"
+            self.last_error = ("Cannot start the vision helper: %s does not "
+                               "exist or is not executable." % (program,))
+            raise HelperFailure("helper_failed", self.last_error + (
+                " Check helper_python / helper_command in [ktamv] (install.sh"
+                " creates %s)." % (DEFAULT_HELPER_VENV,)))
         try:
             proc = subprocess.Popen(
                 self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -131,8 +140,10 @@ class HelperProcess:
                                "within %.0f s." % (self.startup_timeout,))
             self._terminate_now()
             self._helper_gone(self.last_error)
-        raise HelperFailure("helper_failed", self.last_error + (
-            " See the lines starting with 'ktamv helper:' in klippy.log."))
+        hint = ""
+        if "klippy.log" not in self.last_error:
+            hint = " See the lines starting with 'ktamv helper:' in klippy.log."
+        raise HelperFailure("helper_failed", self.last_error + hint)
     def _helper_gone(self, reason, deferred=True):
         """Forget the process: close pipes, fail pending requests, reap."""
         if self.proc is None:
@@ -305,6 +316,9 @@ class HelperProcess:
             reason = "The vision helper stopped unexpectedly"
             if code is not None:
                 reason += " (exit code %s)" % (code,)
+            if code in (126, 127):
+                reason += (": its command could not be run; check "
+                           "helper_python / helper_command in [ktamv]")
             reason += ("; its last words are in klippy.log (lines starting "
                        "with 'ktamv helper:').")
             self._helper_gone(reason)

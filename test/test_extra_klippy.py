@@ -316,3 +316,83 @@ def test_save_config_round_trip_keeps_the_camera_model(tmp_path):
     reloaded = [v for row in restarted["camera_model"]["matrix"] for v in row]
     assert reloaded == pytest.approx(flat, rel=1e-6)
     assert "nozzle centred" in result.text
+
+
+def test_switching_camera_with_send_server_cfg_heals_without_restart(
+        tmp_path):
+    url = "http://127.0.0.1:%d/stream" % free_port()
+    section = ktamv_section(url=url, camera_timeout=1)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        assert klippy.send("G1 X150 Y150 F6000").error is None
+        assert klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        reply = klippy.send("KTAMV_SEND_SERVER_CFG CAMERA_URL=%s" % SIM_URL)
+        assert reply.error is None, reply
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is None, reply
+        assert "nozzle found at" in reply.text
+
+
+def test_preview_commands(tmp_path):
+    import urllib.request
+    port = free_port()
+    section = ktamv_section(preview_port=port)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        reply = klippy.send("KTAMV_START_PREVIEW")
+        assert reply.error is None, reply
+        assert "preview running at http://127.0.0.1:%d/" % port in reply.text
+        with urllib.request.urlopen("http://127.0.0.1:%d/snapshot" % port,
+                                    timeout=20) as answer:
+            assert answer.headers["Content-Type"].startswith("image/jpeg")
+            assert answer.read(2) == b"\xff\xd8"
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["preview_url"] == "http://127.0.0.1:%d/" % port
+        assert klippy.send("KTAMV_STOP_PREVIEW").error is None
+
+
+def test_start_preview_without_port_says_how_to_enable_it(tmp_path):
+    section = ktamv_section()
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        reply = klippy.send("KTAMV_START_PREVIEW")
+        assert reply.error and "preview_port" in reply.error
+
+
+def test_move_to_origin_uses_camera_position_until_an_origin_is_set(
+        tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER,
+                            camera_position="150.5, 149.25",
+                            backlash_approach=0.5)
+    result = run_klippy(tmp_path, printer_config(section),
+                        "G28\nKTAMV_MOVE_TO_ORIGIN\nGET_POSITION\n"
+                        "KTAMV_STATUS_JSON\n")
+    assert result.returncode == 0, result.tail()
+    assert "toolhead: X:150.500000 Y:149.250000" in result.text
+    assert statuses(result.text)[0]["camera_position"] == [150.5, 149.25]
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path / "no-position", printer_config(section),
+                        "G28\nKTAMV_MOVE_TO_ORIGIN\n")
+    assert result.returncode == 255
+    assert "no origin set and no camera_position" in result.text
+
+
+def test_helper_that_cannot_start_fails_commands_not_klipper(tmp_path):
+    section = ktamv_section(helper_python=str(tmp_path / "no-such-python"))
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        errors = [klippy.send("KTAMV_TEST").error for _ in range(4)]
+        assert all(errors)
+        assert "Cannot start the vision helper" in errors[0]
+        assert "helper_python" in errors[0]
+        assert "kTAMV stopped restarting it" in errors[-1]
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["helper_state"] == "failed"
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+
+
+def test_helper_that_never_gets_ready_times_out(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER + " --no-ready",
+                            helper_timeout=1)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error and "did not announce itself within 1 s" \
+            in reply.error
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
