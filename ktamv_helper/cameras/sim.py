@@ -255,7 +255,8 @@ class SimCamera(CameraSource):
     def look(self, tool):
         """The :class:`~ktamv_helper.simulation.render.NozzleLook` of tool number ``tool``."""
         from ktamv_helper.simulation import render
-        tool = min(tool, len(self._looks) - 1)
+        if tool >= len(self._looks):   # no such tool: like tool 0 (as its offset is)
+            tool = 0
         if self._looks[tool] is None:
             overrides = {field: self.settings[key] for key, field in _LOOK_KEYS.items()
                          if self.settings[key] is not None}
