@@ -549,6 +549,8 @@ class MjpegCamera(CameraSource):
 
     def _set_error(self, error):
         with self._cond:
+            if self._closed:
+                return          # closing breaks the connection on purpose
             self._error = error
             self._error_seq = self._seq
             self._cond.notify_all()
