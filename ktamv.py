@@ -865,6 +865,8 @@ class Ktamv:
         """Detect the nozzle in fresh frames; returns the result dict."""
         frames = frames or self.detection_frames
         params = {'frames': frames}
+        # A G1 just before this command may still be queued or running.
+        self.motion.toolhead.wait_moves()
         if after_move:
             if self.helper_command:
                 params['settle'] = self.settle_time
@@ -872,8 +874,9 @@ class Ktamv:
                 params['not_before'] = time.monotonic() + self.settle_time
         timeout = self.camera_timeout + self.settle_time + 0.4 * frames + 1.
         params['timeout'] = min(60., timeout)
-        result = self._call(gcmd, 'detect', params, timeout)
         pos = self.motion.position()
+        tool = self._current_tool()
+        result = self._call(gcmd, 'detect', params, timeout)
         self.last_detection = {
             'uv': [float(v) for v in result['center']],
             'radius': float(result.get('radius', 0.)),
@@ -882,7 +885,7 @@ class Ktamv:
             'spread': float(result.get('spread', 0.)),
             'frame_size': [int(v) for v in result['frame_size']],
             'position': [pos[0], pos[1]],
-            'tool': self._current_tool()}
+            'tool': tool}
         return self.last_detection
     def _fresh_detection(self, gcmd):
         """The last detection if it was made here with this tool, or a new one."""
