@@ -334,3 +334,24 @@ def test_credentials_in_the_url_are_sent_and_never_shown(http_camera,
     wrong = url.replace("http://", "http://klipper:nope@")
     error = expect_error("camera_http_error", open_camera, wrong, timeout=5.0)
     assert "nope" not in error.message and "check the user name" in error.message
+
+
+def test_iter_mjpeg_parts_reads_the_layouts_of_common_streamers():
+    one, two = b"\xff\xd8one\r\n\xff\xd9", b"\xff\xd8two\xff\xd9"
+
+    def part(body, extra=b""):
+        return (b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n" % len(body)
+                + extra + b"\r\n" + body)
+
+    # mjpg-streamer: a CRLF and the boundary first, each part followed by
+    # CRLF + boundary; ustreamer: boundary before each part, X-Timestamp.
+    mjpg_streamer = (b"\r\n--boundarydonotcross\r\n"
+                     + part(one, b"X-Timestamp: 12.5\r\n")
+                     + b"\r\n--boundarydonotcross\r\n"
+                     + part(two, b"X-Timestamp: 12.6\r\n")
+                     + b"\r\n--boundarydonotcross\r\n")
+    ustreamer = (b"--boundarydonotcross\r\n" + part(one, b"X-Timestamp: 1.0\r\n")
+                 + b"\r\n--boundarydonotcross\r\n" + part(two) + b"\r\n")
+    for body in (mjpg_streamer, ustreamer):
+        parts = list(iter_mjpeg_parts(io.BytesIO(body), "boundarydonotcross"))
+        assert [p[1] for p in parts] == [one, two]
