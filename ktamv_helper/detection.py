@@ -123,30 +123,49 @@ def estimate_noise(gray):
     """
     if min(gray.shape) < 3:
         return 0.5
+    # A central window is plenty and keeps big frames cheap.
+    height, width = gray.shape
+    y0, x0 = max(0, (height - NOISE_WINDOW[1]) // 2), max(0, (width - NOISE_WINDOW[0]) // 2)
+    gray = gray[y0:y0 + NOISE_WINDOW[1], x0:x0 + NOISE_WINDOW[0]]
     response = cv2.filter2D(gray.astype(np.float32), -1, _NOISE_MASK,
                             borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
     sigma = math.sqrt(math.pi / 2.0) * float(cv2.mean(np.abs(response))[0]) / 6.0
     return max(0.5, sigma)
 
 
+NOISE_WINDOW = (640, 480)
 _NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
-def find_candidates(gray, min_radius, max_radius):
+def search_scales(shape, min_radius):
+    """Scales of the candidate search copies, coarse first.
+
+    The coarse copy has a long side of ``CANDIDATE_LONG_SIDE`` px; a finer
+    one, where a bore of ``min_radius`` still measures ``MIN_SEARCH_RADIUS``
+    px, is searched only when the coarse one found nothing.
+    """
+    coarse = min(1.0, CANDIDATE_LONG_SIDE / max(shape))
+    fine = min(1.0, max(coarse, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
+    return [coarse] if fine < 1.25 * coarse else [coarse, fine]
+
+
+def find_candidates(gray, min_radius, max_radius, scale=None):
     """Dark, round, compact regions that may be a bore.
 
     The frame is thresholded at several grey levels spread over its range
     (closer together at the dark end, where bores are); the collar encloses
     the bore, so at any level between the two the bore is an island of its
     own. Islands of the right size that are round and compact are kept. The
-    search runs on a copy scaled so that the smallest bore still measures
-    ``MIN_SEARCH_RADIUS`` px.
+    search runs on a downscaled copy (see :func:`search_scales`).
 
     Parameters
     ----------
     gray : ndarray of uint8, shape (H, W)
     min_radius, max_radius : float
         Bore radius range in full-frame pixels.
+    scale : float, optional
+        Scale of the searched copy; by default the finest of
+        :func:`search_scales`.
 
     Returns
     -------
@@ -155,8 +174,8 @@ def find_candidates(gray, min_radius, max_radius):
         levels the island was found, most persistent first.
     """
     height, width = gray.shape
-    scale = min(1.0, CANDIDATE_LONG_SIDE / max(width, height))
-    scale = min(1.0, max(scale, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
+    if scale is None:
+        scale = search_scales(gray.shape, min_radius)[-1]
     if scale < 1.0:
         small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_AREA)
@@ -214,7 +233,7 @@ def find_candidates(gray, min_radius, max_radius):
     return [tuple(m) for m in merged[:MAX_CANDIDATES]]
 
 
-def _ray_profiles(gray, center, radii, angles):
+def _ray_profiles(gray, center, radii, angles, smooth=True):
     """Samples of the lightly smoothed frame along rays; NaN outside the frame.
 
     Only the patch the rays cover is smoothed (Gaussian, sigma
@@ -226,6 +245,11 @@ def _ray_profiles(gray, center, radii, angles):
     cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
     map_x = (center[0] + cos * radii[None, :]).astype(np.float32)
     map_y = (center[1] + sin * radii[None, :]).astype(np.float32)
+    if not smooth:
+        out = cv2.remap(gray, map_x, map_y, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        out[(map_x < -0.5) | (map_x > width - 0.5) | (map_y < -0.5) | (map_y > height - 0.5)] = np.nan
+        return out
     pad = 4
     x0 = max(int(math.floor(min(center[0] - radii[-1], width))) - pad, 0)
     x1 = min(int(math.ceil(max(center[0] + radii[-1], -1))) + pad + 1, width)
@@ -349,7 +373,7 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
     return centre + origin, radius, inliers
 
 
-def measure_bore(gray, noise, center, radius, n_rays=None):
+def measure_bore(gray, noise, center, radius, quick=False):
     """Verify a candidate bore and measure its edge.
 
     Parameters
@@ -362,9 +386,9 @@ def measure_bore(gray, noise, center, radius, n_rays=None):
         Approximate bore centre, px.
     radius : float
         Approximate bore radius, px.
-    n_rays : int, optional
-        Rays cast; by default about one per 1.5 px of circumference (48-144).
-        A quick first look may use fewer.
+    quick : bool
+        A first look: ``QUICK_RAYS`` rays, coarser steps and no smoothing.
+        By default about one ray per 1.5 px of circumference (48-144).
 
     Returns
     -------
@@ -375,12 +399,14 @@ def measure_bore(gray, noise, center, radius, n_rays=None):
         again beyond the collar: a collar is a ring, not a plate) and ``rms``
         (edge residual, px); None when the candidate has no usable edge.
     """
-    if n_rays is None:
+    if quick:
+        n_rays, step = QUICK_RAYS, float(np.clip(radius / 12.0, 0.25, 2.0))
+    else:
         n_rays = int(np.clip(round(2 * math.pi * radius / 1.5), 48, 144))
+        step = float(np.clip(radius / 48.0, 0.2, 0.5))
     angles = np.arange(n_rays) * (2 * math.pi / n_rays)
-    step = float(np.clip(radius / 24.0, 0.2, 1.0))
     radii = np.arange(0.0, RAY_LENGTH * radius + step, step, dtype=np.float32)
-    prof = _ray_profiles(gray, center, radii, angles)
+    prof = _ray_profiles(gray, center, radii, angles, smooth=not quick)
     inner = prof[:, radii <= 0.5 * radius]
     if not np.isfinite(inner).any():
         return None
@@ -461,24 +487,25 @@ def detect_nozzle(image, min_radius=4.0, max_radius=120.0):
         return None
     noise = estimate_noise(gray)
     best = None
-    for u, v, r, _ in find_candidates(gray, min_radius, max_radius):
-        m = measure_bore(gray, noise, (u, v), r, n_rays=QUICK_RAYS)
-        if m is None:
-            continue
-        # Cast the rays again from the fitted centre: radial rays cross the
-        # edge squarely and the radius estimate is now right.
-        again = measure_bore(gray, noise, m["center"], m["radius"])
-        if again is not None:
-            m = again
-        if not (min_radius <= m["radius"] <= max_radius):
-            continue
-        if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
-            continue
-        if m["rms"] > max(0.5, 0.06 * m["radius"]):
-            continue
-        score = _score(m)
-        if score >= MIN_SCORE and (best is None or score > best[0]):
-            best = (score, m)
+    for scale in search_scales(gray.shape, min_radius):
+        for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale):
+            m = measure_bore(gray, noise, (u, v), r, quick=True)
+            if m is None:
+                continue
+            # Cast the rays again from the fitted centre: radial rays cross
+            # the edge squarely and the radius estimate is now right.
+            m = measure_bore(gray, noise, m["center"], m["radius"])
+            if m is None or not min_radius <= m["radius"] <= max_radius:
+                continue
+            if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
+                continue
+            if m["rms"] > max(0.5, 0.06 * m["radius"]):
+                continue
+            score = _score(m)
+            if score >= MIN_SCORE and (best is None or score > best[0]):
+                best = (score, m)
+        if best is not None:
+            break
     if best is None:
         return None
     score, m = best
