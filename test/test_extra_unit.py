@@ -443,3 +443,141 @@ def test_origin_and_offset_use_the_image_for_sub_step_accuracy():
     assert extra.last_calculated_offset == pytest.approx([0.1234, -0.0567],
                                                          abs=1e-9)
     assert "X=0.1234 Y=-0.0567" in gcmd.info[-1]
+
+
+# -- helper pipe protocol handling (no process, no Klipper) -------------------
+
+class PipeReactor:
+    """Just enough reactor for HelperProcess's reading side."""
+
+    def __init__(self):
+        self.fds = {}
+        self.callbacks = []
+
+    def monotonic(self):
+        return 1000.0
+
+    def register_fd(self, fd, callback):
+        handle = type("Handle", (), {"fd": fd})()
+        self.fds[fd] = callback
+        return handle
+
+    def unregister_fd(self, handle):
+        self.fds.pop(handle.fd, None)
+
+    def register_callback(self, callback):
+        self.callbacks.append(callback)
+
+    def register_timer(self, callback, waketime):
+        self.callbacks.append(callback)
+
+    def completion(self):
+        return Completion()
+
+
+class Completion:
+    def __init__(self):
+        self.result = None
+        self.done = False
+
+    def complete(self, result):
+        self.result, self.done = result, True
+
+    def wait(self, waketime=None):
+        return self.result
+
+
+def pipe_helper():
+    """A HelperProcess whose stdout is a pipe the test writes to."""
+    import os
+    read_fd, write_fd = os.pipe()
+    ktamv._set_nonblock(read_fd)
+    helper = ktamv.HelperProcess(PipeReactor(), ["unused"])
+    helper.proc = type("Proc", (), {"poll": lambda self: None, "pid": 1})()
+    helper.proc.stdout = type("F", (), {"fileno": lambda self: read_fd})()
+    helper.state = "starting"
+    helper.ready_completion = Completion()
+    return helper, read_fd, write_fd
+
+
+def feed(helper, write_fd, read_fd, data):
+    import os
+    os.write(write_fd, data)
+    helper._read_stdout(0.0)
+
+
+def test_replies_are_matched_by_id_across_partial_reads(caplog):
+    import logging
+    import os
+    caplog.set_level(logging.INFO)
+    helper, read_fd, write_fd = pipe_helper()
+    try:
+        feed(helper, write_fd, read_fd, b'{"event": "ready", "protocol": 1}\n')
+        assert helper.state == "ready"
+        first, second = Completion(), Completion()
+        helper.pending = {7: first, 8: second}
+        feed(helper, write_fd, read_fd, b'{"id": 8, "result": {"x"')
+        assert not second.done  # half a line is not a reply
+        feed(helper, write_fd, read_fd,
+             b': 1}}\nnot json at all\n{"id": 99, "result": {}}\n'
+             b'{"id": 7, "error": {"code": "camera_timeout", '
+             b'"message": "No frame."}}\n')
+        assert second.result == {"id": 8, "result": {"x": 1}}
+        assert first.result["error"]["code"] == "camera_timeout"
+        assert helper.pending == {}
+        assert "not a protocol message" in caplog.text
+        assert "late or unknown reply id 99" in caplog.text
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_overlong_output_without_newline_is_dropped():
+    import os
+    helper, read_fd, write_fd = pipe_helper()
+    old = ktamv.MAX_LINE_BYTES
+    ktamv.MAX_LINE_BYTES = 1000
+    try:
+        feed(helper, write_fd, read_fd, b"x" * 1500)
+        assert helper.buffers[read_fd] == b""
+        done = Completion()
+        helper.pending = {1: done}
+        feed(helper, write_fd, read_fd, b'\n{"id": 1, "result": {}}\n')
+        assert done.result == {"id": 1, "result": {}}
+    finally:
+        ktamv.MAX_LINE_BYTES = old
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_wrong_protocol_version_is_refused():
+    import os
+    helper, read_fd, write_fd = pipe_helper()
+    killed = []
+    helper._terminate_now = lambda: killed.append(True)
+    try:
+        feed(helper, write_fd, read_fd, b'{"event": "ready", "protocol": 2}\n')
+        assert helper.state == "starting" and killed
+        assert "protocol 2" in helper.protocol_error
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_helper_death_fails_pending_requests_with_a_sentence():
+    import os
+    helper, read_fd, write_fd = pipe_helper()
+    helper.proc.stdin = helper.proc.stderr = type(
+        "F", (), {"close": lambda self: None,
+                  "fileno": lambda self: read_fd})()
+    waiting = Completion()
+    helper.pending = {3: waiting}
+    os.close(write_fd)  # EOF: the helper is gone
+    try:
+        helper._read_stdout(0.0)
+        assert helper.state == "exited"
+        assert waiting.result["error"]["code"] == "helper_died"
+        assert "stopped unexpectedly" in waiting.result["error"]["message"]
+        assert helper.get_pid() is None
+    finally:
+        os.close(read_fd)
