@@ -417,9 +417,13 @@ def main(argv=None):
     annotated = 0
     if not args.no_annotate:
         annotated = annotate_frames(frames_dir, annotated_dir)
-    print("\nFiles: %s (klippy/: printer.cfg, run.gcode, klippy.log; frames/: %s; "
-          "annotated/: %d frames with the detection and the truth drawn)" % (
-              output, "raw frames" if annotated else "raw frames", annotated))
+    failed = len(list(debug_dir.glob("*")))
+    print("\nFiles in %s:\n  klippy/     printer.cfg, run.gcode, klippy.log\n"
+          "  frames/     every frame the simulated camera delivered\n"
+          "  annotated/  %d of them with the detection (green) and the simulation's "
+          "truth (magenta cross) drawn\n"
+          "  failed-detections/  %d frames the helper kept from failed detections"
+          % (output, annotated, failed))
     summary = {
         "tools": [{key: row[key] for key in ("tool", "measured", "truth", "error_mm",
                                              "moves", "seconds")} for row in rows],

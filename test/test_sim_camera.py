@@ -422,3 +422,13 @@ def test_helper_process_renders_from_the_machine_state_and_reports_truth():
     finally:
         proc.stdin.close()
         proc.wait(10)
+
+
+def test_url_overrides_the_drawn_looks_and_sensor():
+    camera = SimCamera("sim://?seed=3&tools=2&blur=0&dirt=1&glints=0&noise=7&jpeg=80")
+    for tool in (0, 1):
+        look = camera.look(tool)
+        assert (look.blur_sigma, look.dirt, look.glints) == (0.0, 1.0, 0)
+        assert camera.sensor(tool) == (7.0, 80)
+    drawn = SimCamera("sim://?seed=3&tools=2")
+    assert drawn.sensor(0) != drawn.sensor(1)
