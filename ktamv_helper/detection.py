@@ -26,6 +26,7 @@ import math
 
 import cv2
 import numpy as np
+from skimage.measure import CircleModel
 
 # Longest side of the copy searched for candidates (px). Verification and
 # refinement always run on the full frame.
@@ -302,8 +303,6 @@ def _circumcircles(p1, p2, p3):
 
 def _least_squares_circle(points):
     """Geometric least-squares circle (``skimage.measure.CircleModel``)."""
-    from skimage.measure import CircleModel
-
     if hasattr(CircleModel, "from_estimate"):      # scikit-image >= 0.26
         model = CircleModel.from_estimate(points)
         if not model:

@@ -44,6 +44,7 @@ class NozzleLook:
     tip_color: tuple = tuple(_POLISHED)
     bore_level: float = 0.06        # how much light comes out of the bore
     collar_level: float = 1.0       # brightness of the tip face
+    collar_sheen: float = 0.08      # how much brighter its lit side is
     cone_level: float = 0.55        # brightness of the cone next to the tip
     hex_level: float = 0.45
     # Surroundings.
@@ -95,6 +96,7 @@ def random_look(rng, **overrides):
         body_color=tuple(float(c) for c in tint),
         bore_level=rng.uniform(0.0, 0.2),
         collar_level=rng.uniform(0.75, 1.0),
+        collar_sheen=rng.uniform(0.0, 0.15),
         cone_level=rng.uniform(0.3, 0.7),
         hex_level=rng.uniform(0.25, 0.6),
         background=str(rng.choice(["heater_block", "sock", "dark"])),
@@ -333,7 +335,8 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
     got = layer(collar_r)
     if got is not None:
         c, x, y, dist, theta = got
-        face = look.collar_level * (0.92 + 0.08 * np.cos(theta - np.float32(light)))
+        sheen = np.float32(look.collar_sheen)
+        face = look.collar_level * (1.0 - sheen + sheen * np.cos(theta - np.float32(light)))
         _paint(c, _coverage(dist - collar_r), tip * face[..., None])
         if look.dirt > 0 and look.dirt_on_collar:
             _dirt_patch(c, rng, x, y, r0, look, on_collar=True)
