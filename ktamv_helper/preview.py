@@ -49,6 +49,8 @@ STREAM_KEEPALIVE = 5.0
 SNAPSHOT_TIMEOUT = 5.0
 # After a failing produce() the continuous thread waits this long.
 PRODUCE_RETRY = 1.0
+# Continuous annotation pauses until this long after a command's last frame.
+COMMAND_HOLD = 1.0
 
 _INDEX_HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>kTAMV preview</title>
@@ -124,6 +126,9 @@ class PreviewServer:
         # Continuous annotation.
         self._continuous_stop = None
         self._overlay = (None, ())
+        # Last frame published by a command (not the continuous thread).
+        self._external_at = -math.inf
+        self._render_failures = 0
 
     # ------------------------------------------------------------ lifecycle
     def start(self):
@@ -219,13 +224,18 @@ class PreviewServer:
         status_lines : sequence of str
             Text lines drawn on the frame.
         """
+        self._publish(image, detection, tolerance_px, status_lines,
+                      external=True)
+
+    def _publish(self, image, detection, tolerance_px, status_lines,
+                 external):
         frame_time = getattr(image, "timestamp", None)
         image = getattr(image, "image", image)
         if image is None:
             return
         record = _Published(image, detection, tolerance_px, status_lines,
                             frame_time)
-        self._store(record)
+        self._store(record, external)
 
     def set_status(self, tolerance_px=None, status_lines=()):
         """Set the tolerance circle and text of continuously annotated frames."""
@@ -240,8 +250,10 @@ class PreviewServer:
         :meth:`set_status`) or None to skip. It is called from a thread of
         the preview at most ``max_fps`` times a second, and only while a
         stream client or a snapshot request is waiting, so an unwatched
-        preview reads no camera. An exception is shown on the preview and
-        retried after a pause.
+        preview reads no camera, and not while a command publishes frames
+        (until ``COMMAND_HOLD`` s after its last one), so the detector's
+        frames are shown and it has the camera to itself. An exception is
+        shown on the preview and retried after a pause.
         """
         self.stop_continuous()
         stop = threading.Event()
@@ -281,8 +293,10 @@ class PreviewServer:
             }
 
     # ------------------------------------------------------------ internals
-    def _store(self, record):
+    def _store(self, record, external=False):
         with self._cond:
+            if external:
+                self._external_at = time.monotonic()
             self._published = record
             self._published_seq += 1
             self._published_at = -math.inf if record.raw else time.monotonic()
@@ -328,7 +342,13 @@ class PreviewServer:
             try:
                 jpeg = self._render(record)
             except Exception:
-                log.exception("preview: could not annotate or encode a frame")
+                # Once with the traceback, then rarely: a bad frame source
+                # must not flood klippy.log at max_fps.
+                self._render_failures += 1
+                if self._render_failures in (1, 10, 100) or \
+                        self._render_failures % 1000 == 0:
+                    log.exception("preview: could not annotate or encode a "
+                                  "frame (%d so far)", self._render_failures)
             with self._cond:
                 if jpeg is not None:
                     self._jpeg, self._jpeg_seq = jpeg, seq
@@ -361,6 +381,12 @@ class PreviewServer:
                 if stop.is_set() or self._closed:
                     return
                 tolerance_px, status_lines = self._overlay
+                # A command's detector is publishing: show its frames and
+                # leave it the camera and the CPU.
+                hold = self._external_at + COMMAND_HOLD - time.monotonic()
+            if hold > 0:
+                stop.wait(hold)
+                continue
             started = time.monotonic()
             try:
                 result = produce()
@@ -381,7 +407,8 @@ class PreviewServer:
                     tolerance_px = result[2]
                 if len(result) > 3:
                     status_lines = result[3]
-                self.publish(image, detection, tolerance_px, status_lines)
+                self._publish(image, detection, tolerance_px, status_lines,
+                              external=False)
             stop.wait(max(0.0, started + self._interval - time.monotonic()))
 
     # Called from the HTTP handler threads.

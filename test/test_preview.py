@@ -575,3 +575,47 @@ def test_klippy_starts_and_stops_the_live_preview(tmp_path):
         assert reply.error is None
         # The server keeps serving the last frame.
         assert get(url + "snapshot")[0] == 200
+
+
+def test_continuous_pauses_while_a_command_publishes(server):
+    producer = Producer()
+    server.start_continuous(producer)
+    client = MjpegClient(port_of(server))
+    try:
+        assert wait_for(lambda: producer.calls >= 3)
+        with Publisher(server, hz=20):       # a command's detector at work
+            time.sleep(0.5)                  # (a produce may be in flight)
+            during = producer.calls
+            time.sleep(1.5)
+            assert producer.calls <= during + 1
+            # Viewers get the command's 640x480 frames (after the small
+            # produced ones still queued in the socket buffers).
+            shapes = [decode(client.read_part()[1]).shape for _ in range(3)]
+            while shapes[-1] != (480, 640, 3) and len(shapes) < 200:
+                shapes.append(decode(client.read_part()[1]).shape)
+            assert shapes[-1] == (480, 640, 3)
+        resumed_from = producer.calls
+        assert wait_for(lambda: producer.calls >= resumed_from + 3, timeout=10)
+    finally:
+        client.close()
+
+
+def test_a_frame_that_cannot_be_drawn_is_logged_once_not_per_frame(
+        server, caplog):
+    client = MjpegClient(port_of(server))
+    try:
+        client.read_part()                    # the placeholder
+        bad = np.zeros((48, 64, 5), np.uint8)  # no such colour layout
+        for _ in range(20):
+            server.publish(bad)
+            time.sleep(0.12)
+        assert len([r for r in caplog.records
+                    if "could not annotate" in r.getMessage()]) <= 2
+        server.publish(scene(), DETECTION)
+        for _ in range(3):
+            data = client.read_part()[1]
+            if decode(data).shape == (480, 640, 3):
+                break
+        assert decode(data).shape == (480, 640, 3)
+    finally:
+        client.close()
