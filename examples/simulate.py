@@ -61,7 +61,7 @@ def parse_args(argv):
                              "does without it (default 0.5)")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
-                             "emptied first)")
+                             "an earlier run's files there are replaced)")
     parser.add_argument("--no-annotate", action="store_true",
                         help="skip writing annotated copies of the frames")
     parser.add_argument("--timeout", type=float, default=180.0,
@@ -376,6 +376,13 @@ def main(argv=None):
         return 1
     output = pathlib.Path(args.output).resolve()
     if output.exists():
+        # Only ever empty a folder an earlier simulation wrote (or an empty one).
+        if any(output.iterdir()) and not (output / "klippy" / "run.gcode").exists():
+            print("%s exists and is not the output of an earlier simulation; choose "
+                  "another --output." % (output,), flush=True)
+            print(json.dumps({"tools": [], "seconds": 0.0, "ok": False,
+                              "error": "output folder in use"}))
+            return 1
         shutil.rmtree(output)
     frames_dir, annotated_dir = output / "frames", output / "annotated"
     debug_dir, workdir = output / "failed-detections", output / "klippy"

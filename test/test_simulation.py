@@ -132,3 +132,14 @@ def test_bad_option_is_refused_before_anything_runs(tmp_path):
     assert proc.returncode == 2
     assert b"--tools must be 2..10" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unrelated_output_folder_is_never_emptied(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    proc = subprocess.run([sys.executable, str(SIMULATE), "--output", str(folder)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["ok"] is False
+    assert (folder / "notes.txt").read_text() == "keep me"
