@@ -640,7 +640,7 @@ def _bind_error_message(host, port, exc):
                 "off; everything else works." % where)
     return ("Preview server could not listen on %s: %s. Check preview_host "
             "and preview_port in [ktamv]; the preview is off, everything else "
-            "works." % (where, exc))
+            "works." % (where, str(exc).rstrip(".")))
 
 
 def _error_image(previous, message):
