@@ -17,6 +17,8 @@ READ_CHUNK = 65536
 # Helper restarts allowed within RESTART_WINDOW seconds before giving up.
 MAX_STARTS = 3
 RESTART_WINDOW = 60.
+# Unanswered requests in a row after which the helper counts as wedged.
+MAX_TIMEOUTS = 2
 # The protocol sends at most this many machine.moves per request.
 MAX_MOVES = 100
 DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
@@ -68,6 +70,7 @@ class HelperProcess:
         self.fd_handles = []
         self.buffers = {}
         self.protocol_error = None
+        self.timeouts = 0
     # Lifecycle
     def start(self):
         """Spawn the helper; returns at once (the ready event comes later)."""
@@ -136,10 +139,8 @@ class HelperProcess:
         if self.state == "ready":
             return
         if info is None and self.is_running():
-            self.last_error = ("The vision helper did not announce itself "
-                               "within %.0f s." % (self.startup_timeout,))
-            self._terminate_now()
-            self._helper_gone(self.last_error)
+            self._kill("The vision helper did not announce itself within "
+                       "%.0f s." % (self.startup_timeout,))
         hint = ""
         if "klippy.log" not in self.last_error:
             hint = " See the lines starting with 'ktamv helper:' in klippy.log."
@@ -212,12 +213,14 @@ class HelperProcess:
             return eventtime + 0.1
         timer = self.reactor.register_timer(
             check, self.reactor.monotonic() + 0.1)
-    def _terminate_now(self):
+    def _kill(self, reason):
+        """Kill a misbehaving helper now and forget it at once."""
         if self.proc is not None:
             try:
                 self.proc.kill()
             except OSError:
                 pass
+            self._helper_gone(reason)
     def stop(self, grace=1.0):
         """Ask the helper to exit, then terminate/kill and reap it.
 
@@ -349,8 +352,7 @@ class HelperProcess:
                     "The vision helper speaks protocol %r but this ktamv.py "
                     "needs %d; update both from the same kTAMV checkout."
                     % (msg.get("protocol"), PROTOCOL_VERSION))
-                logging.warning("ktamv: %s", self.protocol_error)
-                self._terminate_now()
+                self._kill(self.protocol_error)
                 return
             self.state = "ready"
             self.ready_info = dict(msg)
@@ -382,10 +384,10 @@ class HelperProcess:
         except (BlockingIOError, InterruptedError):
             # Requests are small; a full pipe means the helper stopped
             # reading. Never wait for it inside Klippy.
-            self._terminate_now()
-            raise HelperFailure("helper_stuck", "The vision helper stopped "
-                                "reading requests; it was stopped and will be"
-                                " restarted on the next command.")
+            reason = ("The vision helper stopped reading requests; it was "
+                      "stopped and will be restarted on the next command.")
+            self._kill(reason)
+            raise HelperFailure("helper_stuck", reason)
         except OSError as e:
             raise HelperFailure("helper_died", "Cannot send to the vision "
                                 "helper (%s); it will be restarted on the "
@@ -416,11 +418,20 @@ class HelperProcess:
         reply = completion.wait(self.reactor.monotonic() + timeout)
         if reply is None:
             self.pending.pop(req_id, None)
-            raise HelperFailure("helper_timeout", (
-                "The vision helper did not answer %s within %.1f s; any late"
-                " answer will be ignored. Check the camera and the lines "
-                "starting with 'ktamv helper:' in klippy.log."
-                % (method, timeout)))
+            self.timeouts += 1
+            msg = ("The vision helper did not answer %s within %.1f s; any "
+                   "late answer will be ignored. Check the camera and the "
+                   "lines starting with 'ktamv helper:' in klippy.log."
+                   % (method, timeout))
+            if self.timeouts >= MAX_TIMEOUTS:
+                # The helper bounds its own work, so repeated silence means
+                # it is wedged: replace it rather than wait forever.
+                msg += (" It missed %d answers in a row and was stopped; "
+                        "the next command starts it again." % self.timeouts)
+                self._kill(msg)
+                self.timeouts = 0
+            raise HelperFailure("helper_timeout", msg)
+        self.timeouts = 0
         if "error" in reply:
             error = reply.get("error")
             if not isinstance(error, dict):

@@ -396,3 +396,20 @@ def test_helper_that_never_gets_ready_times_out(tmp_path):
         assert reply.error and "did not announce itself within 1 s" \
             in reply.error
         assert "Klipper state: Ready" in klippy.send("STATUS").text
+
+
+def test_a_wedged_helper_is_replaced(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER + " --hang-on detect",
+                            helper_timeout=1, camera_timeout=0.5,
+                            settle_time=0)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        first = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        one = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        two = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        assert "did not answer detect" in one and "was stopped" not in one
+        assert "missed 2 answers in a row and was stopped" in two
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error is None, reply
+        again = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert again["helper_pid"] != first["helper_pid"]
+        assert not pid_alive(first["helper_pid"])
