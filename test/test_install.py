@@ -372,3 +372,22 @@ def test_restart_only_when_asked(seeded_home, tmp_path):
     assert not (fakes / "systemctl.log").exists()
     assert_ok(run_install(seeded_home, "--restart", path_prefix=fakes))
     assert (fakes / "systemctl.log").read_text().splitlines() == ["restart klipper"]
+
+
+@pytest.mark.skipif(os.environ.get("KTAMV_TEST_NETWORK") != "1",
+                    reason="downloads OpenCV, numpy and scikit-image from PyPI; "
+                           "set KTAMV_TEST_NETWORK=1 to run")
+def test_real_install_from_pypi(home):
+    """The whole path a printer owner takes: a new venv and a real download."""
+    env = dict(os.environ, HOME=str(home))
+    env.pop("PIP_NO_INDEX", None)
+    env.setdefault("PIP_CACHE_DIR", os.path.expanduser("~/.cache/pip"))
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--allow-root", "--no-apt", "--origin", ORIGIN],
+        env=env, capture_output=True, text=True, timeout=1800)
+    assert_ok(result)
+    assert "helper venv OK: OpenCV" in result.stdout
+    versions = subprocess.run(
+        [str(home / "ktamv-env" / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True, text=True, check=True).stdout
+    assert "opencv-python-headless==" in versions
