@@ -435,3 +435,22 @@ def test_url_overrides_the_drawn_looks_and_sensor():
         assert camera.sensor(tool) == (7.0, 80)
     drawn = SimCamera("sim://?seed=3&tools=2")
     assert drawn.sensor(0) != drawn.sensor(1)
+
+
+def test_unwritable_record_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(HelperError) as info:
+        SimCamera("sim://?record=%s" % (blocker / "frames"))
+    assert info.value.code == "invalid_params"
+    assert "cannot record into" in info.value.message
+
+
+def test_recording_failure_never_stops_the_frames(tmp_path):
+    folder = tmp_path / "frames"
+    camera = SimCamera("sim://?latency=0&width=160&height=120&mm_per_px=0.04&record=%s" % folder)
+    first = camera.get_frame(time.monotonic(), timeout=5)
+    import shutil
+    shutil.rmtree(folder)           # the folder vanishes (disk unmounted, cleaned up)
+    second = camera.get_frame(first.timestamp + 1e-6, timeout=5)
+    assert second.timestamp > first.timestamp and second.image.shape == (120, 160, 3)

@@ -48,6 +48,7 @@ from the seed, so tools look different, as real ones do.
 """
 
 import json
+import logging
 import math
 import os
 import threading
@@ -88,6 +89,7 @@ _KEYS = {
 # URL key -> NozzleLook field it overrides.
 _LOOK_KEYS = {"blur": "blur_sigma", "dirt": "dirt", "glints": "glints"}
 _RECORD_LIMIT = 5000
+log = logging.getLogger(__name__)
 _CACHED_TICKS = 4
 _REMEMBERED_FRAMES = 256
 
@@ -132,14 +134,12 @@ class SimCamera(CameraSource):
     ----------
     url : str
         ``sim://?key=value&...`` (see the module docstring).
-    clock : callable, optional
-        Monotonic clock, ``time.monotonic`` by default.
     """
 
-    def __init__(self, url, clock=time.monotonic):
+    def __init__(self, url):
         self.url = url
         self.settings = s = parse_sim_url(url)
-        self._clock = clock
+        self._clock = time.monotonic
         self._lock = threading.Lock()          # machine state
         self._render_lock = threading.Lock()   # frame cache and recording
         self._closed = threading.Event()
@@ -160,7 +160,11 @@ class SimCamera(CameraSource):
         self._recorded = 0
         self._record_index = None
         if s["record"]:
-            os.makedirs(s["record"], exist_ok=True)
+            try:
+                os.makedirs(s["record"], exist_ok=True)
+            except OSError as exc:
+                raise HelperError("invalid_params", "The sim:// camera cannot record into "
+                                  "%s: %s." % (s["record"], exc.strerror or exc))
             self._record_index = os.path.join(s["record"], "frames.jsonl")
 
     # -- machine state ---------------------------------------------------
@@ -318,12 +322,19 @@ class SimCamera(CameraSource):
         self._recorded += 1
         name = "frame-%05d.jpg" % self._recorded
         folder = self.settings["record"]
-        cv2.imwrite(os.path.join(folder, name), frame.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         entry = {"file": name, "time": frame.timestamp, "tick": tick, "tool": state.tool,
                  "commanded": list(state.commanded), "nozzle": list(state.nozzle),
                  "pixel": list(pixel) if pixel else None}
-        with open(self._record_index, "a") as index:
-            index.write(json.dumps(entry) + "\n")
+        try:
+            if not cv2.imwrite(os.path.join(folder, name), frame.image,
+                               [cv2.IMWRITE_JPEG_QUALITY, 92]):
+                raise OSError("OpenCV could not write %s" % (name,))
+            with open(self._record_index, "a") as index:
+                index.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            # Recording is a by-product: a full disk must not stop the camera.
+            log.warning("sim:// camera stops recording frames into %s: %s", folder, exc)
+            self._record_index = None
 
     # -- truth -----------------------------------------------------------
     def truth(self):
