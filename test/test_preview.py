@@ -7,7 +7,6 @@ generous: these tests must pass on a loaded two-core machine.
 import contextlib
 import http.client
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -619,3 +618,16 @@ def test_a_frame_that_cannot_be_drawn_is_logged_once_not_per_frame(
         assert decode(data).shape == (480, 640, 3)
     finally:
         client.close()
+
+
+def test_set_status_draws_on_continuous_frames(server):
+    server.set_status(tolerance_px=30.0, status_lines=["live preview"])
+    server.start_continuous(Producer())
+    status, _, body = get(server.status()["snapshot_url"])
+    image = decode(body)
+    assert status == 200 and image.shape == (120, 160, 3)
+    ys, xs = np.nonzero(np.all(np.abs(image.astype(int) - an.TOLERANCE_COLOR)
+                               < 80, axis=2))
+    # 1 px lines at 160x120 lose much colour to JPEG; enough survive.
+    assert len(xs) > 10
+    assert np.median(np.hypot(xs - 79.5, ys - 59.5)) == pytest.approx(30, abs=1.5)
