@@ -631,3 +631,27 @@ def test_set_status_draws_on_continuous_frames(server):
     # 1 px lines at 160x120 lose much colour to JPEG; enough survive.
     assert len(xs) > 10
     assert np.median(np.hypot(xs - 79.5, ys - 59.5)) == pytest.approx(30, abs=1.5)
+
+
+def test_klippy_failed_detection_keeps_frames_and_says_where(tmp_path):
+    from klippy_harness import KlippySession, printer_config
+    debug = tmp_path / "debug"
+    section = klippy_section(0).replace("preview_port: 0\n", "") + \
+        "debug_dir: %s\n" % debug
+    with KlippySession(tmp_path / "klippy", printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        # 10 mm from the camera: no nozzle anywhere in the picture.
+        assert klippy.send("G1 X160 Y150 F6000").error is None
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+    assert reply.error, reply
+    saved = sorted(p.name for p in debug.iterdir())
+    assert len(saved) == 2, saved
+    assert saved[0].endswith("-nozzle_not_found-annotated.jpg")
+    assert saved[1].endswith("-nozzle_not_found-raw.jpg")
+    for name in saved:
+        assert str(debug / name) in reply.error
+    for advice in ("clean", "focus", "centre"):
+        assert advice in reply.error
+    raw = cv2.imread(str(debug / saved[1]))
+    assert raw.shape == (480, 640, 3)
