@@ -581,3 +581,77 @@ def test_helper_death_fails_pending_requests_with_a_sentence():
         assert helper.get_pid() is None
     finally:
         os.close(read_fd)
+
+
+# -- calibration --------------------------------------------------------------
+
+class FakeConfigfile:
+    def __init__(self):
+        self.saved = {}
+
+    def set(self, section, option, value):
+        self.saved[(section, option)] = value
+
+
+def calibration_setup(missing=(), fit_error=None):
+    toolhead = FakeToolhead()
+    extra, printer = make_ktamv({"backlash_approach": "0.5"}, toolhead)
+    printer.objects["configfile"] = FakeConfigfile()
+    camera = LinearCamera(toolhead, MATRIX, (100.0, 100.0))
+    seen = []
+
+    def detect(gcmd, frames=None, after_move=True):
+        seen.append(tuple(toolhead.get_position()[:2]))
+        if len(seen) - 1 in missing:
+            raise gcmd.error("kTAMV: No nozzle found in 3 frames.")
+        return camera(gcmd)
+
+    sent = {}
+
+    def call(gcmd, method, params=None, timeout=0.):
+        assert method == "fit_camera_model"
+        sent["pairs"] = params["pairs"]
+        if fit_error:
+            raise gcmd.error(fit_error)
+        return {"matrix": MATRIX, "offset": [0, 0], "mm_per_px": 0.01,
+                "rotation_deg": 90.0, "mirrored": False, "rms_mm": 0.0001,
+                "used": list(range(len(params["pairs"]))), "rejected": []}
+
+    extra._detect = detect
+    extra._call = call
+    return extra, printer, toolhead, seen, sent
+
+
+def test_calibration_skips_points_without_a_nozzle_and_saves_the_model():
+    extra, printer, toolhead, seen, sent = calibration_setup(missing=(3, 7))
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_CALIB_CAMERA(gcmd)
+    assert len(seen) == 11  # the start and 10 points on the circle
+    radii = [math.hypot(x - 100.0, y - 100.0) for x, y in seen[1:]]
+    assert radii == pytest.approx([0.5] * 10, abs=0.0125)
+    assert len(sent["pairs"]) == 9
+    assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
+    assert "2 without a nozzle" in gcmd.info[-1]
+    assert "SAVE_CONFIG" in gcmd.info[-1]
+    saved = printer.objects["configfile"].saved[("ktamv", "camera_matrix")]
+    assert [float(v) for v in saved.split(",")] == pytest.approx(
+        [0.0, 0.01, 0.01, 0.0])
+    assert extra.get_status(0.0)["is_calibrated"] is True
+
+
+def test_calibration_refuses_a_bad_fit_and_keeps_the_old_model():
+    extra, printer, toolhead, _, _ = calibration_setup(
+        fit_error="kTAMV: The points are collinear; check the camera.")
+    with pytest.raises(CommandError, match="collinear"):
+        extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert extra.model is None
+    assert printer.objects["configfile"].saved == {}
+    assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
+
+
+def test_calibration_without_a_nozzle_at_the_start_stops_at_once():
+    extra, _, toolhead, seen, sent = calibration_setup(missing=(0,))
+    with pytest.raises(CommandError, match="no nozzle at the start"):
+        extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert len(seen) == 1 and not sent
+    assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
