@@ -14,6 +14,10 @@ PROTOCOL_VERSION = 1
 # caps a line at 1 MiB; anything longer is garbage).
 MAX_LINE_BYTES = 4 * 1024 * 1024
 READ_CHUNK = 65536
+MAX_READS_PER_CALL = 16
+# Helper stderr lines copied into klippy.log per LOG_WINDOW seconds.
+MAX_LOG_LINES = 200
+LOG_WINDOW = 10.
 # Helper restarts allowed within RESTART_WINDOW seconds before giving up.
 MAX_STARTS = 3
 RESTART_WINDOW = 60.
@@ -71,6 +75,8 @@ class HelperProcess:
         self.buffers = {}
         self.protocol_error = None
         self.timeouts = 0
+        self.log_window_start = 0.
+        self.log_lines = self.log_suppressed = 0
     # Lifecycle
     def start(self):
         """Spawn the helper; returns at once (the ready event comes later)."""
@@ -267,7 +273,9 @@ class HelperProcess:
         """Read what is there; returns (complete lines, eof)."""
         chunks = []
         eof = False
-        while 1:
+        # Bounded, so a flood of output cannot hold the reactor; the
+        # reactor calls again while more is waiting.
+        for _ in range(MAX_READS_PER_CALL):
             try:
                 data = os.read(fd, READ_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -296,10 +304,23 @@ class HelperProcess:
                 return
             fd = self.proc.stderr.fileno()
         lines, eof = self._read_fd(fd)
+        now = self.reactor.monotonic()
+        if now - self.log_window_start > LOG_WINDOW:
+            if self.log_suppressed:
+                logging.info("ktamv: %d more helper log lines were not "
+                             "copied into this log", self.log_suppressed)
+            self.log_window_start = now
+            self.log_lines = self.log_suppressed = 0
         for line in lines:
             text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                logging.info("ktamv helper: %s", text)
+            if not text:
+                continue
+            # A chatty helper must not fill the SD card with klippy.log.
+            if self.log_lines >= MAX_LOG_LINES:
+                self.log_suppressed += 1
+                continue
+            self.log_lines += 1
+            logging.info("ktamv helper: %s", text[:2000])
         if eof and self.proc is not None:
             # Keep waiting for stdout's EOF, which ends the helper's life.
             # Unregistering the fd being served is safe in the reactor.

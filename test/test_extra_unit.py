@@ -655,3 +655,26 @@ def test_calibration_without_a_nozzle_at_the_start_stops_at_once():
         extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
     assert len(seen) == 1 and not sent
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
+
+
+def test_helper_log_flood_is_capped(caplog):
+    import logging
+    import os
+    caplog.set_level(logging.INFO)
+    helper, read_fd, write_fd = pipe_helper()
+    clock = [1000.0]
+    helper.reactor.monotonic = lambda: clock[0]
+    try:
+        os.write(write_fd, b"".join(b"line %d\n" % i for i in range(250)))
+        helper._read_stderr(0.0, read_fd)
+        copied = [r for r in caplog.messages if r.startswith("ktamv helper:")]
+        assert len(copied) == ktamv.MAX_LOG_LINES
+        assert copied[0] == "ktamv helper: line 0"
+        clock[0] += ktamv.LOG_WINDOW + 1
+        os.write(write_fd, b"after the window\n")
+        helper._read_stderr(0.0, read_fd)
+        assert "50 more helper log lines were not copied" in caplog.text
+        assert caplog.messages[-1] == "ktamv helper: after the window"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
