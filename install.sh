@@ -112,8 +112,8 @@ check_environment() {
         for f in ktamv.py requirements.txt system-dependencies.json examples/printer.cfg examples/ktamv_macros.cfg; do
             [ -f "$REPO_DIR/$f" ] || die "$REPO_DIR/$f is missing: run install.sh from a complete kTAMV clone"
         done
-        command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3 (sudo apt-get install python3) or pass --python PATH"
     fi
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3 (sudo apt-get install python3) or pass --python PATH"
     [ -d "$KLIPPER_DIR/klippy/extras" ] || die "no Klipper found at $KLIPPER_DIR (there is no klippy/extras folder); pass your Klipper directory with -k DIR"
     [ -d "$CONFIG_DIR" ] || die "config directory $CONFIG_DIR does not exist; pass the folder that holds printer.cfg with -c DIR"
     [ -f "$CONFIG_DIR/printer.cfg" ] || die "no printer.cfg in $CONFIG_DIR; pass the folder that holds printer.cfg with -c DIR"
@@ -258,23 +258,44 @@ ktamv_template() {
         -e 's/^\([^#]\)/#\1/'
 }
 
-# Finds an active [ktamv] section in any config file (old kTAMV users often
-# keep it in an included file); prints the first file that has one.
-find_ktamv_section() {
+# Prints printer.cfg and every file it includes, recursively, the way Klipper
+# resolves [include] (relative to the including file, globs allowed). Only
+# these count: a config folder also holds Klipper's SAVE_CONFIG backups
+# (printer-20240101_120000.cfg) and unused files.
+config_files() {
+    "$PYTHON" - "$CONFIG_DIR/printer.cfg" <<'PY'
+import glob, os, re, sys
+seen = []
+def walk(path):
+    path = os.path.realpath(path)
+    if path in seen or not os.path.isfile(path):
+        return
+    seen.append(path)
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"\s*\[include\s+([^\]]+?)\s*\]", line)
+            if m:
+                pattern = os.path.join(os.path.dirname(path), os.path.expanduser(m.group(1)))
+                for name in sorted(glob.glob(pattern)):
+                    walk(name)
+walk(sys.argv[1])
+print("\n".join(seen))
+PY
+}
+
+# Prints the first config file in use that matches regex $1.
+find_in_config() {
     local f
-    while IFS= read -r -d '' f; do
-        if grep -qE "$SECTION_RE" "$f"; then printf '%s' "$f"; return 0; fi
-    done < <(find "$CONFIG_DIR" -maxdepth 3 -name '*.cfg' -type f -print0 2>/dev/null)
+    while IFS= read -r f; do
+        [ -n "$f" ] || continue
+        if grep -qE "$1" "$f"; then printf '%s' "$f"; return 0; fi
+    done < <(config_files)
     return 1
 }
 
-find_include() {
-    local f
-    while IFS= read -r -d '' f; do
-        if grep -qE "$INCLUDE_RE" "$f"; then printf '%s' "$f"; return 0; fi
-    done < <(find "$CONFIG_DIR" -maxdepth 3 -name '*.cfg' -type f -print0 2>/dev/null)
-    return 1
-}
+# An active [ktamv] section (old kTAMV users often keep it in an included file).
+find_ktamv_section() { find_in_config "$SECTION_RE"; }
+find_include() { find_in_config "$INCLUDE_RE"; }
 
 # Writes $2 into $1 in place (keeps a symlinked printer.cfg a symlink and
 # keeps its permissions).

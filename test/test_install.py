@@ -391,3 +391,31 @@ def test_real_install_from_pypi(home):
         [str(home / "ktamv-env" / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
         capture_output=True, text=True, check=True).stdout
     assert "opencv-python-headless==" in versions
+
+
+def test_only_config_files_in_use_count(seeded_home):
+    """Klipper's SAVE_CONFIG backups and unused files in the config folder may
+    mention kTAMV; only printer.cfg and what it includes (globs too) count."""
+    home = seeded_home
+    printer_cfg, _, _ = config_paths(home)
+    config = printer_cfg.parent
+    (config / "printer-20240101_120000.cfg").write_text(
+        "[include ktamv_macros.cfg]\n[ktamv]\nnozzle_cam_url: http://old/\n")
+    (config / "tools").mkdir()
+    (config / "tools" / "t0.cfg").write_text("[gcode_macro T9]\ngcode:\n")
+    user_cfg = PRINTER_CFG.replace("[include mainsail.cfg]", "[include mainsail.cfg]\n[include tools/*.cfg]")
+    printer_cfg.write_text(user_cfg)
+
+    result = run_install(home)
+    assert_ok(result)
+    text = printer_cfg.read_text()
+    assert text.count(INCLUDE) == 1 and "#[ktamv]" in text
+
+    # A [ktamv] section in a file included through a glob is found.
+    (config / "tools" / "camera.cfg").write_text("[ktamv]\nnozzle_cam_url: http://x/\n")
+    assert_ok(run_install(home, "--uninstall"))
+    assert printer_cfg.read_text() == user_cfg
+    result = run_install(home)
+    assert_ok(result)
+    assert "#[ktamv]" not in printer_cfg.read_text()
+    assert "keeping your existing [ktamv] section in %s" % (config / "tools" / "camera.cfg") in result.stdout
