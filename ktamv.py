@@ -1261,6 +1261,7 @@ class Ktamv:
                 self.last_nozzle_center_successful,
             'helper_state': self.helper.state,
             'helper_pid': self.helper.get_pid(),
+            'helper_version': self.helper.ready_info.get('helper'),
             'helper_error': self.helper.last_error or self.configure_error,
             'last_detection': dict(det) if det else None,
             'camera_model': model.summary() if model else None,
