@@ -499,6 +499,9 @@ clean_printer_cfg() {
     if section_file=$(find_ktamv_section); then
         warn "your [ktamv] section in $section_file was left in place; Klipper will not start with it once kTAMV is removed, so delete or comment it out"
     fi
+    if grep -qE '^#\*#[[:space:]]*\[ktamv\]' "$cfg"; then
+        warn "the SAVE_CONFIG block at the end of printer.cfg has a [ktamv] section (the saved camera calibration); Klipper will not start with it once kTAMV is removed, so delete its '#*#' lines"
+    fi
 }
 
 remove_macros() {

@@ -419,3 +419,15 @@ def test_only_config_files_in_use_count(seeded_home):
     assert_ok(result)
     assert "#[ktamv]" not in printer_cfg.read_text()
     assert "keeping your existing [ktamv] section in %s" % (config / "tools" / "camera.cfg") in result.stdout
+
+
+def test_uninstall_warns_about_a_saved_calibration(seeded_home):
+    home = seeded_home
+    printer_cfg, _, _ = config_paths(home)
+    saved = PRINTER_CFG + "#*#\n#*# [ktamv]\n#*# camera_matrix = 0.01, 0.0, 0.0, -0.01\n"
+    printer_cfg.write_text(saved)
+    assert_ok(run_install(home))
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    assert printer_cfg.read_text() == saved
+    assert "SAVE_CONFIG block" in result.stderr and "'#*#' lines" in result.stderr
