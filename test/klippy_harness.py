@@ -16,6 +16,17 @@ Typical use::
     assert result.returncode == 0, result.tail()
     assert "kTAMV helper" in result.text
 
+Notes from using it:
+
+- After a G-code error Klippy still runs the rest of the input it has
+  already read, then exits with 255; check positions, not silence.
+- Klippy reads ahead while a command waits, so G-code after a ``RESTART`` or
+  ``SAVE_CONFIG`` must be fed after the restart: pass ``gcode`` as a list of
+  segments (see :func:`run_klippy`).
+- A sequence where a command must fail and later ones still run (batch mode
+  would exit) uses :class:`KlippySession`, Klippy on its pty.
+- :func:`pid_alive` checks /proc, e.g. that no helper outlived Klippy.
+
 Only the standard library is used, so the harness runs under any Python.
 """
 
