@@ -193,7 +193,11 @@ def test_install_sets_everything_up_once(seeded_home):
     assert entry["managed_services"] == "klipper"
     assert Path(entry["virtualenv"]).expanduser() == home / "ktamv-env" or \
         entry["virtualenv"] == "~/ktamv-env"
-    assert (REPO / entry["requirements"]).is_file()
+    # Moonraker runs a plain `pip install -r` on updates: the file itself
+    # must keep pip from compiling OpenCV.
+    requirement_lines = (REPO / entry["requirements"]).read_text().splitlines()
+    assert "--only-binary opencv-python-headless" in requirement_lines
+    assert "--prefer-binary" in requirement_lines
     assert (REPO / entry["system_dependencies"]).is_file()
     assert parser["update_manager mainsail"]["repo"] == "mainsail-crew/mainsail"
 
