@@ -26,6 +26,9 @@ MAX_TIMEOUTS = 2
 # The protocol sends at most this many machine.moves per request.
 MAX_MOVES = 100
 DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
+# Detection errors that mean "this frame shows no usable nozzle" (a
+# calibration point is skipped), unlike camera or helper failures.
+NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus")
 DEFAULT_TOOL_NAME = "default"
 
 class HelperFailure(Exception):
@@ -880,7 +883,9 @@ class Ktamv:
             return self.helper.request(method, params,
                                        timeout + self.helper_timeout)
         except HelperFailure as e:
-            raise gcmd.error("kTAMV: %s" % (e.message,))
+            error = gcmd.error("kTAMV: %s" % (e.message,))
+            error.helper_code = e.code  # so callers can tell causes apart
+            raise error
     def _configure_now(self):
         params = self._configure_params()
         params['machine'] = self._machine_state()
@@ -1009,6 +1014,8 @@ class Ktamv:
             try:
                 det = self._detect(gcmd)
             except gcmd.error as e:
+                if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                    raise  # camera or helper trouble: stop, do not guess
                 if i == 0:
                     raise gcmd.error("kTAMV: no nozzle at the start position,"
                                      " so calibration cannot begin. %s"
@@ -1060,6 +1067,8 @@ class Ktamv:
             try:
                 det = self._detect(gcmd)
             except gcmd.error as e:
+                if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                    raise
                 raise gcmd.error("kTAMV: lost the nozzle after centring move"
                                  " %d. %s" % (moves, e))
         pos = self.motion.position()

@@ -370,7 +370,9 @@ class LinearCamera:
     def __call__(self, gcmd, frames=None, after_move=True):
         self.calls += 1
         if self.lose_after is not None and self.calls > self.lose_after:
-            raise gcmd.error("kTAMV: No nozzle found in 3 frames.")
+            error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
+            error.helper_code = "nozzle_not_found"
+            raise error
         x, y = self.toolhead.get_position()[:2]
         dx, dy = x - self.nozzle_xy[0], y - self.nozzle_xy[1]
         inv = self.inverse
@@ -593,7 +595,7 @@ class FakeConfigfile:
         self.saved[(section, option)] = value
 
 
-def calibration_setup(missing=(), fit_error=None):
+def calibration_setup(missing=(), fit_error=None, broken=()):
     toolhead = FakeToolhead()
     extra, printer = make_ktamv({"backlash_approach": "0.5"}, toolhead)
     printer.objects["configfile"] = FakeConfigfile()
@@ -603,7 +605,13 @@ def calibration_setup(missing=(), fit_error=None):
     def detect(gcmd, frames=None, after_move=True):
         seen.append(tuple(toolhead.get_position()[:2]))
         if len(seen) - 1 in missing:
-            raise gcmd.error("kTAMV: No nozzle found in 3 frames.")
+            error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
+            error.helper_code = "nozzle_not_found"
+            raise error
+        if len(seen) - 1 in broken:
+            error = gcmd.error("kTAMV: The camera at http://x sent no frame.")
+            error.helper_code = "camera_timeout"
+            raise error
         return camera(gcmd)
 
     sent = {}
@@ -678,3 +686,12 @@ def test_helper_log_flood_is_capped(caplog):
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_calibration_stops_on_camera_trouble_instead_of_skipping():
+    extra, printer, toolhead, seen, sent = calibration_setup(broken=(4,))
+    with pytest.raises(CommandError, match="sent no frame"):
+        extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert len(seen) == 5 and not sent
+    assert extra.model is None
+    assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
