@@ -726,7 +726,8 @@ class Service:
         if "mm_per_px" in result and "rotation_deg" in result:
             self._note_for_preview(
                 "scale", "scale %.4f mm/px, rotation %.1f deg"
-                % (result["mm_per_px"], result["rotation_deg"]))
+                % (result["mm_per_px"],
+                   round(result["rotation_deg"], 1) + 0.0))  # no "-0.0"
         return result
 
     # -- preview

@@ -192,15 +192,34 @@ def served():
     preview.close()
 
 
+def ring_fraction(mask, center, radius, samples=360):
+    """Fraction of points on a circle where ``mask`` is set (1 px slack)."""
+    angles = np.linspace(0, 2 * np.pi, samples, endpoint=False)
+    xs = np.rint(center[0] + radius * np.cos(angles)).astype(int)
+    ys = np.rint(center[1] + radius * np.sin(angles)).astype(int)
+    near = np.zeros(samples, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near |= mask[np.clip(ys + dy, 0, mask.shape[0] - 1),
+                         np.clip(xs + dx, 0, mask.shape[1] - 1)]
+    return near.mean()
+
+
+def crosshair_shown(frame):
+    """The bold arms of the crosshair through (319.5, 239.5) of a 640x480
+    frame: checked below and right of the centre, clear of the text box
+    and of the hairlines at the centre."""
+    yellow = yellow_pixels(frame)
+    down = yellow[300:, 318:322].any(axis=1).mean()
+    right = yellow[238:242, 380:].any(axis=0).mean()
+    return down > 0.9 and right > 0.9
+
+
 def check_annotated_frame(shot, offset=(0, 0)):
     """The 640x480 frame shows at ``offset`` in the page, annotated."""
     ox, oy = offset
     frame = shot[oy:oy + 480, ox:ox + 640]
-    yellow = yellow_pixels(frame)
-    # Crosshair: a vertical yellow line at u = 319.5 and a horizontal one at
-    # v = 239.5 (antialiased over two pixels).
-    assert yellow[:, 318:322].any(axis=1).mean() > 0.6
-    assert yellow[238:242, :].any(axis=0).mean() > 0.6
+    assert crosshair_shown(frame)
     # The detection ring around (420, 320), radius 40, orange (off target).
     ys, xs = np.nonzero(orange_pixels(frame))
     assert len(xs) > 100
@@ -348,13 +367,15 @@ def test_simulated_printer_through_the_service(tmp_path):
         if "watcher" in locals():
             watcher.close()
 
-    yellow = yellow_pixels(shot)
-    assert yellow[:, 318:322].any(axis=1).mean() > 0.6
-    ys, xs = np.nonzero(orange_pixels(shot))
+    assert crosshair_shown(shot)
+    # The orange ring lies on the detected circle. (The brass nozzle is
+    # orange-ish too, so compare with circles just inside and outside.)
     u, v = found["center"]
-    distances = np.hypot(xs - u, ys - v)
-    ring = distances[distances > 8]  # leave out the centre mark
-    assert np.median(ring) == pytest.approx(found["radius"], abs=2.0)
+    radius = found["radius"]
+    on_ring = ring_fraction(orange_pixels(shot), (u, v), radius)
+    assert on_ring > 0.6
+    assert on_ring > ring_fraction(orange_pixels(shot), (u, v), radius + 6) + 0.3
+    assert on_ring > ring_fraction(orange_pixels(shot), (u, v), radius - 6) + 0.3
     assert 3 < np.hypot(u - 319.5, v - 239.5) < 8
     if os.environ.get("KTAMV_UPDATE_SCREENSHOT") == "1":
         target = os.path.join(os.path.dirname(__file__), os.pardir, "docs",
