@@ -424,7 +424,9 @@ restart_klipper() {
         say "restarting Klipper"
         as_root systemctl restart klipper || die "could not restart Klipper (sudo systemctl restart klipper)"
     else
-        say "restart Klipper to load kTAMV: sudo systemctl restart klipper (or the restart button in Mainsail/Fluidd)"
+        local what="load"
+        [ "$UNINSTALL" -eq 0 ] || what="unload"
+        say "restart Klipper to $what kTAMV: sudo systemctl restart klipper (or the restart button in Mainsail/Fluidd)"
     fi
 }
 
