@@ -41,7 +41,7 @@ MAX_CANDIDATES = 12
 # A ray counts when the bore-to-collar rise is this many times the noise.
 MIN_RAY_SNR = 4.0
 # Fraction of rays that must show the edge (dirt may hide the rest).
-MIN_COMPLETENESS = 0.65
+MIN_COMPLETENESS = 0.75
 # ... and by at least this many grey levels (JPEG smooths noise away, so the
 # noise estimate alone can be too optimistic in dark frames).
 MIN_RISE_LEVELS = 12.0
@@ -52,7 +52,17 @@ RAY_LENGTH = 5.0
 # bore-to-collar rise (a hole in a flat plate has no collar) ...
 RING_DROP = 0.35
 # ... on at least this fraction of the rays that show the edge.
-MIN_CLOSURE = 0.5
+MIN_CLOSURE = 0.75
+# An ellipse replaces the circle when it fits more edge points or leaves
+# residuals this much smaller; it is seeded from the points within
+# ELLIPSE_SEED radii of a loose circle, and may be at most this flat.
+ELLIPSE_GAIN = 0.7
+ELLIPSE_SEED = 0.15
+MIN_AXIS_RATIO = 0.75
+# A collar this bright is taken as clipped at white (JPEG rings a little
+# below 255).
+CLIPPED_LEVEL = 245.0
+CLIPPED_PENALTY = 0.3
 # Gaussian smoothing (px) of the patch the rays are read from.
 SAMPLE_SMOOTHING = 0.8
 # Rays cast at a candidate's first look.
@@ -287,6 +297,34 @@ def _first_rise(profiles, radii, thresholds, start):
     return np.where(ok, edge, np.nan)
 
 
+def _steepest_rise(profiles, radii, near, step):
+    """Sub-sample radius of the steepest rise within 2 px of ``near``.
+
+    The slope is taken over a 1 px baseline (less noise than neighbouring
+    samples) and a parabola through its largest value and the values one
+    baseline either side places the peak.
+    """
+    n = max(1, int(round(0.5 / step)))
+    slope = np.full(profiles.shape, np.nan, np.float32)
+    slope[:, n:-n] = profiles[:, 2 * n:] - profiles[:, :-2 * n]   # centred at k
+    reach = max(2, int(round(2.0 / step)))
+    k0 = np.searchsorted(radii, near)
+    out = near.copy()
+    for i, k in enumerate(k0):
+        lo, hi = max(int(k) - reach, 2 * n), min(int(k) + reach, profiles.shape[1] - 2 * n - 1)
+        if hi <= lo:
+            continue
+        window = slope[i, lo:hi + 1]
+        if not np.all(np.isfinite(window)):
+            continue
+        j = lo + int(np.argmax(window))
+        a, b, c = slope[i, j - n], slope[i, j], slope[i, j + n]
+        denom = a - 2 * b + c
+        offset = 0.5 * (a - c) / denom if denom < 0 else 0.0
+        out[i] = radii[j] + float(np.clip(offset, -1.0, 1.0)) * n * step
+    return out
+
+
 def _circumcircles(p1, p2, p3):
     """Centres (M, 2) and radii (M,) of the circles through point triples."""
     ax, ay = p1.T
@@ -396,7 +434,9 @@ def measure_bore(gray, noise, center, radius, quick=False):
         fits the circle), ``snr`` (median bore-to-collar rise over noise),
         ``closure`` (fraction of those rays on which the brightness falls
         again beyond the collar: a collar is a ring, not a plate) and ``rms``
-        (edge residual, px); None when the candidate has no usable edge.
+        (edge residual, px), ``clipped`` (fraction of those rays whose collar
+        is clipped at white) and ``axis_ratio`` (1 for a circle, less when an
+        ellipse fitted better); None when the candidate has no usable edge.
     """
     if quick:
         n_rays, step = QUICK_RAYS, float(np.clip(radius / 12.0, 0.25, 2.0))
@@ -422,6 +462,12 @@ def measure_bore(gray, noise, center, radius, quick=False):
     start = max(1, int(np.searchsorted(radii, 0.3 * radius)))
     stop = max(int(peak_idx.max()) + 1, start + 2)
     edge = _first_rise(prof[:, :stop], radii, thresholds, start)
+    # Where the collar is clipped at white its true level is unknown, and the
+    # half-way crossing would move with it; the steepest point of the rise
+    # does not (clipping only flattens the top).
+    clipped = np.flatnonzero((collar >= CLIPPED_LEVEL) & np.isfinite(edge))
+    if clipped.size:
+        edge[clipped] = _steepest_rise(prof[clipped, :stop], radii, edge[clipped], step)
     min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
     if good.sum() < max(6, MIN_COMPLETENESS * n_rays):
@@ -439,23 +485,84 @@ def measure_bore(gray, noise, center, radius, quick=False):
         return None
     pts = np.column_stack([center[0] + np.cos(angles) * edge,
                            center[1] + np.sin(angles) * edge])[good]
-    fit = fit_circle_robust(pts, max(0.35, 0.04 * radius))
+    tolerance = max(0.35, 0.04 * radius)
+    fit = fit_circle_robust(pts, tolerance)
     if fit is None:
         return None
     c, r, inliers = fit
     if not (0.5 * radius <= r <= 2.0 * radius) or \
             math.hypot(c[0] - center[0], c[1] - center[1]) > radius:
         return None     # the edge points belong to something else
-    used = np.flatnonzero(good)[inliers]
     residuals = np.hypot(*(pts[inliers] - c).T) - r
+    axis_ratio = 1.0
+    if not quick:
+        # A bore seen at an angle (a tilted camera, lens distortion) is an
+        # ellipse: prefer one when it explains the edge clearly better.
+        ellipse = fit_ellipse_robust(pts, tolerance, radius)
+        if ellipse is not None and ellipse[3].sum() >= inliers.sum():
+            rms_circle = math.sqrt(np.mean(residuals ** 2))
+            rms_ellipse = math.sqrt(np.mean(ellipse[4] ** 2))
+            if ellipse[3].sum() > 1.05 * inliers.sum() or \
+                    rms_ellipse < ELLIPSE_GAIN * rms_circle:
+                c, (a, b), inliers, residuals = ellipse[0], ellipse[1], ellipse[3], ellipse[4]
+                r, axis_ratio = math.sqrt(a * b), b / a
+    used = np.flatnonzero(good)[inliers]
     return {
         "center": (float(c[0]), float(c[1])),
         "radius": r,
+        "axis_ratio": axis_ratio,
         "completeness": len(used) / n_rays,
         "snr": float(np.median(rise[used]) / noise),
         "closure": closure,
+        "clipped": float(np.mean(collar[used] >= CLIPPED_LEVEL)),
         "rms": float(np.sqrt(np.mean(residuals ** 2))),
     }
+
+
+def _ellipse_distances(points, ellipse):
+    """Approximate distances of points from an ellipse, along rays from its centre."""
+    (cx, cy), (a, b), angle = ellipse
+    t = math.radians(angle)
+    dx, dy = points[:, 0] - cx, points[:, 1] - cy
+    u = dx * math.cos(t) + dy * math.sin(t)
+    v = -dx * math.sin(t) + dy * math.cos(t)
+    rho = np.hypot(u / a, v / b)
+    return np.hypot(dx, dy) * (1.0 - 1.0 / np.maximum(rho, 1e-9))
+
+
+def fit_ellipse_robust(points, tolerance, radius):
+    """Ellipse through edge points, ignoring outliers.
+
+    Seeded by a loose robust circle (points within ``ELLIPSE_SEED`` radii of
+    it), then ``cv2.fitEllipse`` is refitted on the points within
+    ``tolerance`` of the previous ellipse.
+
+    Returns
+    -------
+    (center, (a, b), angle_deg, inliers, residuals) or None
+        Semi-axes ``a >= b``; ``residuals`` of the inliers.
+    """
+    seed = fit_circle_robust(points, ELLIPSE_SEED * radius)
+    if seed is None:
+        return None
+    inliers = seed[2]
+    for _ in range(3):
+        if inliers.sum() < 8:
+            return None
+        (cx, cy), (w, h), angle = cv2.fitEllipse(points[inliers].astype(np.float32))
+        if not (w > 0 and h > 0 and math.isfinite(cx) and math.isfinite(cy)):
+            return None
+        ellipse = ((cx, cy), (w / 2.0, h / 2.0), angle)
+        dist = _ellipse_distances(points, ellipse)
+        inliers = np.abs(dist) <= tolerance
+    if inliers.sum() < 8:
+        return None
+    (cx, cy), (a, b), angle = ellipse
+    if a < b:
+        a, b, angle = b, a, angle + 90.0
+    if b / a < MIN_AXIS_RATIO:
+        return None
+    return np.array([cx, cy]), (a, b), angle, inliers, dist[inliers]
 
 
 def _score(m):
@@ -463,7 +570,11 @@ def _score(m):
     snr_term = 1.0 - math.exp(-m["snr"] / 12.0)
     closure_term = m["closure"]
     fit_term = 1.0 / (1.0 + (m["rms"] / max(0.3, 0.03 * m["radius"])) ** 2)
-    return m["completeness"] * snr_term * (0.5 + 0.5 * closure_term) * (0.5 + 0.5 * fit_term)
+    # A collar clipped at white hides its true level; uneven glare then
+    # moves the edge a little (up to ~0.2 px), so trust such frames less.
+    clipped_term = 1.0 - CLIPPED_PENALTY * m["clipped"]
+    return (m["completeness"] * snr_term * (0.5 + 0.5 * closure_term)
+            * (0.5 + 0.5 * fit_term) * clipped_term)
 
 
 def detect_nozzle(image, min_radius=4.0, max_radius=120.0):

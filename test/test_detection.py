@@ -1,5 +1,6 @@
 """The bore detector on rendered frames with exact ground truth."""
 
+import dataclasses
 import math
 
 import cv2
@@ -138,3 +139,42 @@ def test_robust_circle_fit_ignores_outliers():
     assert center == pytest.approx([10.3, -4.2], abs=1e-9)
     assert radius == pytest.approx(7.0, abs=1e-9)
     assert not inliers[5:15].any() and inliers[15:].all()
+
+
+@pytest.mark.parametrize("tilt", [0.0, 12.0, 25.0])
+def test_bore_seen_at_an_angle(tilt):
+    # A tilted camera sees the round bore as an ellipse; its centre is still
+    # the bore centre.
+    center = (333.3, 222.2)
+    look = NozzleLook(tilt_deg=tilt, tilt_axis_deg=35.0, blur_sigma=0.8, noise_sigma=2.0)
+    found = detect_nozzle(render_nozzle((640, 480), center, 20.0, look,
+                                        np.random.default_rng(3)))
+    assert found is not None and _error(found, center) < 0.05
+
+
+def test_dirt_over_part_of_the_bore_edge():
+    center, radius = (300.4, 260.7), 16.0
+    image = render_nozzle((640, 480), center, radius,
+                          NozzleLook(blur_sigma=0.7, noise_sigma=2.0), np.random.default_rng(8))
+    # A burnt blob hiding about a sixth of the edge, darker than the bore rim.
+    blob = (int(center[0] + radius * 1.25), int(center[1] - radius * 0.4))
+    cv2.circle(image, blob, int(radius * 0.5), (25, 30, 40), -1, cv2.LINE_AA)
+    found = detect_nozzle(image)
+    assert found is not None and _error(found, center) < 0.1
+
+
+def test_glare_clipped_collar():
+    # Over-exposed: the tip face clips at white and is lit unevenly.
+    center = (320.6, 240.3)
+    look = NozzleLook(exposure=1.6, collar_sheen=0.15, light_angle_deg=30.0,
+                      blur_sigma=1.0, noise_sigma=1.5)
+    found = detect_nozzle(render_nozzle((640, 480), center, 15.0, look,
+                                        np.random.default_rng(2)))
+    # Clipping hides the face's true brightness, which costs some accuracy
+    # and is reflected in the score.
+    assert found is not None and _error(found, center) < 0.3
+    assert found.score < 0.8
+    clean = detect_nozzle(render_nozzle((640, 480), center, 15.0,
+                                        dataclasses.replace(look, exposure=1.0),
+                                        np.random.default_rng(2)))
+    assert _error(clean, center) < 0.03 and clean.score > 0.9

@@ -47,6 +47,8 @@ class NozzleLook:
     collar_sheen: float = 0.08      # how much brighter its lit side is
     cone_level: float = 0.55        # brightness of the cone next to the tip
     hex_level: float = 0.45
+    tilt_deg: float = 0.0           # camera axis off the vertical
+    tilt_axis_deg: float = 0.0
     # Surroundings.
     background: str = "heater_block"   # "heater_block", "sock" or "dark"
     background_level: float = 1.0
@@ -93,6 +95,8 @@ def random_look(rng, **overrides):
         cone_ratio=cone,
         hex_ratio=cone + rng.uniform(1.0, 4.0),
         hex_angle_deg=rng.uniform(0, 60),
+        tilt_deg=rng.uniform(0.0, 15.0) if rng.random() < 0.5 else 0.0,
+        tilt_axis_deg=rng.uniform(0, 180),
         body_color=tuple(float(c) for c in tint),
         bore_level=rng.uniform(0.0, 0.2),
         collar_level=rng.uniform(0.75, 1.0),
@@ -307,6 +311,13 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
             return None
         sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         x, y = dx[:, sl[1]], dy[sl[0], :]
+        if look.tilt_deg:
+            # Nozzle coordinates: undo the foreshortening of a tilted camera
+            # (circles look like ellipses, squeezed across tilt_axis_deg).
+            a = math.radians(look.tilt_axis_deg)
+            squeeze = np.float32(1.0 / math.cos(math.radians(look.tilt_deg)))
+            x, y = (x * np.float32(math.cos(a)) + y * np.float32(math.sin(a)),
+                    (y * np.float32(math.cos(a)) - x * np.float32(math.sin(a))) * squeeze)
         return canvas[sl], x, y, np.hypot(x, y), np.arctan2(y, x)
 
     # Each hex facet reflects a different amount of the light.
