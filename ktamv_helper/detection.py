@@ -3,20 +3,23 @@
 Seen from below, a nozzle's tip is a bright polished annulus (the collar)
 around a dark round hole (the bore). The detector looks for exactly that:
 
-1. **Candidates**: dark, compact, round connected regions of the frame
-   thresholded at several grey levels (the collar encloses the bore, so at
-   some level between the two the bore is an island of its own). This runs
-   on a downscaled copy for speed.
+1. **Candidates**: the frame, downscaled, is thresholded at several grey
+   levels; the outer contours of dark islands that are round and compact
+   are kept (the collar encloses the bore, so at any level between the two
+   the bore is an island of its own). Big frames are searched coarse first.
 2. **Verification**: from each candidate's centre, grey-level profiles are
    read along rays at full resolution. A bore has, on most rays, a dark
-   inside, a clear rise to a bright collar and a fall beyond the collar;
-   the rise must stand well above the frame's noise.
+   inside, a clear rise to a bright collar and a fall beyond the collar
+   (a hole in a flat plate has none); the rise must stand well above the
+   frame's noise.
 3. **Refinement**: on each ray the edge is placed where the profile crosses
-   half-way between bore and collar (sub-pixel, linear interpolation);
-   a circle is fitted to these edge points with RANSAC
-   (``skimage.measure.CircleModel``) so rays spoilt by dirt, ooze or a glint
-   drop out. Rays are then cast again from the fitted centre and the fit
-   repeated.
+   half-way between bore and collar (sub-pixel; where the collar is clipped
+   at white, at the steepest point of the rise instead). A circle is fitted
+   to the edge points with RANSAC and refined by geometric least squares
+   (``skimage.measure.CircleModel``), so rays spoilt by dirt, ooze or a
+   glint drop out; an ellipse (``cv2.fitEllipse``) replaces it when the
+   bore is seen at an angle. Rays are cast again from the fitted centre
+   and the fit repeated.
 
 A frame without such a structure returns None: the detector never guesses.
 """
@@ -38,13 +41,13 @@ MIN_SEARCH_RADIUS = 2.0
 THRESHOLD_FRACTIONS = np.linspace(0.2, 0.85, 10) ** 2
 # Most candidates verified per frame, the most persistent first.
 MAX_CANDIDATES = 12
-# A ray counts when the bore-to-collar rise is this many times the noise.
+# A ray counts when the bore-to-collar rise is this many times the noise ...
 MIN_RAY_SNR = 4.0
-# Fraction of rays that must show the edge (dirt may hide the rest).
-MIN_COMPLETENESS = 0.75
-# ... and by at least this many grey levels (JPEG smooths noise away, so the
+# ... and at least this many grey levels (JPEG smooths noise away, so the
 # noise estimate alone can be too optimistic in dark frames).
 MIN_RISE_LEVELS = 12.0
+# Fraction of rays that must show the edge (dirt may hide the rest).
+MIN_COMPLETENESS = 0.75
 # Rays are read out to this many bore radii (wide tip faces of small
 # nozzles reach ~4 radii).
 RAY_LENGTH = 5.0
@@ -69,6 +72,8 @@ SAMPLE_SMOOTHING = 0.8
 QUICK_RAYS = 32
 # Smallest accepted score.
 MIN_SCORE = 0.5
+# A candidate scoring this high ends the search.
+EARLY_ACCEPT = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,15 +97,20 @@ class Detection:
 
 
 def to_gray(image):
-    """Grey-level float32 copy of a BGR or grey uint8 image.
+    """The grey levels of a BGR or grey uint8 image.
 
     Parameters
     ----------
-    image : ndarray of uint8, shape (H, W) or (H, W, 3)
+    image : ndarray of uint8, shape (H, W), (H, W, 1) or (H, W, 3)
 
     Returns
     -------
-    ndarray of float32, shape (H, W)
+    ndarray of uint8, shape (H, W)
+
+    Raises
+    ------
+    ValueError
+        For other shapes or pixel types.
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 3:
@@ -438,14 +448,23 @@ def measure_bore(gray, noise, center, radius, quick=False):
         is clipped at white) and ``axis_ratio`` (1 for a circle, less when an
         ellipse fitted better); None when the candidate has no usable edge.
     """
+    # Coarse samples out to RAY_LENGTH radii for the collar's outer fall;
+    # for the measurement proper, fine smoothed samples out to 2 radii.
+    coarse_step = float(np.clip(radius / 12.0, 0.25, 2.0))
+    far_radii = np.arange(0.0, RAY_LENGTH * radius + coarse_step, coarse_step,
+                          dtype=np.float32)
     if quick:
-        n_rays, step = QUICK_RAYS, float(np.clip(radius / 12.0, 0.25, 2.0))
+        n_rays, step = QUICK_RAYS, coarse_step
+        angles = np.arange(n_rays) * (2 * math.pi / n_rays)
+        radii = far_radii
+        prof = far = _ray_profiles(gray, center, radii, angles, smooth=False)
     else:
         n_rays = int(np.clip(round(2 * math.pi * radius / 1.5), 48, 144))
         step = float(np.clip(radius / 48.0, 0.2, 0.5))
-    angles = np.arange(n_rays) * (2 * math.pi / n_rays)
-    radii = np.arange(0.0, RAY_LENGTH * radius + step, step, dtype=np.float32)
-    prof = _ray_profiles(gray, center, radii, angles, smooth=not quick)
+        angles = np.arange(n_rays) * (2 * math.pi / n_rays)
+        radii = np.arange(0.0, 2.0 * radius + step, step, dtype=np.float32)
+        prof = _ray_profiles(gray, center, radii, angles)
+        far = _ray_profiles(gray, center, far_radii, angles, smooth=False)
     inner = prof[:, radii <= 0.5 * radius]
     if not np.isfinite(inner).any():
         return None
@@ -473,11 +492,15 @@ def measure_bore(gray, noise, center, radius, quick=False):
     if good.sum() < max(6, MIN_COMPLETENESS * n_rays):
         return None
     # Beyond the collar the light must drop well below the collar's level.
-    beyond = radii[None, :] > radii[peak_idx][:, None]
+    beyond = far_radii[None, :] > radii[peak_idx][:, None] + coarse_step
     drop_level = (collar - RING_DROP * rise)[:, None]
-    closed = np.any(beyond & (prof < drop_level), axis=1)
+    # Two samples in a row, so pixel noise alone does not fake a fall.
+    below = far < drop_level
+    below[:, :-1] &= below[:, 1:]
+    below[:, -1] = False
+    closed = np.any(beyond & below, axis=1)
     # A ray that leaves the frame before it could drop tells nothing.
-    known = closed | np.isfinite(prof[:, -1])
+    known = closed | np.isfinite(far[:, -1])
     if known[good].sum() < 0.25 * good.sum():
         return None
     closure = float(closed[good].sum() / known[good].sum())
@@ -614,6 +637,8 @@ def detect_nozzle(image, min_radius=4.0, max_radius=120.0):
             score = _score(m)
             if score >= MIN_SCORE and (best is None or score > best[0]):
                 best = (score, m)
+            if score >= EARLY_ACCEPT:
+                break       # as good as it gets; later candidates are less stable
         if best is not None:
             break
     if best is None:
