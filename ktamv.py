@@ -675,6 +675,10 @@ class Ktamv:
         self.preview_host = config.get('preview_host', '127.0.0.1')
         self.preview_port = config.getint('preview_port', 0, minval=0,
                                           maxval=65535)
+        self.preview_fps = config.getfloat('preview_fps', 10., minval=0.5,
+                                           maxval=30.)
+        self.debug_keep = config.getint('debug_keep', 20, minval=1,
+                                        maxval=10000)
         # Measuring
         self.settle_time = config.getfloat('settle_time', 0.3, minval=0.,
                                            maxval=10.)
@@ -801,7 +805,10 @@ class Ktamv:
                   'camera_timeout': self.camera_timeout,
                   'preview_host': self.preview_host,
                   'preview_port': self.preview_port,
-                  'debug_dir': self.debug_dir or None}
+                  'preview_fps': self.preview_fps,
+                  'debug_dir': self.debug_dir or None,
+                  'debug_keep': self.debug_keep,
+                  'target_tolerance': self.center_tolerance}
         if self.detection_tolerance > 0.:
             params['detection_tolerance'] = self.detection_tolerance
         return params

@@ -184,6 +184,11 @@ class Settings:
         self.detection_tolerance = number_param(
             params, "detection_tolerance", 1.0, low=0.0, low_open=True,
             high=1000.0)
+        # The preview's target circle: how close centring must get (the
+        # extra's center_tolerance), not the frames' agreement tolerance.
+        self.target_tolerance = number_param(
+            params, "target_tolerance", self.detection_tolerance, low=0.0,
+            low_open=True, high=1000.0)
         self.camera_timeout = number_param(params, "camera_timeout", 5.0,
                                            low=0.1, high=30.0)
         self.min_radius = number_param(params, "min_radius", 4.0, low=1.0,
@@ -576,7 +581,7 @@ class Service:
             detection = detect_nozzle(frame.image, settings.min_radius,
                                       settings.max_radius)
             last_image, last_detection = frame.image, detection
-            self._publish(frame, detection, tolerance,
+            self._publish(frame, detection, settings.target_tolerance,
                           ("detect: frame %d of at most %d, %d with a nozzle"
                            % (seen, max_frames,
                               len(detections) + (detection is not None)),))
@@ -767,7 +772,7 @@ class Service:
             from ktamv_helper.detection import detect_nozzle
             detection = detect_nozzle(frame.image, settings.min_radius,
                                       settings.max_radius)
-            return (frame, detection, settings.detection_tolerance,
+            return (frame, detection, settings.target_tolerance,
                     self._preview_lines(("live preview",)))
 
         preview.start_continuous(produce)

@@ -58,6 +58,7 @@ def configured(service, url, **settings):
     ({"camera_url": "file:/x", "debug_dir": 3}, "debug_dir"),
     ({"camera_url": "file:/x", "preview_port": 70000}, "preview_port"),
     ({"camera_url": "file:/x", "preview_fps": 0.1}, "preview_fps"),
+    ({"camera_url": "file:/x", "target_tolerance": 0}, "target_tolerance"),
 ])
 def test_configure_rejects_bad_params_naming_them(service, params, name):
     error = expect_error("invalid_params", service, "configure", params)
@@ -275,6 +276,31 @@ def test_preview_wiring(service, nozzle_png, free_port):
     assert stopped["annotating"] is False
     error = expect_error("invalid_params", service, "preview", {"action": "go"})
     assert "start" in error.message
+
+
+def test_preview_draws_the_centring_target_not_the_agreement_tolerance(
+        service, nozzle_png):
+    class RecordingPreview:
+        def __init__(self):
+            self.tolerances = []
+
+        def publish(self, image, detection=None, tolerance_px=None,
+                    status_lines=()):
+            self.tolerances.append(tolerance_px)
+
+    configured(service, "file:%s" % nozzle_png, detection_tolerance=2.0,
+               target_tolerance=0.25)
+    recorder = RecordingPreview()
+    service._preview = recorder
+    service.call("detect", {"frames": 2})
+    assert recorder.tolerances and set(recorder.tolerances) == {0.25}
+    service._preview = None
+    configured(service, "file:%s" % nozzle_png, detection_tolerance=2.0)
+    service._preview = recorder
+    recorder.tolerances.clear()
+    service.call("detect", {"frames": 1})
+    assert set(recorder.tolerances) == {2.0}
+    service._preview = None
 
 
 def test_preview_port_in_use_is_reported_not_fatal(service, nozzle_png):
