@@ -161,13 +161,17 @@ _NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 def search_scales(shape, min_radius):
     """Scales of the candidate search copies, coarse first.
 
-    The coarse copy has a long side of ``CANDIDATE_LONG_SIDE`` px; a finer
-    one, where a bore of ``min_radius`` still measures ``MIN_SEARCH_RADIUS``
-    px, is searched only when the coarse one found nothing.
+    The coarsest copy has a long side of ``CANDIDATE_LONG_SIDE`` px; each
+    next one is twice as fine, down to where a bore of ``min_radius`` still
+    measures ``MIN_SEARCH_RADIUS`` px. A finer copy is searched only when
+    the coarser ones found nothing (small bores in big frames).
     """
-    coarse = min(1.0, CANDIDATE_LONG_SIDE / max(shape))
-    fine = min(1.0, max(coarse, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
-    return [coarse] if fine < 1.25 * coarse else [coarse, fine]
+    scale = min(1.0, CANDIDATE_LONG_SIDE / max(shape))
+    finest = min(1.0, max(scale, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
+    scales = [scale]
+    while scales[-1] * 1.25 < finest:
+        scales.append(min(2.0 * scales[-1], finest))
+    return scales
 
 
 def find_candidates(gray, min_radius, max_radius, scale=None):
