@@ -178,3 +178,18 @@ def test_glare_clipped_collar():
                                         dataclasses.replace(look, exposure=1.0),
                                         np.random.default_rng(2)))
     assert _error(clean, center) < 0.03 and clean.score > 0.9
+
+
+def test_benchmark_baseline_and_table():
+    """The TAMV cascade baseline works on an easy frame; the table is complete."""
+    from ktamv_helper import bench
+    from ktamv_helper.bench_tamv import TamvCascade
+
+    center = (320.4, 240.6)
+    found = TamvCascade().detect(render_nozzle((640, 480), center, 15.0))
+    assert found is not None and math.hypot(found[0] - center[0], found[1] - center[1]) < 0.5
+    stats = bench.run(frames=3, empty=2, timing_frames=1, seed=5)
+    ours = stats["kTAMV detect_nozzle"]
+    assert ours["found"] + ours["wrong"] <= 3 and ours["false"] <= 2
+    table = bench.format_table(stats)
+    assert table.count("\n") == 10 and "1920x1080" in table
