@@ -192,4 +192,4 @@ def test_benchmark_baseline_and_table():
     ours = stats["kTAMV detect_nozzle"]
     assert ours["found"] + ours["wrong"] <= 3 and ours["false"] <= 2
     table = bench.format_table(stats)
-    assert table.count("\n") == 10 and "1920x1080" in table
+    assert len(table.splitlines()) == 10 and "1920x1080" in table
