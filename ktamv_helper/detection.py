@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from skimage.measure import CircleModel
 
+# Noise is estimated on a central window of at most this size (px).
+NOISE_WINDOW = (640, 480)
 # Longest side of the copy searched for candidates (px). Verification and
 # refinement always run on the full frame.
 CANDIDATE_LONG_SIDE = 320
@@ -154,7 +156,6 @@ def estimate_noise(gray):
     return max(0.5, sigma)
 
 
-NOISE_WINDOW = (640, 480)
 _NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
@@ -273,7 +274,7 @@ def _ray_profiles(gray, center, radii, angles, smooth=True):
     if not smooth:
         out = cv2.remap(gray, map_x, map_y, cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        out[(map_x < -0.5) | (map_x > width - 0.5) | (map_y < -0.5) | (map_y > height - 0.5)] = np.nan
+        out[_outside(map_x, map_y, width, height)] = np.nan
         return out
     pad = 4
     x0 = max(int(math.floor(min(center[0] - radii[-1], width))) - pad, 0)
@@ -288,10 +289,14 @@ def _ray_profiles(gray, center, radii, angles, smooth=True):
     map_y -= y0
     # Outside the frame is NaN; the patch border lies at the frame border or
     # beyond the longest ray, so only such samples are affected.
-    inside = (map_x >= -0.5) & (map_x <= x1 - x0 - 0.5) & (map_y >= -0.5) & (map_y <= y1 - y0 - 0.5)
     out = cv2.remap(patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out[~inside] = np.nan
+    out[_outside(map_x, map_y, x1 - x0, y1 - y0)] = np.nan
     return out
+
+
+def _outside(map_x, map_y, width, height):
+    """Sample positions outside an image of ``width`` x ``height`` pixels."""
+    return (map_x < -0.5) | (map_x > width - 0.5) | (map_y < -0.5) | (map_y > height - 0.5)
 
 
 def _first_rise(profiles, radii, thresholds, start):
