@@ -124,6 +124,18 @@ def random_look(rng, **overrides):
     return NozzleLook(**fields)
 
 
+def _standard_normal(rng, shape):
+    """Gaussian noise, float32, seeded from ``rng``.
+
+    OpenCV's generator (per thread) is several times faster than numpy's
+    for frame-sized arrays; seeding it from ``rng`` keeps frames repeatable.
+    """
+    out = np.empty(shape, np.float32)
+    cv2.setRNGSeed(int(rng.integers(0, 2 ** 31 - 1)))
+    cv2.randn(out.reshape(shape[0], -1), 0.0, 1.0)
+    return out
+
+
 def _coverage(signed_distance):
     """Pixel coverage of a shape from the signed distance of pixel centres.
 
@@ -134,10 +146,20 @@ def _coverage(signed_distance):
 
 
 def _paint(canvas, alpha, color):
-    """Alpha-blend ``color`` (3,) or image (H, W, 3) over ``canvas`` in place."""
-    a = alpha[..., None]
-    canvas *= 1.0 - a
-    canvas += a * color
+    """Alpha-blend ``color`` over ``canvas`` (3, H, W) in place.
+
+    ``color`` is a grey level, a BGR triple, or per-pixel channel weights
+    of shape (3, H, W). The canvas is planar (one plane per channel) because
+    numpy broadcasts a (H, W) array over planes far faster than over a
+    trailing axis of length 3.
+    """
+    canvas *= 1.0 - alpha
+    color = np.asarray(color, np.float32)
+    if color.ndim == 1:
+        for plane, value in zip(canvas, color):
+            plane += alpha * value
+    else:
+        canvas += alpha * color
 
 
 def _hexagon_distance(x, y, apothem, angle):
@@ -153,17 +175,18 @@ def _hexagon_distance(x, y, apothem, angle):
 def _background(shape, look, rng):
     """Heater block, silicone sock or darkness behind the nozzle."""
     h, w = shape
-    canvas = np.empty((h, w, 3), np.float32)
+    canvas = np.empty((3, h, w), np.float32)
     if look.background == "dark":
         canvas[:] = 0.05 * look.background_level
         return canvas
     base = _ALUMINIUM if look.background == "heater_block" else _SILICONE
-    canvas[:] = base * look.background_level
+    for plane, value in zip(canvas, base * look.background_level):
+        plane[:] = value
     # Low-frequency texture: machining marks / sock fabric.
     small = rng.normal(0.0, 1.0, (max(h // 32, 2), max(w // 32, 2)))
     texture = cv2.resize(small.astype(np.float32), (w, h),
                          interpolation=cv2.INTER_CUBIC)
-    canvas *= (1.0 + 0.06 * texture)[..., None]
+    canvas *= 1.0 + 0.06 * texture
     if look.background == "heater_block":
         # The block does not fill the view: a dark gap along one side.
         edge = rng.uniform(0.0, 0.25) * w
@@ -190,7 +213,7 @@ def _window(width, height, u, v, reach):
 
 def _glint(canvas, rng, u, v, size):
     """A small elongated specular highlight."""
-    height, width = canvas.shape[:2]
+    height, width = canvas.shape[1:]
     sx, sy = size, size * rng.uniform(0.3, 1.0)
     ang = rng.uniform(0, math.pi)
     win = _window(width, height, u, v, 3.0 * size)
@@ -200,7 +223,7 @@ def _glint(canvas, rng, u, v, size):
     dx, dy = xx - u, yy - v
     a = (dx * math.cos(ang) + dy * math.sin(ang)) / sx
     b = (-dx * math.sin(ang) + dy * math.cos(ang)) / sy
-    _paint(canvas[sl], np.exp(-(a * a + b * b) * 2.0).astype(np.float32),
+    _paint(canvas[(slice(None),) + sl], np.exp(-(a * a + b * b) * 2.0).astype(np.float32),
            np.float32(1.0))
 
 
@@ -249,7 +272,7 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
         if win is not None:
             sl, xx, yy = win
             d = np.hypot(xx - hu, yy - hv)
-            _paint(canvas[sl], _coverage(d - hole_r), np.float32(0.05))
+            _paint(canvas[(slice(None),) + sl], _coverage(d - hole_r), np.float32(0.05))
 
     if center is not None:
         cu, cv_ = float(center[0]), float(center[1])
@@ -257,7 +280,7 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
         win = _window(width, height, cu, cv_, reach)
         if win is not None:
             sl, xx, yy = win
-            _paint_nozzle(canvas[sl], rng, xx - cu, yy - cv_, r0, look, body, tip)
+            _paint_nozzle(canvas[(slice(None),) + sl], rng, xx - cu, yy - cv_, r0, look, body, tip)
 
     for _ in range(look.glints):
         gu, gv = rng.uniform(0, width), rng.uniform(0, height)
@@ -275,19 +298,28 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
         gain = 1.0 - 0.5 * look.light_gradient * (1.0 - (ux * math.cos(la) +
                                                          uy * math.sin(la)))
         gain = gain * (1.0 - look.vignetting * np.clip((ux * ux + uy * uy) / 2.0, 0, 1))
-        canvas *= gain[..., None]
+        canvas *= gain.astype(np.float32)
     canvas *= np.float32(255.0 * look.exposure)
+    canvas = cv2.merge(list(canvas))        # planar -> interleaved BGR
     if look.blur_sigma > 0.05:
         cv2.GaussianBlur(canvas, (0, 0), look.blur_sigma, dst=canvas)
     if look.noise_sigma > 0:
-        # Shot-like noise: stronger in bright areas.
-        # Demosaicing correlates the channels: most of the noise is shared.
-        scale = np.sqrt(np.clip(canvas, 16, 255) * np.float32(look.noise_sigma ** 2 / 128.0))
-        grain = rng.standard_normal(canvas.shape[:2], np.float32)[..., None] * np.float32(0.8)
-        grain = grain + rng.standard_normal(canvas.shape, np.float32) * np.float32(0.6)
-        canvas += grain * scale
-    canvas += np.float32(0.5)
-    image = np.clip(canvas, 0, 255).astype(np.uint8)
+        # Shot-like noise, stronger in bright areas; demosaicing correlates
+        # the channels, so most of it is shared.
+        scale = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+        np.maximum(scale, 16.0, out=scale)
+        scale *= np.float32(look.noise_sigma ** 2 / 128.0)
+        np.sqrt(scale, out=scale)
+        common = _standard_normal(rng, canvas.shape[:2])
+        common *= np.float32(0.8)
+        grain = _standard_normal(rng, canvas.shape)
+        grain *= np.float32(0.6)
+        grain += cv2.merge([common] * 3)
+        grain *= cv2.merge([scale] * 3)
+        canvas += grain
+    canvas += np.float32(0.5)       # round, not truncate, below
+    np.clip(canvas, 0, 255, out=canvas)
+    image = canvas.astype(np.uint8)
     if look.jpeg_quality:
         ok, buf = cv2.imencode(".jpg", image,
                                [cv2.IMWRITE_JPEG_QUALITY, int(look.jpeg_quality)])
@@ -304,21 +336,28 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
     light = math.radians(look.light_angle_deg)
     hex_angle = math.radians(look.hex_angle_deg)
 
+    geometry = []
+
     def layer(reach):
+        """Canvas, x, y, distance and angle within ``reach`` px of the bore."""
         cols = np.flatnonzero(np.abs(dx[0]) <= reach + 1.5)
         rows = np.flatnonzero(np.abs(dy[:, 0]) <= reach + 1.5)
         if cols.size == 0 or rows.size == 0:
             return None
+        if not geometry:        # once, for the whole window; layers slice it
+            shape = (dy.shape[0], dx.shape[1])
+            x, y = np.broadcast_to(dx, shape), np.broadcast_to(dy, shape)
+            if look.tilt_deg:
+                # Nozzle coordinates: undo the foreshortening of a tilted
+                # camera (circles look like ellipses, squeezed across
+                # tilt_axis_deg).
+                a = math.radians(look.tilt_axis_deg)
+                squeeze = np.float32(1.0 / math.cos(math.radians(look.tilt_deg)))
+                x, y = (x * np.float32(math.cos(a)) + y * np.float32(math.sin(a)),
+                        (y * np.float32(math.cos(a)) - x * np.float32(math.sin(a))) * squeeze)
+            geometry.extend([x, y, np.hypot(x, y), np.arctan2(y, x)])
         sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        x, y = dx[:, sl[1]], dy[sl[0], :]
-        if look.tilt_deg:
-            # Nozzle coordinates: undo the foreshortening of a tilted camera
-            # (circles look like ellipses, squeezed across tilt_axis_deg).
-            a = math.radians(look.tilt_axis_deg)
-            squeeze = np.float32(1.0 / math.cos(math.radians(look.tilt_deg)))
-            x, y = (x * np.float32(math.cos(a)) + y * np.float32(math.sin(a)),
-                    (y * np.float32(math.cos(a)) - x * np.float32(math.sin(a))) * squeeze)
-        return canvas[sl], x, y, np.hypot(x, y), np.arctan2(y, x)
+        return (canvas[(slice(None),) + sl],) + tuple(g[sl] for g in geometry)
 
     # Each hex facet reflects a different amount of the light.
     hex_r = r0 * look.hex_ratio
@@ -329,7 +368,7 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
         facet = np.floor((theta - hex_angle) / np.float32(math.pi / 3.0) + 0.5)
         facet_shade = 0.75 + 0.25 * np.cos(facet * np.float32(math.pi / 3.0)
                                            + np.float32(hex_angle - light))
-        _paint(c, _coverage(hex_d), (body * look.hex_level) * facet_shade[..., None])
+        _paint(c, _coverage(hex_d), (body * look.hex_level)[:, None, None] * facet_shade)
     # Cone: brighter near the tip, darker towards the hex.
     cone_r = r0 * look.cone_ratio
     collar_r = r0 * look.collar_ratio
@@ -339,7 +378,7 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
         t = np.clip((dist - collar_r) / max(cone_r - collar_r, 1e-3), 0, 1)
         cone_shade = look.cone_level * (1.0 - 0.5 * t) * \
             (0.85 + 0.15 * np.cos(theta - np.float32(light)))
-        _paint(c, _coverage(dist - cone_r), body * cone_shade[..., None])
+        _paint(c, _coverage(dist - cone_r), body[:, None, None] * cone_shade)
         if look.dirt > 0:
             _dirt_patch(c, rng, x, y, r0, look)
     # Polished tip face: a bright annulus, lit a little unevenly.
@@ -348,7 +387,7 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
         c, x, y, dist, theta = got
         sheen = np.float32(look.collar_sheen)
         face = look.collar_level * (1.0 - sheen + sheen * np.cos(theta - np.float32(light)))
-        _paint(c, _coverage(dist - collar_r), tip * face[..., None])
+        _paint(c, _coverage(dist - collar_r), tip[:, None, None] * face)
         if look.dirt > 0 and look.dirt_on_collar:
             _dirt_patch(c, rng, x, y, r0, look, on_collar=True)
     if look.ooze > 0:
