@@ -6,8 +6,8 @@ passed in is the ground truth to a small fraction of a pixel. Then the
 camera's faults are applied in the order they happen: uneven light and
 vignetting, exposure, defocus blur, sensor noise and JPEG compression.
 
-Only numpy and OpenCV are used; a 640x480 frame renders in a few
-milliseconds.
+Only numpy and OpenCV are used; a 640x480 frame renders in about 15-30 ms
+on one core of a shared 2-core VM (1920x1080: about 130 ms).
 """
 
 import dataclasses
