@@ -62,6 +62,8 @@ MIN_CLOSURE = 0.75
 # residuals this much smaller; it is seeded from the points within
 # ELLIPSE_SEED radii of a loose circle, and may be at most this flat.
 ELLIPSE_GAIN = 0.7
+# Edge points are never held to less than this (px) around a fitted curve.
+MIN_TOLERANCE = 0.15
 ELLIPSE_SEED = 0.15
 MIN_AXIS_RATIO = 0.75
 # A collar this bright is taken as clipped at white (JPEG rings a little
@@ -416,14 +418,18 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
     cost = np.minimum(res, tolerance) ** 2
     best = int(np.argmin(cost.sum(axis=1)))
     inliers = res[best] <= tolerance
-    for _ in range(2):
+    for _ in range(3):
         if inliers.sum() < 6:
             return None
         fit = _least_squares_circle(p[inliers])
         if fit is None:
             return None
         centre, radius = fit
-        inliers = np.abs(np.hypot(*(p - centre).T) - radius) <= tolerance
+        residuals = np.abs(np.hypot(*(p - centre).T) - radius)
+        # Tighten to the edge's own scatter (5 sigma, robust), so points
+        # only partly pushed out by dirt at the edge of a blob drop out too.
+        scatter = 1.4826 * float(np.median(residuals[inliers]))
+        inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
     if inliers.sum() < 6:
         return None
     return centre + origin, radius, inliers

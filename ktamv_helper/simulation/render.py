@@ -56,6 +56,7 @@ class NozzleLook:
     dirt: float = 0.0               # 0 = none, 1 = a large burnt patch
     dirt_angle_deg: float = 0.0
     dirt_on_collar: bool = False    # the patch reaches over the tip face
+    dirt_on_edge: bool = False      # ... and hides a tenth of the bore edge
     ooze: float = 0.0               # 0 = none, 1 = a large blob of plastic
     ooze_angle_deg: float = 90.0
     glints: int = 0                 # specular spots on body and block
@@ -108,6 +109,7 @@ def random_look(rng, **overrides):
         dirt=dirt,
         dirt_angle_deg=rng.uniform(0, 360),
         dirt_on_collar=bool(dirt and rng.random() < 0.4),
+        dirt_on_edge=bool(dirt and rng.random() < 0.2),
         ooze=rng.uniform(0.3, 1.0) if rng.random() < 0.2 else 0.0,
         ooze_angle_deg=rng.uniform(0, 360),
         glints=int(rng.integers(0, 6)),
@@ -388,7 +390,7 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
         sheen = np.float32(look.collar_sheen)
         face = look.collar_level * (1.0 - sheen + sheen * np.cos(theta - np.float32(light)))
         _paint(c, _coverage(dist - collar_r), tip[:, None, None] * face)
-        if look.dirt > 0 and look.dirt_on_collar:
+        if look.dirt > 0 and (look.dirt_on_collar or look.dirt_on_edge):
             _dirt_patch(c, rng, x, y, r0, look, on_collar=True)
     if look.ooze > 0:
         ang = math.radians(look.ooze_angle_deg)
@@ -410,7 +412,12 @@ def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
 def _dirt_patch(canvas, rng, dx, dy, r0, look, on_collar=False):
     """A burnt, irregular dark patch on the cone (or reaching the tip face)."""
     ang = math.radians(look.dirt_angle_deg + (25.0 if on_collar else 0.0))
-    if on_collar:
+    if on_collar and look.dirt_on_edge:
+        # A blob sitting on the bore's rim: it hides about a tenth of the
+        # edge (the bore's centre stays the truth).
+        pu, pv = 1.1 * r0 * math.cos(ang), 1.1 * r0 * math.sin(ang)
+        prad = r0 * (0.2 + 0.2 * look.dirt)
+    elif on_collar:
         # Reaches in to the outer part of the face, never across the bore edge.
         reach = r0 * (1.0 + 0.5 * (look.collar_ratio - 1.0))
         pr = r0 * (look.collar_ratio - 1.0) * 0.5
