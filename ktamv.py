@@ -532,16 +532,102 @@ class KtamvMotion:
         self.fence_start = None
     def handle_connect(self):
         self.toolhead = self.printer.lookup_object('toolhead')
-        # The smallest XY step: a correction below half of it cannot move
-        # the nozzle, so centring stops there (the image corrects the rest).
-        dists = []
-        try:
-            for s in self.toolhead.get_kinematics().get_steppers():
-                if s.is_active_axis('x') or s.is_active_axis('y'):
-                    dists.append(s.get_step_dist())
-        except Exception:
-            logging.exception("ktamv: cannot read stepper step distances")
-        self.step_dist = min(dists) if dists else 0.
+    def _xy_motors(self, coord):
+        """The motors an XY move from ``coord`` turns, as step grids.
+
+        Returns (motors, grid_known). Each motor is (dp/dx, dp/dy, stepper
+        position, position of its step 0, step distance), read from
+        Klipper's own steppers, so it follows the kinematics (cartesian,
+        corexy, hybrid-corexy, the active IDEX carriage) without knowing
+        them. grid_known is False when a stepper lacks the methods this
+        needs or reports an inconsistent step size.
+        """
+        motors = []
+        grid_known = True
+        x, y, z = coord
+        for stepper in self.toolhead.get_kinematics().get_steppers():
+            try:
+                calc = stepper.calc_position_from_coord
+                base = calc([x, y, z])
+                dpdx = calc([x + 1., y, z]) - base
+                dpdy = calc([x, y + 1., z]) - base
+                step = float(stepper.get_step_dist())
+            except Exception:
+                return [], False
+            if abs(dpdx) < 1e-9 and abs(dpdy) < 1e-9:
+                continue  # Z, extruders, a parked IDEX carriage
+            try:
+                step0 = stepper.mcu_to_commanded_position(0)
+                step1 = stepper.mcu_to_commanded_position(1)
+            except Exception:
+                step0 = step1 = None
+                grid_known = False
+            if not step > 0.:
+                return [], False
+            if step1 is not None and abs(step1 - step0 - step) > 1e-6 * step:
+                grid_known = False
+            motors.append((dpdx, dpdy, base, step0, step))
+        return motors, grid_known
+    def snap_xy(self, x, y):
+        """The point nearest (x, y) where every motor holds a whole step.
+
+        The motors can only hold whole (micro)steps, so commanding such a
+        point makes the commanded position the physical one; the image then
+        measures the remaining sub-step error instead of it hiding in the
+        rounding. Returns (x, y, snapped); (x, y) is returned unchanged
+        (snapped False) when the kinematics do not give one such point
+        (delta and other non-linear kinematics, motors on one axis whose
+        steps disagree, steppers that cannot tell their step grid).
+        """
+        z = self.position()[2]
+        motors, grid_known = self._xy_motors((x, y, z))
+        self.step_dist = min([m[4] for m in motors]) if motors else 0.
+        if not motors or not grid_known:
+            return x, y, False
+        first = motors[0]
+        second = None
+        for motor in motors[1:]:
+            if abs(first[0] * motor[1] - first[1] * motor[0]) > 1e-6:
+                second = motor
+                break
+        if second is None:
+            return x, y, False
+        def to_grid(motor):
+            dpdx, dpdy, pos, step0, step = motor
+            return step0 + round((pos - step0) / step) * step - pos
+        # Solve the 2x2 system that moves the two motors onto their grids.
+        d1, d2 = to_grid(first), to_grid(second)
+        det = first[0] * second[1] - first[1] * second[0]
+        dx = (d1 * second[1] - d2 * first[1]) / det
+        dy = (first[0] * d2 - second[0] * d1) / det
+        sx, sy = x + dx, y + dy
+        # Every motor (a third one, a second Y motor) must land on its grid
+        # too, and the point must be within a step of the target: otherwise
+        # the kinematics are not what this assumes, so do not snap.
+        check, grid_known = self._xy_motors((sx, sy, z))
+        if not grid_known or len(check) != len(motors):
+            return x, y, False
+        for motor in check:
+            if abs(to_grid(motor)) > 1e-3 * motor[4]:
+                return x, y, False
+        if math.hypot(dx, dy) > 2. * max(m[4] for m in motors):
+            return x, y, False
+        return sx, sy, True
+    def cannot_improve(self, x, y):
+        """True when a move to (x, y) would not change the motors' steps."""
+        pos = self.position()
+        sx, sy, snapped = self.snap_xy(x, y)
+        if snapped:
+            return abs(sx - pos[0]) < 1e-9 and abs(sy - pos[1]) < 1e-9
+        half = 0.5 * self.step_dist
+        return abs(x - pos[0]) < half and abs(y - pos[1]) < half
+    def check_running(self):
+        # A command waiting for the camera lets the reactor run; an M112 or
+        # a shutdown may have happened meanwhile: never move after it.
+        if self.printer.is_shutdown():
+            raise self.printer.command_error(
+                "kTAMV stopped: Klipper was shut down during the command. "
+                "Nothing more was moved; run FIRMWARE_RESTART.")
     def position(self):
         return self.toolhead.get_position()
     def check_homed(self):
@@ -594,25 +680,17 @@ class KtamvMotion:
                         "kTAMV %s to X%.3f Y%.3f refused: outside the "
                         "printer's limits X%.3f..%.3f Y%.3f..%.3f."
                         % (what, px, py, amin[0], amax[0], amin[1], amax[1]))
-    def snap(self, value):
-        """Round a coordinate to a whole number of motor steps.
-
-        The motors can only hold whole (micro)steps, so commanding one makes
-        the commanded position the physical one; the image then measures
-        the remaining sub-step error instead of it hiding in the rounding.
-        """
-        if self.step_dist <= 0.:
-            return value
-        return round(value / self.step_dist) * self.step_dist
     def move_to(self, x, y, what="move"):
         """Move XY through the toolhead, backlash-proof, and wait for it."""
-        points = [(self.snap(px), self.snap(py))
+        self.check_running()
+        points = [self.snap_xy(px, py)[:2]
                   for px, py in self.waypoints(x, y)]
         self.check_targets(points, what)
         for px, py in points:
             self.toolhead.manual_move([px, py, None], self.speed)
             self.moves.append(self.toolhead.get_position()[:3])
         self.toolhead.wait_moves()
+        self.check_running()
     def take_moves(self):
         """Positions commanded since the last request (for the sim camera)."""
         moves = self.moves[-MAX_MOVES:]
@@ -729,6 +807,7 @@ class Ktamv:
         self.last_center_moves = 0
         self.last_nozzle_center_successful = False
         self.last_calculated_offset = [0., 0.]
+        self.last_tool_gcode_offset = [0., 0.]
         self.origin = None
         self.offsets = {}
         self.samples = {}
@@ -850,8 +929,7 @@ class Ktamv:
     def _current_tool(self):
         eventtime = self.reactor.monotonic()
         if not self.tool_status:
-            toolhead = self.printer.lookup_object('toolhead')
-            return toolhead.get_extruder().get_name() or DEFAULT_TOOL_NAME
+            return self._default_tool(eventtime)
         obj_name, field = self.tool_status.rsplit('.', 1)
         obj = self.printer.lookup_object(obj_name, None)
         if obj is None or not hasattr(obj, 'get_status'):
@@ -865,6 +943,62 @@ class Ktamv:
                 % (obj_name, field, ", ".join(sorted(status)) or "none"))
         value = status[field]
         return str(value) if value is not None else DEFAULT_TOOL_NAME
+    def _default_tool(self, eventtime):
+        """The active tool's name from what the printer itself reports.
+
+        A tool changer (klipper-toolchanger's ``toolchanger.tool``) names
+        the mounted tool; on an IDEX printer the nozzle is the one on the
+        PRIMARY carriage (``dual_carriage`` status); otherwise the active
+        extruder.
+        """
+        changer = self.printer.lookup_object('toolchanger', None)
+        if changer is not None and hasattr(changer, 'get_status'):
+            status = changer.get_status(eventtime)
+            if 'tool' in status:
+                name = status.get('tool')
+                if not name:
+                    raise self.printer.command_error(
+                        "kTAMV: the tool changer reports no selected tool "
+                        "(printer.toolchanger.tool is empty); select the "
+                        "tool to measure (e.g. T0) first, or set "
+                        "tool_status in [ktamv].")
+                name = str(name)
+                # klipper-toolchanger names tools after their section.
+                if name.startswith('tool ') and len(name) > 5:
+                    name = name[5:].strip()
+                return name
+        dual = self.printer.lookup_object('dual_carriage', None)
+        if dual is not None and hasattr(dual, 'get_status'):
+            status = dual.get_status(eventtime)
+            modes = dict((k, v) for k, v in status.items()
+                         if k.startswith('carriage_') and isinstance(v, str))
+            if not modes and isinstance(status.get('carriages'), dict):
+                modes = status['carriages']
+            primary = sorted(k for k, v in modes.items() if v == 'PRIMARY')
+            copying = sorted(k for k, v in modes.items()
+                             if v in ('COPY', 'MIRROR'))
+            if copying:
+                raise self.printer.command_error(
+                    "kTAMV: carriage(s) %s are in %s mode, so more than one "
+                    "nozzle moves; select one carriage with "
+                    "SET_DUAL_CARRIAGE CARRIAGE=<n> (MODE=PRIMARY) first."
+                    % (", ".join(copying),
+                       "/".join(sorted(set(modes[k] for k in copying)))))
+            if primary:
+                return "+".join(primary)
+        toolhead = self.printer.lookup_object('toolhead')
+        return toolhead.get_extruder().get_name() or DEFAULT_TOOL_NAME
+    def _gcode_offset(self):
+        """The G-code XY offset in force (SET_GCODE_OFFSET / tool offsets)."""
+        gcode_move = self.printer.lookup_object('gcode_move', None)
+        if gcode_move is None:
+            return [0., 0.]
+        origin = gcode_move.get_status(
+            self.reactor.monotonic()).get('homing_origin')
+        try:
+            return [float(origin[0]), float(origin[1])]
+        except (TypeError, ValueError, IndexError):
+            return [0., 0.]
     def _machine_state(self):
         toolhead = self.printer.lookup_object('toolhead')
         machine = {'position': [float(v) for v in
@@ -887,12 +1021,16 @@ class Ktamv:
                 # a fixed problem heals without RESTART.
                 self._configure_now()
             params['machine'] = self._machine_state()
-            return self.helper.request(method, params,
-                                       timeout + self.helper_timeout)
+            result = self.helper.request(method, params,
+                                         timeout + self.helper_timeout)
         except HelperFailure as e:
             error = gcmd.error("kTAMV: %s" % (e.message,))
             error.helper_code = e.code  # so callers can tell causes apart
             raise error
+        # The reactor ran while waiting: a shutdown meanwhile makes the
+        # toolhead position (and so any offset) meaningless.
+        self.motion.check_running()
+        return result
     def _configure_now(self):
         params = self._configure_params()
         params['machine'] = self._machine_state()
@@ -1048,7 +1186,6 @@ class Ktamv:
         det = self._detect(gcmd)
         moves = 0
         self.last_center_moves = 0
-        half_step = 0.5 * self.motion.step_dist
         while 1:
             du, dv = self._pixel_error(det)
             error_px = math.hypot(du, dv)
@@ -1056,9 +1193,11 @@ class Ktamv:
             if error_px <= tolerance:
                 why = "within %.2f px" % (tolerance,)
                 break
-            if abs(dx) < half_step and abs(dy) < half_step:
-                why = ("within half a motor step (%.4f mm); the image "
-                       "corrects the rest" % (half_step,))
+            pos = self.motion.position()
+            if self.motion.cannot_improve(pos[0] + dx, pos[1] + dy):
+                why = ("the nearest whole motor step is where the toolhead "
+                       "is; the image corrects the remaining %.4f mm"
+                       % (math.hypot(dx, dy),))
                 break
             if moves >= max_moves:
                 raise gcmd.error(
@@ -1089,7 +1228,10 @@ class Ktamv:
     def cmd_KTAMV_SET_ORIGIN(self, gcmd):
         (x, y), corrected = self._corrected_position(gcmd)
         tool = self._current_tool()
-        self.origin = {'tool': tool, 'position': [x, y]}
+        # The reference tool's own G-code offset: other tools' offsets
+        # are relative to it.
+        self.origin = {'tool': tool, 'position': [x, y],
+                       'gcode_offset': self._gcode_offset()}
         self.offsets = {tool: [0., 0.]}
         self.samples = {}
         note = ("corrected from the image" if corrected else
@@ -1128,20 +1270,33 @@ class Ktamv:
             return
         offset = self._measure_offset(gcmd, tool)
         corrected = self.model is not None
+        ref = self.origin.get('gcode_offset') or [0., 0.]
+        gx, gy = self.last_tool_gcode_offset
+        if abs(ref[0]) > 1e-9 or abs(ref[1]) > 1e-9:
+            ref_text = (" = %s's own G-code offset X%+.4f Y%+.4f, active at "
+                        "KTAMV_SET_ORIGIN, plus this offset" % (
+                            self.origin['tool'], ref[0], ref[1]))
+        else:
+            ref_text = ""
         gcmd.respond_info(
             "kTAMV: offset of %s from the origin (%s): X%+.4f Y%+.4f mm%s.\n"
-            "Tool G-code offset for %s: X=%.4f Y=%.4f (same sign: the "
+            "Tool G-code offset for %s: X=%.4f Y=%.4f%s (same sign: the "
             "toolhead must move by this much to put %s where %s was), e.g. "
-            "SET_GCODE_OFFSET X=%.4f Y=%.4f while %s is active."
+            "SET_GCODE_OFFSET X=%.4f Y=%.4f while %s is active, or "
+            "gcode_x_offset: %.4f and gcode_y_offset: %.4f in its [tool] "
+            "section (klipper-toolchanger)."
             % (tool, self.origin['tool'], offset[0], offset[1],
                "" if corrected else " (raw positions: camera not calibrated)",
-               tool, offset[0], offset[1], tool, self.origin['tool'],
-               offset[0], offset[1], tool))
+               tool, gx, gy, ref_text, tool, self.origin['tool'], gx, gy,
+               tool, gx, gy))
     def _measure_offset(self, gcmd, tool):
         (x, y), corrected = self._corrected_position(gcmd)
         ox, oy = self.origin['position']
         offset = [x - ox, y - oy]
         self.last_calculated_offset = offset
+        ref = self.origin.get('gcode_offset') or [0., 0.]
+        self.last_tool_gcode_offset = [ref[0] + offset[0],
+                                       ref[1] + offset[1]]
         self.offsets[tool] = list(offset)
         self.samples.setdefault(tool, []).append(tuple(offset))
         return offset
@@ -1268,6 +1423,7 @@ class Ktamv:
         det = self.last_detection
         return {
             'last_calculated_offset': list(self.last_calculated_offset),
+            'last_tool_gcode_offset': list(self.last_tool_gcode_offset),
             'mm_per_pixels': model.mm_per_px() if model else 0.,
             'is_calibrated': model is not None,
             'camera_center_coordinates': (list(self.origin['position'])

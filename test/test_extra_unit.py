@@ -27,29 +27,62 @@ class ConfigError(Exception):
 
 
 class FakeStepper:
-    def __init__(self, axis, step_dist):
-        self.axis = axis
-        self.step_dist = step_dist
+    """A motor whose position is linear in X, Y, Z (cartesian, corexy...).
 
-    def is_active_axis(self, axis):
-        return axis in self.axis
+    ``step0`` is where its step 0 lies in its own coordinate, as Klipper's
+    mcu_to_commanded_position(0) reports it after homing.
+    """
+
+    def __init__(self, jx, jy, jz, step_dist, step0=0.0, name="stepper"):
+        self.j = (jx, jy, jz)
+        self.step_dist = step_dist
+        self.step0 = step0
+        self.name = name
+
+    def calc_position_from_coord(self, coord):
+        return sum(j * c for j, c in zip(self.j, coord[:3]))
+
+    def mcu_to_commanded_position(self, mcu_pos):
+        return self.step0 + mcu_pos * self.step_dist
 
     def get_step_dist(self):
         return self.step_dist
 
 
+class DeltaTower(FakeStepper):
+    """A delta tower: carriage height is non-linear in X and Y."""
+
+    def __init__(self, tx, ty, step_dist=0.0125, arm=250.0):
+        FakeStepper.__init__(self, 0, 0, 1, step_dist)
+        self.tower = (tx, ty)
+        self.arm = arm
+
+    def calc_position_from_coord(self, coord):
+        dx = self.tower[0] - coord[0]
+        dy = self.tower[1] - coord[1]
+        return math.sqrt(self.arm ** 2 - dx * dx - dy * dy) + coord[2]
+
+
+def corexy_steppers(step_dist=0.0125):
+    return [FakeStepper(1, 1, 0, step_dist, name="stepper_a"),
+            FakeStepper(1, -1, 0, step_dist, name="stepper_b"),
+            FakeStepper(0, 0, 1, 0.0025, name="stepper_z")]
+
+
 class FakeKinematics:
+    def __init__(self, steppers=None):
+        self.steppers = corexy_steppers() if steppers is None else steppers
+
     def get_steppers(self):
-        # corexy: both motors move X and Y
-        return [FakeStepper("xy", 0.0125), FakeStepper("xy", 0.0125),
-                FakeStepper("z", 0.0025)]
+        return list(self.steppers)
 
 
 class FakeToolhead:
-    def __init__(self, homed="xyz"):
+    def __init__(self, homed="xyz", steppers=None):
         self.pos = [100.0, 100.0, 5.0, 0.0]
         self.homed = homed
         self.moves = []
+        self.kinematics = FakeKinematics(steppers)
 
     def get_position(self):
         return list(self.pos)
@@ -68,7 +101,7 @@ class FakeToolhead:
                 "axis_maximum": (300, 300, 200, 0)}
 
     def get_kinematics(self):
-        return FakeKinematics()
+        return self.kinematics
 
     def get_extruder(self):
         return type("Extruder", (), {"get_name": lambda self: "extruder"})()
@@ -109,6 +142,11 @@ class FakePrinter:
 
     def register_event_handler(self, event, callback):
         self.handlers.setdefault(event, []).append(callback)
+
+    shutdown = False
+
+    def is_shutdown(self):
+        return self.shutdown
 
 
 class FakeConfig:
@@ -695,3 +733,237 @@ def test_calibration_stops_on_camera_trouble_instead_of_skipping():
     assert len(seen) == 5 and not sent
     assert extra.model is None
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
+
+
+# -- compatibility: kinematics, tool names, shutdown, Python versions --------
+
+def motion_with(steppers, backlash=0.0):
+    printer = FakePrinter(FakeToolhead(steppers=steppers))
+    motion = ktamv.KtamvMotion(printer, 30.0, backlash, 5.0)
+    motion.handle_connect()
+    motion.begin()
+    return motion, printer.objects["toolhead"], printer
+
+
+def steps_of(stepper, x, y, z=5.0):
+    """How many whole steps from its step 0 a stepper is at (x, y, z)."""
+    pos = stepper.calc_position_from_coord([x, y, z])
+    return (pos - stepper.mcu_to_commanded_position(0)) / stepper.step_dist
+
+
+def assert_whole_steps(steppers, x, y):
+    for stepper in steppers:
+        if stepper.j[:2] == (0, 0):
+            continue  # a parked carriage keeps its place
+        n = steps_of(stepper, x, y)
+        assert n == pytest.approx(round(n), abs=1e-6), stepper.name
+
+
+@pytest.mark.parametrize("name, steppers", [
+    # Step grids not anchored at 0 (position_endstop off the grid).
+    ("cartesian", [FakeStepper(1, 0, 0, 0.0125, 0.0041, "stepper_x"),
+                   FakeStepper(0, 1, 0, 0.01, -0.0033, "stepper_y")]),
+    ("corexy", [FakeStepper(1, 1, 0, 0.0125, 0.003, "stepper_a"),
+                FakeStepper(1, -1, 0, 0.0125, -0.005, "stepper_b")]),
+    # hybrid-corexy: the X motor drives x+y, the Y motor y alone.
+    ("hybrid_corexy", [FakeStepper(1, 1, 0, 0.0125, 0.001, "stepper_x"),
+                       FakeStepper(0, 1, 0, 0.00625, 0.002, "stepper_y")]),
+    # IDEX: the parked carriage does not move with X (its kinematics hold
+    # it), and its grid does not matter.
+    ("idex", [FakeStepper(1, 0, 0, 0.0125, 0.0, "stepper_x"),
+              FakeStepper(0, 0, 0, 0.0125, 0.0071, "dual_carriage"),
+              FakeStepper(0, 1, 0, 0.0125, 0.0, "stepper_y")]),
+    # A gear ratio gives an odd step distance; Klipper reports it.
+    ("geared", [FakeStepper(1, 0, 0, 40. / 200 / 16 * 0.6, 0.0, "x"),
+                FakeStepper(0, 1, 0, 0.0125, 0.0, "y")]),
+])
+def test_moves_land_on_whole_steps_of_every_motor(name, steppers):
+    motion, toolhead, _ = motion_with(steppers + [
+        FakeStepper(0, 0, 1, 0.0025, 0.0, "stepper_z")])
+    for target in [(100.1234, 99.9871), (100.0057, 100.3333),
+                   (99.5, 100.71)]:
+        motion.move_to(*target)
+        x, y = toolhead.get_position()[:2]
+        assert_whole_steps(steppers, x, y)
+        biggest = max(s.step_dist for s in steppers)
+        assert math.hypot(x - target[0], y - target[1]) <= biggest
+        # Moving there again would not turn any motor: centring stops.
+        assert motion.cannot_improve(x, y)
+        assert motion.cannot_improve(x + 0.2 * biggest, y)
+        assert not motion.cannot_improve(x + 3 * biggest, y)
+
+
+@pytest.mark.parametrize("name, steppers", [
+    ("delta", [DeltaTower(-100, -60), DeltaTower(100, -60),
+               DeltaTower(0, 115)]),
+    # Two Y motors whose step grids disagree cannot both hold whole steps.
+    ("two_y_motors_off_grid", [FakeStepper(1, 0, 0, 0.0125, 0.0, "x"),
+                               FakeStepper(0, 1, 0, 0.0125, 0.0, "y"),
+                               FakeStepper(0, 1, 0, 0.0125, 0.004, "y1")]),
+])
+def test_kinematics_that_cannot_snap_move_exactly_to_the_target(name,
+                                                                steppers):
+    motion, toolhead, _ = motion_with(steppers)
+    motion.move_to(100.1234, 99.9871)
+    assert toolhead.get_position()[:2] == [100.1234, 99.9871]
+    assert motion.snap_xy(100.1234, 99.9871)[2] is False
+
+
+def test_a_stepper_without_the_grid_api_disables_snapping():
+    class OldStepper(FakeStepper):
+        mcu_to_commanded_position = property()  # AttributeError on access
+
+    motion, toolhead, _ = motion_with([OldStepper(1, 0, 0, 0.0125),
+                                       OldStepper(0, 1, 0, 0.0125)])
+    motion.move_to(100.1234, 99.9871)
+    assert toolhead.get_position()[:2] == [100.1234, 99.9871]
+    # Without a grid, a correction under half a step is still not worth a
+    # move (centring ends there and the image gives the rest).
+    assert motion.cannot_improve(100.1234 + 0.001, 99.9871)
+
+
+def test_no_move_after_a_shutdown_during_the_command():
+    motion, toolhead, printer = motion_with(corexy_steppers())
+    printer.shutdown = True
+    with pytest.raises(CommandError, match="shut down"):
+        motion.move_to(100.5, 100.5)
+    assert toolhead.moves == []
+
+
+def test_a_shutdown_while_the_helper_works_fails_the_command():
+    extra, printer = make_ktamv()
+
+    class Helper:
+        state = "ready"
+
+        def ensure_ready(self):
+            pass
+
+        def request(self, method, params, timeout):
+            printer.shutdown = True  # an M112 arrived meanwhile
+            return {"center": [1, 2]}
+
+    extra.helper = Helper()
+    with pytest.raises(CommandError, match="shut down"):
+        extra._call(FakeGcmd(), "detect", {})
+
+
+class StatusObject:
+    def __init__(self, status):
+        self.status = status
+
+    def get_status(self, eventtime):
+        return dict(self.status)
+
+
+def test_toolchanger_names_the_tool():
+    extra, printer = make_ktamv()
+    # klipper-toolchanger: 'tool' is the [tool T1] section name.
+    printer.objects["toolchanger"] = StatusObject(
+        {"status": "ready", "tool": "tool T1", "tool_number": 1})
+    assert extra._current_tool() == "T1"
+    printer.objects["toolchanger"] = StatusObject(
+        {"status": "ready", "tool": None, "tool_number": -1})
+    with pytest.raises(CommandError, match="no selected tool"):
+        extra._current_tool()
+
+
+@pytest.mark.parametrize("status, tool", [
+    # Klipper 2023
+    ({"carriage_0": "INACTIVE", "carriage_1": "PRIMARY"}, "carriage_1"),
+    # Klipper 2025+: named carriages, plus carriage_N for two of them
+    ({"carriages": {"x": "PRIMARY", "dc": "INACTIVE"},
+      "carriage_0": "PRIMARY", "carriage_1": "INACTIVE"}, "carriage_0"),
+    ({"carriages": {"x": "INACTIVE", "x2": "PRIMARY", "y": "PRIMARY",
+                    "y2": "INACTIVE"}}, "x2+y"),
+])
+def test_idex_names_the_primary_carriage(status, tool):
+    extra, printer = make_ktamv()
+    printer.objects["dual_carriage"] = StatusObject(status)
+    assert extra._current_tool() == tool
+
+
+def test_idex_copy_mode_is_refused():
+    extra, printer = make_ktamv()
+    printer.objects["dual_carriage"] = StatusObject(
+        {"carriage_0": "PRIMARY", "carriage_1": "COPY"})
+    with pytest.raises(CommandError, match="COPY mode"):
+        extra._current_tool()
+
+
+def test_tool_status_option_overrides_the_defaults():
+    extra, printer = make_ktamv({"tool_status": "gcode_macro _T.current"})
+    printer.objects["toolchanger"] = StatusObject({"tool": "tool T1"})
+    printer.objects["gcode_macro _T"] = StatusObject({"current": 3})
+    assert extra._current_tool() == "3"
+    extra, printer = make_ktamv()
+    assert extra._current_tool() == "extruder"
+
+
+def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
+    extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
+    # T0 is printed with SET_GCODE_OFFSET X=0.2 Y=-0.1 (toolchanger or a
+    # macro): T1's offset must be relative to that.
+    gcode_move = StatusObject({"homing_origin": [0.2, -0.1, 0.05, 0.0]})
+    extra.printer.objects["gcode_move"] = gcode_move
+    extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
+    # T1's nozzle sits 0.3 mm further +X: its toolhead must stop 0.3 mm
+    # further -X to put it where T0's was, so its raw offset is -0.3.
+    extra._detect.nozzle_xy = (nozzle[0] + 0.3, nozzle[1])
+    gcode_move.status["homing_origin"] = [0.0, 0.0, 0.0, 0.0]
+    extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_GET_OFFSET(gcmd)
+    assert extra.last_calculated_offset == pytest.approx([0.3, 0.0],
+                                                         abs=1e-9)
+    assert extra.last_tool_gcode_offset == pytest.approx([0.5, -0.1],
+                                                         abs=1e-9)
+    assert "X=0.5000 Y=-0.1000" in gcmd.info[-1]
+    assert "gcode_x_offset: 0.5000" in gcmd.info[-1]
+    status = extra.get_status(0.)
+    assert status["last_tool_gcode_offset"] == pytest.approx([0.5, -0.1])
+
+
+def test_gcode_offset_sign_matches_klipper():
+    """A G-code offset o moves the toolhead to (commanded + o); with the
+    reported offset, every tool's nozzle lands where the reference's did."""
+    ref_nozzle_from_toolhead = (1.7, -2.3)  # arbitrary mounting offsets
+    t1_nozzle_from_toolhead = (1.4, -2.1)
+    camera = (150.0, 150.0)
+    # Centred toolhead positions (what kTAMV measures).
+    p0 = (camera[0] - ref_nozzle_from_toolhead[0],
+          camera[1] - ref_nozzle_from_toolhead[1])
+    p1 = (camera[0] - t1_nozzle_from_toolhead[0],
+          camera[1] - t1_nozzle_from_toolhead[1])
+    offset = (p1[0] - p0[0], p1[1] - p0[1])  # kTAMV's convention
+    for commanded in [(10.0, 20.0), (200.0, 5.0)]:
+        ref_nozzle = (commanded[0] + ref_nozzle_from_toolhead[0],
+                      commanded[1] + ref_nozzle_from_toolhead[1])
+        toolhead = (commanded[0] + offset[0], commanded[1] + offset[1])
+        t1_nozzle = (toolhead[0] + t1_nozzle_from_toolhead[0],
+                     toolhead[1] + t1_nozzle_from_toolhead[1])
+        assert t1_nozzle == pytest.approx(ref_nozzle, abs=1e-12)
+
+
+def test_ktamv_py_parses_as_python_3_7_and_uses_only_the_stdlib():
+    import ast
+    source = (REPO / "ktamv.py").read_text()
+    tree = ast.parse(source, feature_version=(3, 7))
+    for node in ast.walk(tree):
+        # Not caught by feature_version: newer library calls.
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in ("removeprefix", "removesuffix",
+                                     "is_relative_to"), node.attr
+        # f"{x=}" (3.8+)
+        if isinstance(node, ast.FormattedValue):
+            pytest.fail("f-strings with = need Python 3.8")
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no imports from klippy modules"
+            imported.add(node.module.split(".")[0])
+    assert imported <= set(sys.stdlib_module_names), \
+        imported - set(sys.stdlib_module_names)
