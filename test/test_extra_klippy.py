@@ -8,6 +8,7 @@ The vision side is the real helper with the ``sim://`` camera, or
 """
 
 import json
+import math
 import re
 import socket
 import sys
@@ -21,8 +22,9 @@ from klippy_harness import (HELPER_PYTHON, REFERENCE_DICT, REPO,
 
 FAKE_HELPER = "%s %s" % (HELPER_PYTHON, REPO / "test" / "fake_helper.py")
 CAMERA_XY = (150.0, 150.0)
+# The batch printer is corexy, so the simulated motors are A and B too.
 SIM_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05"
-           % CAMERA_XY)
+           "&kinematics=corexy" % CAMERA_XY)
 
 # Tools in batch mode without heaters: T0/T1 macros keep the active tool's
 # name in a macro variable, which tool_status points at.
@@ -413,3 +415,63 @@ def test_a_wedged_helper_is_replaced(tmp_path):
         again = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert again["helper_pid"] != first["helper_pid"]
         assert not pid_alive(first["helper_pid"])
+
+
+def get_positions(result):
+    """Each GET_POSITION answer as ({stepper: mcu steps}, {stepper: mm},
+    (toolhead X, Y))."""
+    found = []
+    lines = result.lines
+    for i, line in enumerate(lines):
+        if "mcu: stepper_" not in line:
+            continue
+        mcu = dict((k, int(v)) for k, v in re.findall(r"(\w+):(-?\d+)\b",
+                                                      line.split("mcu:")[1]))
+        stepper = dict((k, float(v)) for k, v in re.findall(
+            r"(\w+):(-?[\d.]+)", lines[i + 1].split("stepper:")[1]))
+        tx, ty = re.findall(r"toolhead: X:(\S+) Y:(\S+)",
+                            "\n".join(lines[i:i + 6]))[0]
+        found.append((mcu, stepper, (float(tx), float(ty))))
+    return found
+
+
+def test_real_klippy_moves_land_on_whole_motor_steps(tmp_path):
+    """On Klipper's own corexy steppers, with homing positions off the step
+    grid, every kTAMV move ends with both motors on whole steps, which a
+    plain G1 to the same point does not."""
+    target = (150.5077, 149.2519)
+    section = ktamv_section(helper_command=FAKE_HELPER,
+                            camera_position="%.4f, %.4f" % target,
+                            backlash_approach=0.5)
+    result = run_klippy(
+        tmp_path, printer_config(section, x_endstop=0.0031,
+                                 y_endstop=0.0047),
+        "G28\nGET_POSITION\nKTAMV_MOVE_TO_ORIGIN\nGET_POSITION\n"
+        "G1 X%.4f Y%.4f F3000\nM400\nGET_POSITION\n" % target)
+    assert result.returncode == 0, result.tail()
+    (home_mcu, home_pos, home_xy), (mcu, pos, xy), (_, _, g1_xy) = \
+        get_positions(result)
+    step = 40.0 / (200 * 16)  # rotation_distance / full steps / microsteps
+
+    def off_grid(mcu, pos):
+        # After homing Klipper keeps each stepper's position on its grid:
+        # whole steps are home + n * step.
+        return max(abs(pos[s] - home_pos[s] - (mcu[s] - home_mcu[s]) * step)
+                   for s in ("stepper_x", "stepper_y"))
+
+    def motors_off_grid(x, y):
+        # corexy: stepper_x turns with X+Y, stepper_y with X-Y.
+        worst = 0.0
+        for motor, home in ((x + y, home_xy[0] + home_xy[1]),
+                            (x - y, home_xy[0] - home_xy[1])):
+            n = (motor - home) / step
+            worst = max(worst, abs(n - round(n)) * step)
+        return worst
+
+    assert off_grid(home_mcu, home_pos) == 0.0
+    assert off_grid(mcu, pos) < 2e-6, (mcu, pos)
+    assert motors_off_grid(*xy) < 2e-6
+    assert math.hypot(xy[0] - target[0], xy[1] - target[1]) <= step
+    # The same target by plain G-code is off the grid (the test can fail).
+    assert g1_xy == pytest.approx(target, abs=1e-6)
+    assert motors_off_grid(*g1_xy) > 1e-4
