@@ -8,6 +8,7 @@ The vision side is the real helper with the ``sim://`` camera, or
 """
 
 import json
+import os
 import math
 import re
 import socket
@@ -475,3 +476,31 @@ def test_real_klippy_moves_land_on_whole_motor_steps(tmp_path):
     # The same target by plain G-code is off the grid (the test can fail).
     assert g1_xy == pytest.approx(target, abs=1e-6)
     assert motors_off_grid(*g1_xy) > 1e-4
+
+
+def test_emergency_stop_while_waiting_for_the_camera_stops_the_command(
+        tmp_path):
+    """M112 arrives while KTAMV_FIND_NOZZLE_CENTER waits for a detection that
+    asks for a 1 mm move: the command must fail without moving."""
+    section = ktamv_section(
+        helper_command=FAKE_HELPER + " --detect-delay 3 --detect-center "
+        "420,240", camera_matrix="0, 0.01, 0.01, 0", settle_time=0,
+        helper_timeout=10)
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        assert klippy.send("G1 X150 Y150 F6000").error is None
+        assert klippy.send("KTAMV_TEST").error is None  # helper is up
+        os.write(klippy.fd, b"KTAMV_FIND_NOZZLE_CENTER\n")
+        time.sleep(1.0)
+        os.write(klippy.fd, b"M112\n")
+        deadline = time.monotonic() + 60
+        lines = []
+        while not any(l == "ok" or l.startswith("ok ") for l in lines):
+            lines.append(klippy._read_line(deadline))
+        text = "\n".join(lines)
+        assert "Klipper was shut down during the command" in text, text
+        assert "nozzle centred" not in text
+        log = klippy.log()
+        assert "centring move" not in log
+        # Klippy itself is still running (shut down, not crashed).
+        assert klippy.proc.poll() is None
