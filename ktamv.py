@@ -926,10 +926,21 @@ class Ktamv:
                 self.configure_pending = None
         self.reactor.register_callback(check)
     # Talking to the helper
-    def _current_tool(self):
+    def _current_tool(self, strict=True):
+        """The active tool's name; ``strict`` refuses an unclear one.
+
+        Measurements (origin, offsets) are strict; labels that only travel
+        along with a detection or a request are not, so KTAMV_TEST and
+        KTAMV_SIMPLE_NOZZLE_POSITION work with no tool mounted.
+        """
         eventtime = self.reactor.monotonic()
         if not self.tool_status:
-            return self._default_tool(eventtime)
+            try:
+                return self._default_tool(eventtime)
+            except self.printer.command_error:
+                if strict:
+                    raise
+                return "unknown"
         obj_name, field = self.tool_status.rsplit('.', 1)
         obj = self.printer.lookup_object(obj_name, None)
         if obj is None or not hasattr(obj, 'get_status'):
@@ -1003,7 +1014,7 @@ class Ktamv:
         toolhead = self.printer.lookup_object('toolhead')
         machine = {'position': [float(v) for v in
                                 toolhead.get_position()[:3]],
-                   'tool': self._current_tool()}
+                   'tool': self._current_tool(strict=False)}
         moves = self.motion.take_moves()
         if moves:
             machine['moves'] = [[float(v) for v in m] for m in moves]
@@ -1057,7 +1068,7 @@ class Ktamv:
         timeout = self.camera_timeout + self.settle_time + 0.4 * frames + 1.
         params['timeout'] = min(60., timeout)
         pos = self.motion.position()
-        tool = self._current_tool()
+        tool = self._current_tool(strict=False)
         result = self._call(gcmd, 'detect', params, timeout)
         self.last_detection = {
             'uv': [float(v) for v in result['center']],
@@ -1073,7 +1084,8 @@ class Ktamv:
         """The last detection if it was made here with this tool, or a new one."""
         det = self.last_detection
         pos = self.motion.position()
-        if (det is not None and det['tool'] == self._current_tool()
+        if (det is not None
+            and det['tool'] == self._current_tool(strict=False)
             and abs(det['position'][0] - pos[0]) < 1e-9
             and abs(det['position'][1] - pos[1]) < 1e-9):
             return det
@@ -1226,8 +1238,8 @@ class Ktamv:
     cmd_KTAMV_SET_ORIGIN_help = ("Remember the centred nozzle's position as "
                                  "the origin that offsets are measured from")
     def cmd_KTAMV_SET_ORIGIN(self, gcmd):
-        (x, y), corrected = self._corrected_position(gcmd)
         tool = self._current_tool()
+        (x, y), corrected = self._corrected_position(gcmd)
         # The reference tool's own G-code offset: other tools' offsets
         # are relative to it.
         self.origin = {'tool': tool, 'position': [x, y],

@@ -967,3 +967,18 @@ def test_ktamv_py_parses_as_python_3_7_and_uses_only_the_stdlib():
             imported.add(node.module.split(".")[0])
     assert imported <= set(sys.stdlib_module_names), \
         imported - set(sys.stdlib_module_names)
+
+
+def test_no_tool_selected_only_refuses_measurements():
+    extra, printer = make_ktamv()
+    printer.objects["toolchanger"] = StatusObject(
+        {"status": "uninitialized", "tool": None, "tool_number": -1})
+    # Detections and helper requests still carry a label...
+    assert extra._current_tool(strict=False) == "unknown"
+    assert extra._machine_state()["tool"] == "unknown"
+    # ...but an origin is refused before anything is detected.
+    extra.model = ktamv.CameraModel(MATRIX)
+    extra._detect = lambda *a, **k: pytest.fail("detected anyway")
+    with pytest.raises(CommandError, match="no selected tool"):
+        extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
+    assert extra.origin is None
