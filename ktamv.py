@@ -683,6 +683,9 @@ class KtamvMotion:
     def move_to(self, x, y, what="move"):
         """Move XY through the toolhead, backlash-proof, and wait for it."""
         self.check_running()
+        # Homing can be lost between a command's moves (motors switched
+        # off by a macro or a driver fault): say so before trying.
+        self.check_homed()
         points = [self.snap_xy(px, py)[:2]
                   for px, py in self.waypoints(x, y)]
         self.check_targets(points, what)

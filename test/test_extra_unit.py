@@ -982,3 +982,13 @@ def test_no_tool_selected_only_refuses_measurements():
     with pytest.raises(CommandError, match="no selected tool"):
         extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
     assert extra.origin is None
+
+
+def test_homing_lost_mid_command_refuses_the_next_move():
+    motion, toolhead, _ = motion_with(corexy_steppers())
+    motion.move_to(100.5, 100.5)
+    toolhead.homed = "z"  # e.g. motors switched off meanwhile
+    count = len(toolhead.moves)
+    with pytest.raises(CommandError, match="G28"):
+        motion.move_to(100.2, 100.2)
+    assert len(toolhead.moves) == count
