@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs .venv and .venv-klippy (test/setup.sh)")
 
 SIM_URL = ("sim://?seed=11&tools=3&offset_range=0.6&camera_x=150&camera_y=150"
-           "&backlash=0.05")
+           "&backlash=0.05&kinematics=corexy")
 MACROS = REPO / "examples" / "ktamv_macros.cfg"
 
 
