@@ -112,32 +112,34 @@ def test_macros_explain_missing_tools_and_homing(tmp_path):
     assert "home the printer (G28) first" in result.text
 
 
-def link_fake_toolchanger():
-    """Link test/fake_toolchanger.py into Klippy's extras as toolchanger.py."""
+def link_fake(module):
+    """Link test/fake_<module>.py into Klippy's extras as <module>.py."""
     import os
     from klippy_harness import klippy_extras_dir
-    source = (REPO / "test" / "fake_toolchanger.py").resolve()
-    link = klippy_extras_dir() / "toolchanger.py"
+    source = (REPO / "test" / ("fake_%s.py" % module)).resolve()
+    link = klippy_extras_dir() / ("%s.py" % module)
     if link.is_symlink() and os.readlink(link) == str(source):
         return
-    tmp = link.with_name("toolchanger.py.tmp%d" % os.getpid())
+    tmp = link.with_name("%s.py.tmp%d" % (module, os.getpid()))
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(source, tmp)
     os.replace(tmp, link)
 
 
-def test_toolchanger_macros_stage_tool_offsets(tmp_path):
+@pytest.mark.parametrize("tool_status", ["toolchanger.tool", None])
+def test_toolchanger_macros_stage_tool_offsets(tmp_path, tool_status):
     """KTAMV_ALIGN_TOOLCHANGER then KTAMV_SAVE_TOOLCHANGER_OFFSETS stage
-    gcode_x/y_offset = the reference tool's offset + the measured one."""
-    link_fake_toolchanger()
+    gcode_x/y_offset = the reference tool's offset + the measured one, with
+    kTAMV's own tool names (T1) or those of tool_status (tool T1)."""
+    link_fake("toolchanger")
     reference = (0.1, -0.2)
     config = printer_config("""
 [ktamv]
 nozzle_cam_url: %s
 helper_python: %s
 camera_position: 150, 150
-tool_status: toolchanger.tool
+%s
 
 [toolchanger]
 tool_count: 3
@@ -148,8 +150,9 @@ reference_offset: %f, %f
 [gcode_macro _PRINT_PENDING]
 gcode:
     {action_respond_info("PENDING " ~ (printer.configfile.save_config_pending_items|tojson))}
-""" % (SIM_URL, HELPER_PYTHON, reference[0], reference[1],
-       REPO / "examples" / "toolchanger_macros.cfg"))
+""" % (SIM_URL, HELPER_PYTHON,
+       "tool_status: %s" % tool_status if tool_status else "",
+       reference[0], reference[1], REPO / "examples" / "toolchanger_macros.cfg"))
     gcode = "G28\nKTAMV_ALIGN_TOOLCHANGER\nKTAMV_SAVE_TOOLCHANGER_OFFSETS\n_PRINT_PENDING\n"
     result = run_klippy(tmp_path / "run", config, gcode, timeout=300)
     assert result.returncode == 0, result.tail()
@@ -187,3 +190,42 @@ helper_python: %s
                         timeout=120)
     assert result.returncode != 0
     assert "home the printer (G28) first" in result.text
+
+
+def test_idex_offsets_are_keyed_by_carriage(tmp_path):
+    """On IDEX kTAMV names the nozzle after the PRIMARY carriage; the macros
+    store and apply the offsets under the same names (dual_carriage is a
+    stand-in: the sim printer has no IDEX kinematics)."""
+    link_fake("dual_carriage")
+    macros = "".join("""
+[gcode_macro T%d]
+gcode:
+    SET_DUAL_CARRIAGE CARRIAGE=%d
+    _KTAMV_APPLY_TOOL_OFFSET
+""" % (n, n) for n in (0, 1))
+    config = printer_config("""
+[ktamv]
+nozzle_cam_url: %s
+helper_python: %s
+camera_position: 150, 150
+
+[dual_carriage]
+
+[save_variables]
+filename: %s
+
+[include %s]
+%s
+""" % (SIM_URL, HELPER_PYTHON, tmp_path / "variables.cfg", MACROS, macros))
+    gcode = "G28\nKTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\nT1\nGET_POSITION\n"
+    result = run_klippy(tmp_path / "run", config, gcode, timeout=300)
+    assert result.returncode == 0, result.tail()
+    saved = saved_variables(tmp_path / "variables.cfg")
+    assert saved["ktamv_offset_carriage_0"] == [0.0, 0.0]
+    expected = truth_offsets()
+    expected = expected["1"] if isinstance(expected, dict) else expected[1]
+    stored = saved["ktamv_offset_carriage_1"]
+    assert abs(stored[0] - expected[0]) < 0.005 and abs(stored[1] - expected[1]) < 0.005
+    status = [line for line in result.lines if "gcode homing:" in line]
+    x, y = [float(v.split(":")[1]) for v in status[-1].split("gcode homing:")[1].split()[:2]]
+    assert abs(x - stored[0]) < 1e-3 and abs(y - stored[1]) < 1e-3
