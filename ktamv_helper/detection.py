@@ -11,10 +11,13 @@ around a dark round hole (the bore). The detector looks for exactly that:
    read along rays at full resolution. A bore has, on most rays, a dark
    inside, a clear rise to a bright collar and a fall beyond the collar
    (a hole in a flat plate has none); the rise must stand well above the
-   frame's noise.
+   frame's noise, and most of the inside must be dark (a glint on the
+   filament may light a little of it).
 3. **Refinement**: on each ray the edge is placed where the profile crosses
-   half-way between bore and collar (sub-pixel; where the collar is clipped
-   at white, at the steepest point of the rise instead). A circle is fitted
+   half-way between bore and the face's typical level (sub-pixel; of
+   several crossings, the one nearest the expected radius, so a glint in
+   the bore is passed over; where the collar is clipped at white, at the
+   steepest point of the rise instead). A circle is fitted
    to the edge points with RANSAC and refined by geometric least squares
    (``skimage.measure.CircleModel``), so rays spoilt by dirt, ooze or a
    glint drop out; an ellipse (``cv2.fitEllipse``) replaces it when the
@@ -50,6 +53,8 @@ MIN_RAY_SNR = 4.0
 MIN_RISE_LEVELS = 12.0
 # Fraction of rays that must show the edge (dirt may hide the rest).
 MIN_COMPLETENESS = 0.75
+# Fraction of the bore's inside that must be darker than the edge level.
+MIN_DARK_FRACTION = 0.75
 # Rays are read out to this many bore radii (wide tip faces of small
 # nozzles reach ~4 radii).
 RAY_LENGTH = 5.0
@@ -301,21 +306,31 @@ def _outside(map_x, map_y, width, height):
     return (map_x < -0.5) | (map_x > width - 0.5) | (map_y < -0.5) | (map_y > height - 0.5)
 
 
-def _first_rise(profiles, radii, thresholds, start):
-    """Sub-sample radius where each profile first rises through its threshold.
+def _rise_nearest(profiles, radii, thresholds, start, expected):
+    """Sub-sample radius where each profile rises through its threshold.
 
-    Returns NaN for rays without a crossing after index ``start``.
+    Of all upward crossings after index ``start``, the one nearest the
+    ``expected`` radius is taken: a glint on the filament inside the bore
+    rises through the threshold too, but nearer the centre. Returns NaN for
+    rays without a crossing.
     """
-    above = profiles[:, start:] >= thresholds[:, None]
-    has = above.any(axis=1)
-    k = np.argmax(above, axis=1) + start
-    k = np.where(has & (k > start), k, start + 1)
-    rows = np.arange(len(profiles))
-    p0, p1 = profiles[rows, k - 1], profiles[rows, k]
-    frac = np.clip((thresholds - p0) / np.where(p1 - p0 == 0, 1, p1 - p0), 0, 1)
-    edge = radii[k - 1] + frac * (radii[k] - radii[k - 1])
-    ok = has & (np.argmax(above, axis=1) > 0)
-    return np.where(ok, edge, np.nan)
+    above = profiles >= thresholds[:, None]
+    up = np.zeros(profiles.shape, bool)
+    up[:, start + 1:] = above[:, start + 1:] & ~above[:, start:-1]
+    rays, ks = np.nonzero(up)
+    edge = np.full(len(profiles), np.nan)
+    if rays.size == 0:
+        return edge
+    p0, p1 = profiles[rays, ks - 1], profiles[rays, ks]
+    frac = np.clip((thresholds[rays] - p0) / np.where(p1 - p0 == 0, 1, p1 - p0), 0, 1)
+    crossing = radii[ks - 1] + frac * (radii[ks] - radii[ks - 1])
+    # Nearest crossing per ray: sort by (ray, distance), keep each ray's first.
+    order = np.lexsort((np.abs(crossing - expected), rays))
+    rays, crossing = rays[order], crossing[order]
+    first = np.ones(len(rays), bool)
+    first[1:] = rays[1:] != rays[:-1]
+    edge[rays[first]] = crossing[first]
+    return edge
 
 
 def _steepest_rise(profiles, radii, near, step):
@@ -492,10 +507,17 @@ def measure_bore(gray, noise, center, radius, quick=False):
     rows = np.arange(n_rays)
     collar = prof[rows, peak_idx]
     rise = collar - bore
-    thresholds = bore + 0.5 * rise
+    # The half-way level uses the face's typical brightness on the ray, not
+    # its peak: reflected LEDs put bright spikes on the face, and a
+    # threshold following them would move the edge between the inner and
+    # outer rim of a chamfered bore from ray to ray.
+    bright = band > bore + 0.5 * rise[:, None]
+    ordered = np.sort(np.where(bright, band, np.inf), axis=1)
+    face = ordered[rows, np.maximum(bright.sum(axis=1) - 1, 0) // 2]   # median
+    thresholds = bore + 0.5 * (np.where(np.isfinite(face), face, collar) - bore)
     start = max(1, int(np.searchsorted(radii, 0.3 * radius)))
     stop = max(int(peak_idx.max()) + 1, start + 2)
-    edge = _first_rise(prof[:, :stop], radii, thresholds, start)
+    edge = _rise_nearest(prof[:, :stop], radii, thresholds, start, radius)
     # Where the collar is clipped at white its true level is unknown, and the
     # half-way crossing would move with it; the steepest point of the rise
     # does not (clipping only flattens the top).
@@ -520,6 +542,14 @@ def measure_bore(gray, noise, center, radius, quick=False):
         return None
     closure = float(closed[good].sum() / known[good].sum())
     if closure < MIN_CLOSURE:
+        return None
+    # The bore is a dark disc: most of its inside lies below the edge level
+    # (a glint on the filament may light up to a quarter of it). A dark
+    # outline around brighter texture (text, foliage) is not a bore.
+    inside = prof[:, radii <= 0.8 * radius]
+    seen = np.isfinite(inside)
+    if not seen.any() or \
+            np.mean((inside < thresholds[:, None])[seen]) < MIN_DARK_FRACTION:
         return None
     pts = np.column_stack([center[0] + np.cos(angles) * edge,
                            center[1] + np.sin(angles) * edge])[good]
