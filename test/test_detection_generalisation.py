@@ -1,0 +1,123 @@
+"""The detector on pictures it was not developed on.
+
+Two sources the detector's own renderer never produced: real photographs
+without a nozzle (bundled with scikit-image), and the independent
+photo-like generator ``test/photolike.py`` (ring-light reflections, chamfer,
+glints, ooze, Bayer sensor, sharpening, JPEG). The full measurement is
+``python test/bench_generalisation.py``; these are its seeded essentials.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import photolike
+import real_photos
+from ktamv_helper.detection import detect_nozzle
+
+# Nozzle frames use the detector's (and the helper's) default radius range,
+# 4-120 px. Photos without a nozzle use the issue's 6-80 px: at 4-120 two
+# textures of radius ~5 px still pass (see docs/benchmarks.md).
+MIN_RADIUS, MAX_RADIUS = 6.0, 80.0
+
+
+def _error(found, truth):
+    return math.hypot(found.center[0] - truth[0], found.center[1] - truth[1])
+
+
+@pytest.mark.parametrize("name", real_photos.PHOTOS)
+def test_real_photos_without_a_nozzle_give_none(name):
+    image = real_photos.load(name)
+    if image is None:
+        pytest.skip("%s needs a download" % name)
+    frames = [image] + [real_photos.fill_frame(image, size) for size in real_photos.CAMERA_SIZES]
+    found = [detect_nozzle(frame, MIN_RADIUS, MAX_RADIUS) for frame in frames]
+    assert found == [None] * len(frames)
+
+
+def test_enough_real_photos_load_offline():
+    # coins (bright discs), hubble (round blobs) and gravel (dark holes) are
+    # the hard ones; they must really be part of the test.
+    loaded = [name for name in real_photos.PHOTOS if real_photos.load(name) is not None]
+    assert {"coins", "hubble_deep_field", "gravel", "moon"} <= set(loaded)
+    assert len(loaded) >= 15
+
+
+@pytest.mark.parametrize("size, radius, tilt", [
+    ((320, 240), 6.5, 0.0),
+    ((640, 480), 23.0, 12.0),
+    ((1280, 720), 50.0, 0.0),
+    ((1920, 1080), 78.0, 18.0),
+])
+def test_clean_photolike_nozzle_found_to_a_few_hundredths(size, radius, tilt):
+    # No sensor noise or JPEG: checks the generator's ground truth (tilted
+    # ellipses, chamfer, LED reflections) as much as the detector.
+    scene = photolike.Scene(size=size, center=(size[0] * 0.43 + 0.37, size[1] * 0.55 - 0.21),
+                            bore_radius=radius, tilt_deg=tilt, tilt_dir=0.7,
+                            shot_noise=0.0, read_noise=0.0, defocus=1.0, scratches=0,
+                            burnt=0, seed=3)
+    image, truth = photolike.render(scene)
+    found = detect_nozzle(image)
+    assert found is not None
+    assert _error(found, truth) < 0.06
+    # The bore or its chamfered rim, not the tip face: the half-way edge of a
+    # gamma-encoded, blurred step lies a little inside the true one.
+    assert 0.9 * radius < found.radius < radius * (1 + scene.chamfer) + 0.5
+
+
+@pytest.mark.parametrize("condition", [
+    dict(glint=True), dict(ooze=True), dict(chamfer=0.18, led_count=16, led_gain=3.0),
+    dict(exposure=1.8), dict(exposure=0.3, read_noise=0.012), dict(jpeg_quality=30),
+    dict(metal="ruby", backdrop="red_sock"), dict(metal="black_coated", backdrop="white_sock"),
+    dict(tilt_deg=18, tilt_dir=1.0), dict(defocus=3.0),
+])
+def test_hard_conditions_one_at_a_time(condition):
+    # Each on five otherwise ordinary scenes (8 LEDs, a thin chamfer, two
+    # scratches, a burnt patch), bore radius 10-34 px. Measured: at most one
+    # miss (ooze, strong chamfer with 16 bright LEDs, 3 px defocus) and
+    # errors up to 0.36 px.
+    errors = []
+    for seed in range(5):
+        scene = photolike.Scene(size=(640, 480), center=(300.3 + 20 * seed, 250.6),
+                                bore_radius=10.0 + 6 * seed, seed=seed, **condition)
+        image, truth = photolike.render(scene)
+        found = detect_nozzle(image)
+        if found is not None:
+            errors.append(_error(found, truth))
+    assert len(errors) >= 4, (condition, errors)
+    assert max(errors) < 0.4, (condition, errors)
+
+
+def test_seeded_photolike_set_detection_rate_and_accuracy():
+    rng = np.random.default_rng(20261125)
+    sizes = [(320, 240), (640, 480), (640, 480), (1280, 720)]
+    errors, missed, wrong = [], 0, 0
+    for i in range(48):
+        image, truth, _ = photolike.random_frame(rng, sizes[i % len(sizes)])
+        found = detect_nozzle(image)
+        if found is None:
+            missed += 1
+        elif _error(found, truth) > 2.0:
+            wrong += 1
+        else:
+            errors.append(_error(found, truth))
+    # Measured on this seed: 44 found, 3 missed (glints in the bore with a
+    # chamfer or clipped face), 1 wrong: the tiny nozzle was missed and a
+    # screw hole with a lighter rim in the heater block was taken instead.
+    assert wrong <= 1
+    assert missed <= 4          # >= 90 % found
+    assert np.median(errors) < 0.1
+    assert np.percentile(errors, 95) < 0.4
+    assert max(errors) < 1.0
+
+
+def test_photolike_frames_without_a_nozzle_give_none():
+    # Heater block or sock, screw holes with a lighter chamfer, vignetting.
+    # Known weakness: a screw hole whose rim is a little lighter than a
+    # textured, vignetted plate can pass as a bore (1 of these 24 frames).
+    rng = np.random.default_rng(7)
+    sizes = [(320, 240), (640, 480), (1280, 720)]
+    found = [detect_nozzle(photolike.random_frame(rng, sizes[i % 3], nozzle=False)[0])
+             for i in range(24)]
+    assert sum(f is not None for f in found) <= 1
