@@ -558,18 +558,24 @@ def test_klippy_starts_and_stops_the_live_preview(tmp_path):
             % (url, url, url) in reply.text
         reply = klippy.send("KTAMV_START_PREVIEW")
         assert reply.error is None and url + "stream" in reply.text
-        status, _, body = get(url + "snapshot")
-        image = decode(body)
-        assert status == 200 and image.shape == (480, 640, 3)
-        assert yellow_fraction(image, 319) > 0.5
         # Tool 0 sits over the camera: a detection ring (green on target,
-        # orange off it) around the image centre.
-        ring = (np.all(np.abs(image.astype(int) - an.DETECTION_COLOR) < 70, axis=2)
-                | np.all(np.abs(image.astype(int) - an.OFF_TARGET_COLOR) < 70,
-                         axis=2))
-        ys, xs = np.nonzero(ring[100:380, 180:460])
-        assert len(xs) > 50
-        assert abs(np.median(xs) + 180 - 319.5) < 15
+        # orange off it) around the image centre. The first snapshot may
+        # still be the KTAMV_TEST frame, drawn before the live view's first
+        # detection, so look at snapshots for a few seconds.
+        def ring_pixels():
+            status, _, body = get(url + "snapshot")
+            image = decode(body)
+            assert status == 200 and image.shape == (480, 640, 3)
+            assert yellow_fraction(image, 319) > 0.5
+            ring = (np.all(np.abs(image.astype(int) - an.DETECTION_COLOR) < 70,
+                           axis=2)
+                    | np.all(np.abs(image.astype(int) - an.OFF_TARGET_COLOR)
+                             < 70, axis=2))
+            ys, xs = np.nonzero(ring[100:380, 180:460])
+            seen.append(len(xs))
+            return len(xs) > 50 and abs(np.median(xs) + 180 - 319.5) < 15
+        seen = []
+        assert wait_for(ring_pixels, timeout=10), seen
         reply = klippy.send("KTAMV_STOP_PREVIEW")
         assert reply.error is None
         # The server keeps serving the last frame.
