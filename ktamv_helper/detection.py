@@ -10,7 +10,8 @@ around a dark round hole (the bore). The detector looks for exactly that:
 2. **Verification**: from each candidate's centre, grey-level profiles are
    read along rays at full resolution. A bore has, on most rays, a dark
    inside, a clear rise to a bright collar and a fall beyond the collar
-   (a hole in a flat plate has none); the rise must stand well above the
+   that stays down where the tip face ends (a hole in a flat plate has
+   none; texture and vignetting only dip); the rise must stand well above the
    frame's noise, and most of the inside must be dark (a glint on the
    filament may light a little of it).
 3. **Refinement**: on each ray the edge is placed where the profile crosses
@@ -61,8 +62,10 @@ RAY_LENGTH = 5.0
 # Beyond the collar the brightness must fall by this fraction of the
 # bore-to-collar rise (a hole in a flat plate has no collar) ...
 RING_DROP = 0.35
-# ... on at least this fraction of the rays that show the edge.
+# ... on at least this fraction of the rays that show the edge, and stay
+# down over at least this fraction of the ray beyond the fall.
 MIN_CLOSURE = 0.75
+MIN_STAYS_DOWN = 0.5
 # An ellipse replaces the circle when it fits more edge points or leaves
 # residuals this much smaller; it is seeded from the points within
 # ELLIPSE_SEED radii of a loose circle, and may be at most this flat.
@@ -473,7 +476,8 @@ def measure_bore(gray, noise, center, radius, quick=False):
         ``center``, ``radius``, ``completeness`` (fraction of rays whose edge
         fits the circle), ``snr`` (median bore-to-collar rise over noise),
         ``closure`` (fraction of those rays on which the brightness falls
-        again beyond the collar: a collar is a ring, not a plate) and ``rms``
+        again beyond the collar and stays down over at least half the rest
+        of the ray: a collar is a ring, not a plate) and ``rms``
         (edge residual, px), ``clipped`` (fraction of those rays whose collar
         is clipped at white) and ``axis_ratio`` (1 for a circle, less when an
         ellipse fitted better); None when the candidate has no usable edge.
@@ -533,9 +537,17 @@ def measure_bore(gray, noise, center, radius, quick=False):
     drop_level = (collar - RING_DROP * rise)[:, None]
     # Two samples in a row, so pixel noise alone does not fake a fall.
     below = far < drop_level
-    below[:, :-1] &= below[:, 1:]
-    below[:, -1] = False
-    closed = np.any(beyond & below, axis=1)
+    fell = below.copy()
+    fell[:, :-1] &= below[:, 1:]
+    fell[:, -1] = False
+    fell &= beyond
+    # The tip face ends at an edge, beyond which lies the darker cone or the
+    # background: the fall is a step that stays down. A dip in a textured or
+    # unevenly lit plate around a screw hole comes back up.
+    after = np.cumsum(fell, axis=1) > 0
+    seen_after = after & np.isfinite(far)
+    stays = (below & seen_after).sum(axis=1) >= MIN_STAYS_DOWN * seen_after.sum(axis=1)
+    closed = np.any(fell, axis=1) & stays
     # A ray that leaves the frame before it could drop tells nothing.
     known = closed | np.isfinite(far[:, -1])
     if known[good].sum() < 0.25 * good.sum():
