@@ -1,52 +1,31 @@
-"""Find the nozzle bore in one camera frame, to a fraction of a pixel.
+"""Measure a bore's edge along rays and fit a circle to it, sub-pixel.
 
-Seen from below, a nozzle's tip is a bright polished annulus (the collar)
-around a dark round hole (the bore). The detector looks for exactly that:
+From a candidate centre, grey-level profiles are read along rays at full
+resolution. A bore has, on most rays, a dark inside, a clear rise to a
+bright face and a fall beyond the face that stays down where the tip face
+ends (a hole in a flat plate has none; texture and vignetting only dip); the
+rise must stand well above the frame's noise, and most of the inside must be
+dark (a glint on the filament may light a little of it).
 
-1. **Candidates**: the frame, downscaled, is thresholded at several grey
-   levels; the outer contours of dark islands that are round and compact
-   are kept (the collar encloses the bore, so at any level between the two
-   the bore is an island of its own). Big frames are searched coarse first.
-2. **Verification**: from each candidate's centre, grey-level profiles are
-   read along rays at full resolution. A bore has, on most rays, a dark
-   inside, a clear rise to a bright collar and a fall beyond the collar
-   that stays down where the tip face ends (a hole in a flat plate has
-   none; texture and vignetting only dip); the rise must stand well above the
-   frame's noise, and most of the inside must be dark (a glint on the
-   filament may light a little of it).
-3. **Refinement**: on each ray the edge is placed where the profile crosses
-   half-way between bore and the face's typical level (sub-pixel; of
-   several crossings, the one nearest the expected radius, so a glint in
-   the bore is passed over; where the collar is clipped at white, at the
-   steepest point of the rise instead). A circle is fitted
-   to the edge points with RANSAC and refined by geometric least squares
-   (``skimage.measure.CircleModel``), so rays spoilt by dirt, ooze or a
-   glint drop out; an ellipse (``cv2.fitEllipse``) replaces it when the
-   bore is seen at an angle. Rays are cast again from the fitted centre
-   and the fit repeated.
-
-A frame without such a structure returns None: the detector never guesses.
+On each ray the edge is placed where the profile crosses half-way between
+bore and the face's typical level (sub-pixel; of several crossings, the one
+nearest the expected radius, so a glint in the bore is passed over; where
+the face is clipped at white, at the steepest point of the rise instead). A
+circle is fitted to the edge points with RANSAC, refined by geometric least
+squares (``skimage.measure.CircleModel``) and finally with a soft loss
+(``scipy.optimize.least_squares``), so rays spoilt by dirt, ooze or a glint
+drop out without the centre jumping; an ellipse (``cv2.fitEllipse``)
+replaces it when the bore is seen at an angle.
 """
 
-import dataclasses
 import math
 
 import cv2
 import numpy as np
+from scipy.ndimage import median_filter
+from scipy.optimize import least_squares
 from skimage.measure import CircleModel
 
-# Noise is estimated on a central window of at most this size (px).
-NOISE_WINDOW = (640, 480)
-# Longest side of the copy searched for candidates (px). Verification and
-# refinement always run on the full frame.
-CANDIDATE_LONG_SIDE = 320
-# Candidates are found down to this bore radius in the search copy (px).
-MIN_SEARCH_RADIUS = 2.0
-# Threshold levels, as fractions of the frame's dark..bright range: closer
-# together at the dark end, where bores are.
-THRESHOLD_FRACTIONS = np.linspace(0.2, 0.85, 10) ** 2
-# Most candidates verified per frame, the most persistent first.
-MAX_CANDIDATES = 12
 # A ray counts when the bore-to-collar rise is this many times the noise ...
 MIN_RAY_SNR = 4.0
 # ... and at least this many grey levels (JPEG smooths noise away, so the
@@ -82,191 +61,6 @@ CLIPPED_PENALTY = 0.3
 SAMPLE_SMOOTHING = 0.8
 # Rays cast at a candidate's first look.
 QUICK_RAYS = 32
-# Smallest accepted score.
-MIN_SCORE = 0.5
-# A candidate scoring this high ends the search.
-EARLY_ACCEPT = 0.95
-
-
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    """A detected nozzle bore.
-
-    Attributes
-    ----------
-    center : (float, float)
-        Bore centre ``(u, v)`` in the frame's pixels, OpenCV convention (the
-        centre of pixel (0, 0) is (0.0, 0.0)).
-    radius : float
-        Bore radius, px.
-    score : float
-        Confidence between 0 and 1.
-    """
-
-    center: tuple
-    radius: float
-    score: float
-
-
-def to_gray(image):
-    """The grey levels of a BGR or grey uint8 image.
-
-    Parameters
-    ----------
-    image : ndarray of uint8, shape (H, W), (H, W, 1) or (H, W, 3)
-
-    Returns
-    -------
-    ndarray of uint8, shape (H, W)
-
-    Raises
-    ------
-    ValueError
-        For other shapes or pixel types.
-    """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 3:
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        gray = image[:, :, 0]
-    elif image.ndim == 2:
-        gray = image
-    else:
-        raise ValueError(f"expected a BGR or grey image, got shape {image.shape}")
-    if gray.dtype != np.uint8:
-        raise ValueError(f"expected 8-bit pixels, got {gray.dtype}")
-    return gray
-
-
-def estimate_noise(gray):
-    """Standard deviation of the pixel noise, grey levels.
-
-    Immerkær's estimator (1996): the mean absolute response to a 3x3 mask
-    that cancels constant and linear shading. Edges add to it a little, which
-    only makes the detector's thresholds more cautious.
-
-    Parameters
-    ----------
-    gray : ndarray of uint8, shape (H, W)
-
-    Returns
-    -------
-    float
-        At least 0.5 (8-bit quantisation).
-    """
-    if min(gray.shape) < 3:
-        return 0.5
-    # A central window is plenty and keeps big frames cheap.
-    height, width = gray.shape
-    y0, x0 = max(0, (height - NOISE_WINDOW[1]) // 2), max(0, (width - NOISE_WINDOW[0]) // 2)
-    gray = gray[y0:y0 + NOISE_WINDOW[1], x0:x0 + NOISE_WINDOW[0]]
-    response = cv2.filter2D(gray.astype(np.float32), -1, _NOISE_MASK,
-                            borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
-    sigma = math.sqrt(math.pi / 2.0) * float(cv2.mean(np.abs(response))[0]) / 6.0
-    return max(0.5, sigma)
-
-
-_NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-
-
-def search_scales(shape, min_radius):
-    """Scales of the candidate search copies, coarse first.
-
-    The coarsest copy has a long side of ``CANDIDATE_LONG_SIDE`` px; each
-    next one is twice as fine, down to where a bore of ``min_radius`` still
-    measures ``MIN_SEARCH_RADIUS`` px. A finer copy is searched only when
-    the coarser ones found nothing (small bores in big frames).
-    """
-    scale = min(1.0, CANDIDATE_LONG_SIDE / max(shape))
-    finest = min(1.0, max(scale, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
-    scales = [scale]
-    while scales[-1] * 1.25 < finest:
-        scales.append(min(2.0 * scales[-1], finest))
-    return scales
-
-
-def find_candidates(gray, min_radius, max_radius, scale=None):
-    """Dark, round, compact regions that may be a bore.
-
-    The frame is thresholded at several grey levels spread over its range
-    (closer together at the dark end, where bores are); the collar encloses
-    the bore, so at any level between the two the bore is an island of its
-    own. Islands of the right size that are round and compact are kept. The
-    search runs on a downscaled copy (see :func:`search_scales`).
-
-    Parameters
-    ----------
-    gray : ndarray of uint8, shape (H, W)
-    min_radius, max_radius : float
-        Bore radius range in full-frame pixels.
-    scale : float, optional
-        Scale of the searched copy; by default the finest of
-        :func:`search_scales`.
-
-    Returns
-    -------
-    list of (u, v, r, persistence)
-        Centre and equivalent radius in full-frame pixels, and at how many
-        levels the island was found, most persistent first.
-    """
-    height, width = gray.shape
-    if scale is None:
-        scale = search_scales(gray.shape, min_radius)[-1]
-    if scale < 1.0:
-        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
-    else:
-        small = gray
-    sh, sw = small.shape
-    sx, sy = width / sw, height / sh
-    hist = np.cumsum(cv2.calcHist([small], [0], None, [256], [0, 256]).ravel())
-    lo = float(np.searchsorted(hist, 0.01 * hist[-1]))
-    hi = float(np.searchsorted(hist, 0.9995 * hist[-1]))
-    if hi - lo < MIN_RISE_LEVELS:
-        return []
-    r_lo = max(min_radius / sx * 0.6, 1.0)
-    r_hi = max_radius / sx * 1.3
-    area_lo, area_hi = math.pi * r_lo * r_lo, math.pi * r_hi * r_hi
-    p_lo, p_hi = 2 * math.pi * r_lo, 2 * math.pi * r_hi * 1.3
-    found = []
-    for fraction in THRESHOLD_FRACTIONS:
-        _, mask = cv2.threshold(small, lo + fraction * (hi - lo), 255, cv2.THRESH_BINARY_INV)
-        # Outer boundaries of the dark islands are the top level of RETR_CCOMP.
-        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-        if hierarchy is None:
-            continue
-        for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
-            if parent != -1 or not p_lo <= len(contour) <= p_hi:
-                continue
-            x, y, w, h = cv2.boundingRect(contour)
-            if x <= 0 or y <= 0 or x + w >= sw or y + h >= sh:
-                continue        # cut by the frame edge: the centre would be wrong
-            if max(w, h) > 1.6 * min(w, h) + 1:
-                continue        # elongated
-            m = cv2.moments(contour)
-            # Pixel count of the island: polygon through the boundary pixel
-            # centres plus the half pixel around it.
-            area = m["m00"] + 0.5 * len(contour) + 1.0
-            if not (area_lo <= area <= area_hi and 0.55 * w * h <= area <= 0.98 * w * h + 2):
-                continue        # not round and compact (a disc fills pi/4 of its box)
-            if m["m00"] > 0:
-                cu, cv_ = m["m10"] / m["m00"], m["m01"] / m["m00"]
-            else:
-                cu, cv_ = x + 0.5 * (w - 1), y + 0.5 * (h - 1)
-            found.append(((cu + 0.5) * sx - 0.5, (cv_ + 0.5) * sy - 0.5,
-                          math.sqrt(area / math.pi) * sx))
-    # Merge the same island seen at several levels.
-    merged = []
-    for u, v, r in sorted(found, key=lambda c: -c[2]):
-        for m in merged:
-            if math.hypot(u - m[0], v - m[1]) < 0.5 * max(r, m[2]) + sx and \
-                    0.5 < r / m[2] < 2.0:
-                m[3] += 1
-                break
-        else:
-            merged.append([u, v, r, 1])
-    merged.sort(key=lambda m: -m[3])
-    return [tuple(m) for m in merged[:MAX_CANDIDATES]]
 
 
 def _ray_profiles(gray, center, radii, angles, smooth=True):
@@ -450,10 +244,39 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
         inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
     if inliers.sum() < 6:
         return None
+    centre, radius = _smooth_refine(p, centre, radius, inliers, tolerance)
+    residuals = np.abs(np.hypot(*(p - centre).T) - radius)
+    inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
+    if inliers.sum() < 6:
+        return None
     return centre + origin, radius, inliers
 
 
-def measure_bore(gray, noise, center, radius, quick=False):
+def _smooth_refine(points, centre, radius, inliers, tolerance):
+    """Final geometric fit with a soft (Cauchy) loss over the near points.
+
+    A hard inlier set makes the centre jump when one edge point crosses its
+    cut-off; with a smooth loss each point's weight fades as its residual
+    grows, so the centre moves continuously with the image.
+    """
+    near = np.abs(np.hypot(*(points - centre).T) - radius) <= 3.0 * tolerance
+    if near.sum() < 6:
+        return centre, radius
+    pts = points[near]
+    scale = max(MIN_TOLERANCE, 1.4826 * float(np.median(
+        np.abs(np.hypot(*(points[inliers] - centre).T) - radius))))
+
+    def residual(params):
+        return np.hypot(pts[:, 0] - params[0], pts[:, 1] - params[1]) - params[2]
+
+    fit = least_squares(residual, [centre[0], centre[1], radius], loss="cauchy",
+                        f_scale=scale, method="trf", x_scale="jac", max_nfev=50)
+    if not fit.success or not np.all(np.isfinite(fit.x)) or fit.x[2] <= 0:
+        return centre, radius
+    return np.asarray(fit.x[:2]), float(fit.x[2])
+
+
+def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     """Verify a candidate bore and measure its edge.
 
     Parameters
@@ -469,6 +292,10 @@ def measure_bore(gray, noise, center, radius, quick=False):
     quick : bool
         A first look: ``QUICK_RAYS`` rays, coarser steps and no smoothing.
         By default about one ray per 1.5 px of circumference (48-144).
+    closed_hint : bool
+        The ring structure (:mod:`.rings`) already showed the tip face to be
+        a closed ring; used where the rays leave the frame before the face
+        ends (a bore filling much of the frame).
 
     Returns
     -------
@@ -518,7 +345,13 @@ def measure_bore(gray, noise, center, radius, quick=False):
     bright = band > bore + 0.5 * rise[:, None]
     ordered = np.sort(np.where(bright, band, np.inf), axis=1)
     face = ordered[rows, np.maximum(bright.sum(axis=1) - 1, 0) // 2]   # median
-    thresholds = bore + 0.5 * (np.where(np.isfinite(face), face, collar) - bore)
+    face = np.where(np.isfinite(face), face, collar)
+    if not quick and n_rays >= 16:
+        # Neighbouring rays see nearly the same face; a circular median over
+        # five of them keeps one ray's glint from moving its edge between the
+        # two rims of a chamfer, so the centre does not jump with it.
+        face = median_filter(face, size=5, mode="wrap")
+    thresholds = bore + 0.5 * (face - bore)
     start = max(1, int(np.searchsorted(radii, 0.3 * radius)))
     stop = max(int(peak_idx.max()) + 1, start + 2)
     edge = _rise_nearest(prof[:, :stop], radii, thresholds, start, radius)
@@ -530,7 +363,11 @@ def measure_bore(gray, noise, center, radius, quick=False):
         edge[clipped] = _steepest_rise(prof[clipped, :stop], radii, edge[clipped], step)
     min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
-    if good.sum() < max(6, MIN_COMPLETENESS * n_rays):
+    # Rays whose edge lies outside the frame tell nothing; at least half the
+    # circle must be in view, and most of what is in view must show the edge.
+    in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.2 * radius), len(radii) - 1)])
+    n_view = int(in_view.sum())
+    if n_view < 0.5 * n_rays or good.sum() < max(6, MIN_COMPLETENESS * n_view):
         return None
     # Beyond the collar the light must drop well below the collar's level.
     beyond = far_radii[None, :] > radii[peak_idx][:, None] + coarse_step
@@ -551,8 +388,11 @@ def measure_bore(gray, noise, center, radius, quick=False):
     # A ray that leaves the frame before it could drop tells nothing.
     known = closed | np.isfinite(far[:, -1])
     if known[good].sum() < 0.25 * good.sum():
-        return None
-    closure = float(closed[good].sum() / known[good].sum())
+        if not closed_hint:
+            return None
+        closure = 1.0
+    else:
+        closure = float(closed[good].sum() / known[good].sum())
     if closure < MIN_CLOSURE:
         return None
     # The bore is a dark disc: most of its inside lies below the edge level
@@ -591,7 +431,8 @@ def measure_bore(gray, noise, center, radius, quick=False):
         "center": (float(c[0]), float(c[1])),
         "radius": r,
         "axis_ratio": axis_ratio,
-        "completeness": len(used) / n_rays,
+        "completeness": len(used) / n_view,
+        "in_view": n_view / n_rays,
         "snr": float(np.median(rise[used]) / noise),
         "closure": closure,
         "clipped": float(np.mean(collar[used] >= CLIPPED_LEVEL)),
@@ -645,7 +486,7 @@ def fit_ellipse_robust(points, tolerance, radius):
     return np.array([cx, cy]), (a, b), angle, inliers, dist[inliers]
 
 
-def _score(m):
+def score_measurement(m):
     """Confidence 0..1 from a bore measurement."""
     snr_term = 1.0 - math.exp(-m["snr"] / 12.0)
     closure_term = m["closure"]
@@ -655,50 +496,3 @@ def _score(m):
     clipped_term = 1.0 - CLIPPED_PENALTY * m["clipped"]
     return (m["completeness"] * snr_term * (0.5 + 0.5 * closure_term)
             * (0.5 + 0.5 * fit_term) * clipped_term)
-
-
-def detect_nozzle(image, min_radius=4.0, max_radius=120.0):
-    """Find the nozzle bore centre in one frame.
-
-    Parameters
-    ----------
-    image : ndarray of uint8, shape (H, W, 3) or (H, W)
-        BGR or grey frame.
-    min_radius, max_radius : float
-        Range of bore radii searched, px.
-
-    Returns
-    -------
-    Detection or None
-        None when no candidate looks like a bore inside a bright collar.
-    """
-    gray = to_gray(image)
-    if gray.size == 0 or min(gray.shape) < 8:
-        return None
-    noise = estimate_noise(gray)
-    best = None
-    for scale in search_scales(gray.shape, min_radius):
-        for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale):
-            m = measure_bore(gray, noise, (u, v), r, quick=True)
-            if m is None:
-                continue
-            # Cast the rays again from the fitted centre: radial rays cross
-            # the edge squarely and the radius estimate is now right.
-            m = measure_bore(gray, noise, m["center"], m["radius"])
-            if m is None or not min_radius <= m["radius"] <= max_radius:
-                continue
-            if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
-                continue
-            if m["rms"] > max(0.5, 0.06 * m["radius"]):
-                continue
-            score = _score(m)
-            if score >= MIN_SCORE and (best is None or score > best[0]):
-                best = (score, m)
-            if score >= EARLY_ACCEPT:
-                break       # as good as it gets; later candidates are less stable
-        if best is not None:
-            break
-    if best is None:
-        return None
-    score, m = best
-    return Detection(center=m["center"], radius=m["radius"], score=round(score, 4))

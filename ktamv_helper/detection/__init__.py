@@ -1,0 +1,20 @@
+"""Find the nozzle bore in camera frames, to a fraction of a pixel.
+
+``frame`` (grey levels, noise), ``candidates`` (dark islands, gradient
+voting), ``rings`` (the nested ring structure round a centre), ``edges``
+(sub-pixel edge and circle fit) and ``search`` (the choice among bores, or a
+refusal). A frame without a nozzle returns None: the detector never guesses.
+"""
+
+from ktamv_helper.detection.candidates import find_candidates, vote_candidates
+from ktamv_helper.detection.edges import (fit_circle_robust, fit_ellipse_robust,
+                                          measure_bore)
+from ktamv_helper.detection.frame import estimate_noise, to_gray
+from ktamv_helper.detection.rings import Rings, find_rings
+from ktamv_helper.detection.search import (BoreSearch, Detection, choose,
+                                           detect_nozzle, find_bore)
+
+__all__ = ["BoreSearch", "Detection", "Rings", "choose", "detect_nozzle",
+           "estimate_noise", "find_bore", "find_candidates", "find_rings",
+           "fit_circle_robust", "fit_ellipse_robust", "measure_bore",
+           "to_gray", "vote_candidates"]

@@ -1,0 +1,253 @@
+"""Places in a frame that may hold a nozzle bore: dark round islands."""
+
+import math
+
+import cv2
+import numpy as np
+
+# Longest side of the copy searched for candidates (px). Verification and
+# refinement always run on the full frame.
+CANDIDATE_LONG_SIDE = 320
+# Candidates are found down to this bore radius in the search copy (px).
+MIN_SEARCH_RADIUS = 2.0
+# Threshold levels, as fractions of the frame's dark..bright range: closer
+# together at the dark end, where bores are.
+THRESHOLD_FRACTIONS = np.linspace(0.2, 0.85, 10) ** 2
+# Most candidates kept per search copy, the most persistent first.
+MAX_CANDIDATES = 12
+# A frame whose grey levels span less than this has no edge worth a look.
+MIN_RANGE_LEVELS = 12.0
+
+
+def search_scales(shape, min_radius):
+    """Scales of the candidate search copies, coarse first.
+
+    The coarsest copy has a long side of ``CANDIDATE_LONG_SIDE`` px; each
+    next one is twice as fine, down to where a bore of ``min_radius`` still
+    measures ``MIN_SEARCH_RADIUS`` px. A finer copy is searched only when
+    the coarser ones found nothing (small bores in big frames).
+    """
+    scale = min(1.0, CANDIDATE_LONG_SIDE / max(shape))
+    finest = min(1.0, max(scale, MIN_SEARCH_RADIUS / max(min_radius, 1e-3)))
+    scales = [scale]
+    while scales[-1] * 1.25 < finest:
+        scales.append(min(2.0 * scales[-1], finest))
+    return scales
+
+
+def find_candidates(gray, min_radius, max_radius, scale=None):
+    """Dark, round, compact regions that may be a bore.
+
+    The frame is thresholded at several grey levels spread over its range
+    (closer together at the dark end, where bores are); the collar encloses
+    the bore, so at any level between the two the bore is an island of its
+    own. Islands of the right size that are round and compact are kept. The
+    search runs on a downscaled copy (see :func:`search_scales`).
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+    min_radius, max_radius : float
+        Bore radius range in full-frame pixels.
+    scale : float, optional
+        Scale of the searched copy; by default the finest of
+        :func:`search_scales`.
+
+    Returns
+    -------
+    list of (u, v, r, persistence)
+        Centre and equivalent radius in full-frame pixels, and at how many
+        levels the island was found, most persistent first.
+    """
+    height, width = gray.shape
+    if scale is None:
+        scale = search_scales(gray.shape, min_radius)[-1]
+    if scale < 1.0:
+        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    else:
+        small = gray
+    sh, sw = small.shape
+    sx, sy = width / sw, height / sh
+    hist = np.cumsum(cv2.calcHist([small], [0], None, [256], [0, 256]).ravel())
+    lo = float(np.searchsorted(hist, 0.01 * hist[-1]))
+    hi = float(np.searchsorted(hist, 0.9995 * hist[-1]))
+    if hi - lo < MIN_RANGE_LEVELS:
+        return []
+    r_lo = max(min_radius / sx * 0.6, 1.0)
+    r_hi = max_radius / sx * 1.3
+    area_lo, area_hi = math.pi * r_lo * r_lo, math.pi * r_hi * r_hi
+    p_lo, p_hi = 2 * math.pi * r_lo, 2 * math.pi * r_hi * 1.3
+    found = []
+    for fraction in THRESHOLD_FRACTIONS:
+        _, mask = cv2.threshold(small, lo + fraction * (hi - lo), 255, cv2.THRESH_BINARY_INV)
+        # Outer boundaries of the dark islands are the top level of RETR_CCOMP.
+        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        if hierarchy is None:
+            continue
+        for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+            if parent != -1 or not p_lo <= len(contour) <= p_hi:
+                continue
+            x, y, w, h = cv2.boundingRect(contour)
+            if x <= 0 or y <= 0 or x + w >= sw or y + h >= sh:
+                continue        # cut by the frame edge: the centre would be wrong
+            if max(w, h) > 1.6 * min(w, h) + 1:
+                continue        # elongated
+            m = cv2.moments(contour)
+            # Pixel count of the island: polygon through the boundary pixel
+            # centres plus the half pixel around it.
+            area = m["m00"] + 0.5 * len(contour) + 1.0
+            if not (area_lo <= area <= area_hi and 0.55 * w * h <= area <= 0.98 * w * h + 2):
+                continue        # not round and compact (a disc fills pi/4 of its box)
+            if m["m00"] > 0:
+                cu, cv_ = m["m10"] / m["m00"], m["m01"] / m["m00"]
+            else:
+                cu, cv_ = x + 0.5 * (w - 1), y + 0.5 * (h - 1)
+            found.append(((cu + 0.5) * sx - 0.5, (cv_ + 0.5) * sy - 0.5,
+                          math.sqrt(area / math.pi) * sx))
+    # Merge the same island seen at several levels.
+    merged = []
+    for u, v, r in sorted(found, key=lambda c: -c[2]):
+        for m in merged:
+            if math.hypot(u - m[0], v - m[1]) < 0.5 * max(r, m[2]) + sx and \
+                    0.5 < r / m[2] < 2.0:
+                m[3] += 1
+                break
+        else:
+            merged.append([u, v, r, 1])
+    merged.sort(key=lambda m: -m[3])
+    return [tuple(m) for m in merged[:MAX_CANDIDATES]]
+
+
+# Gradient voting works on a pyramid; at each level it votes for circles of
+# VOTE_BAND level pixels, so successive levels (factor 2) overlap and every
+# radius from the smallest to the largest is covered twice, without gaps.
+VOTE_BAND = (2.5, 7.0)
+# Edge pixels: gradient at least this many times its noise (Sobel of white
+# noise has a per-axis standard deviation of 0.43 sigma after the 1/8 scale
+# used here) ...
+EDGE_SNR = 4.0
+# ... and at least this many grey levels per pixel (JPEG flattens noise, so
+# the noise estimate alone can be too low).
+MIN_EDGE_LEVELS = 1.5
+# Radii voted for are this far apart (level px): wider steps would let a
+# circle between two of them scatter its votes beyond the 3x3 sum.
+RADIUS_STEP = 1.0
+# At most this many edge pixels vote per level, the strongest: caps the cost
+# on textured frames without dropping a whole circle's edge.
+MAX_VOTERS = 12000
+# A peak must gather votes worth this fraction of one whole circle's edge
+# (a bore half hidden by ooze still gathers about half).
+MIN_VOTES = 0.3
+# Peaks kept per level, strongest first.
+PEAKS_PER_LEVEL = 6
+
+
+def _pyramid(gray, finest_scale, coarsest_long_side=24):
+    """Grey copies at scales finest_scale, finest_scale/2, ... (float32)."""
+    height, width = gray.shape
+    if finest_scale < 1.0:
+        size = (max(8, round(width * finest_scale)), max(8, round(height * finest_scale)))
+        level = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    else:
+        level = gray.astype(np.float32)
+    levels = [(level, level.shape[1] / width)]
+    while max(levels[-1][0].shape) >= 2 * coarsest_long_side:
+        level = cv2.pyrDown(levels[-1][0])
+        levels.append((level, level.shape[1] / width))
+    return levels
+
+
+def vote_dark_circles(level, noise):
+    """Votes for the centres of dark discs in one pyramid level.
+
+    Every edge pixel votes at the points ``r`` pixels against its gradient
+    (gradients point from dark to bright, so from a dark disc's edge they
+    point away from its centre), for each radius of ``VOTE_BAND``; each vote
+    weighs ``1 / (2 pi r)``, so a whole circle of any radius gathers about 1.
+    Concentric dark-inside edges (bore, the cone inside the body) all vote
+    for the same centre.
+
+    Parameters
+    ----------
+    level : ndarray of float32, shape (H, W)
+    noise : float
+        Pixel noise of this level, grey levels.
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+        The vote map, summed over 3x3 pixels.
+    """
+    height, width = level.shape
+    gx = cv2.Sobel(level, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(level, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    # Canny thins each edge to one pixel, so a circle's vote does not grow
+    # with its blur; its hysteresis keeps weak stretches of a strong edge.
+    high = max(EDGE_SNR * 0.43 * math.sqrt(2.0) * noise, MIN_EDGE_LEVELS)
+    edges = cv2.Canny(np.clip(level, 0, 255).astype(np.uint8), 4.0 * high,
+                      8.0 * high, L2gradient=True)
+    idx = np.flatnonzero(edges)
+    mag = cv2.magnitude(gx, gy).ravel()
+    if idx.size > MAX_VOTERS:
+        idx = idx[np.argpartition(mag[idx], -MAX_VOTERS)[-MAX_VOTERS:]]
+    votes = np.zeros(height * width, np.float32)
+    if idx.size == 0:
+        return votes.reshape(height, width)
+    m = np.maximum(mag[idx], 1e-6)
+    ux, uy = gx.ravel()[idx] / m, gy.ravel()[idx] / m
+    px, py = (idx % width).astype(np.float32), (idx // width).astype(np.float32)
+    radii = np.arange(VOTE_BAND[0], VOTE_BAND[1] + 0.01, RADIUS_STEP, dtype=np.float32)
+    cx = np.rint(px[:, None] - ux[:, None] * radii[None, :]).astype(np.int32)
+    cy = np.rint(py[:, None] - uy[:, None] * radii[None, :]).astype(np.int32)
+    ok = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+    weights = np.broadcast_to(1.0 / (2.0 * math.pi * radii), cx.shape)
+    votes += np.bincount((cy * width + cx)[ok], weights=weights[ok],
+                         minlength=height * width).astype(np.float32)
+    votes = votes.reshape(height, width)
+    # Votes of one circle scatter over about a pixel (rounding, blur): sum
+    # them over 3x3 so the peak holds them all.
+    return cv2.boxFilter(votes, -1, (3, 3), normalize=False,
+                         borderType=cv2.BORDER_CONSTANT)
+
+
+def _peaks(votes, count):
+    """Strongest local maxima of a vote map: (x, y, value)."""
+    dilated = cv2.dilate(votes, np.ones((5, 5), np.uint8))
+    ys, xs = np.nonzero((votes >= dilated) & (votes >= MIN_VOTES))
+    if xs.size == 0:
+        return []
+    order = np.argsort(-votes[ys, xs])[:count]
+    return [(float(xs[i]), float(ys[i]), float(votes[ys[i], xs[i]])) for i in order]
+
+
+def vote_candidates(gray, noise, min_radius, max_radius):
+    """Centres of dark round things at every scale, by gradient voting.
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+    noise : float
+        Pixel noise of the full frame, grey levels.
+    min_radius, max_radius : float
+        Radii to look for, full-frame px.
+
+    Returns
+    -------
+    list of (u, v, radius_low, radius_high, votes)
+        Full-frame centre, the band of radii the level voted for and the
+        vote strength (about 1 for a whole circle), coarse levels first.
+    """
+    finest = min(1.0, VOTE_BAND[0] / max(min_radius, 1e-3))
+    found = []
+    for level, scale in _pyramid(gray, finest):
+        r_lo, r_hi = VOTE_BAND[0] / scale, VOTE_BAND[1] / scale
+        if r_hi < min_radius or r_lo > max_radius:
+            continue
+        # Downscaling averages the noise of the pixels merged.
+        votes = vote_dark_circles(level, noise * scale)
+        for x, y, value in _peaks(votes, PEAKS_PER_LEVEL):
+            found.append(((x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5,
+                          r_lo, r_hi, value))
+    found.sort(key=lambda c: -c[2])   # coarse (large radii) first
+    return found

@@ -1,0 +1,70 @@
+"""Grey levels and noise of a camera frame."""
+
+import math
+
+import cv2
+import numpy as np
+
+# Noise is estimated on a central window of at most this size (px).
+NOISE_WINDOW = (640, 480)
+
+
+def to_gray(image):
+    """The grey levels of a BGR or grey uint8 image.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W), (H, W, 1) or (H, W, 3)
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W)
+
+    Raises
+    ------
+    ValueError
+        For other shapes or pixel types.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        gray = image[:, :, 0]
+    elif image.ndim == 2:
+        gray = image
+    else:
+        raise ValueError(f"expected a BGR or grey image, got shape {image.shape}")
+    if gray.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels, got {gray.dtype}")
+    return gray
+
+
+def estimate_noise(gray):
+    """Standard deviation of the pixel noise, grey levels.
+
+    Immerkær's estimator (1996): the mean absolute response to a 3x3 mask
+    that cancels constant and linear shading. Edges add to it a little, which
+    only makes the detector's thresholds more cautious.
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+
+    Returns
+    -------
+    float
+        At least 0.5 (8-bit quantisation).
+    """
+    if min(gray.shape) < 3:
+        return 0.5
+    # A central window is plenty and keeps big frames cheap.
+    height, width = gray.shape
+    y0, x0 = max(0, (height - NOISE_WINDOW[1]) // 2), max(0, (width - NOISE_WINDOW[0]) // 2)
+    gray = gray[y0:y0 + NOISE_WINDOW[1], x0:x0 + NOISE_WINDOW[0]]
+    response = cv2.filter2D(gray.astype(np.float32), -1, _NOISE_MASK,
+                            borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    sigma = math.sqrt(math.pi / 2.0) * float(cv2.mean(np.abs(response))[0]) / 6.0
+    return max(0.5, sigma)
+
+
+_NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)

@@ -1,0 +1,283 @@
+"""Choose the bore among everything dark and round in a frame, or refuse.
+
+1. **Candidates**: dark round islands (:func:`.candidates.find_candidates`)
+   and, for large circles that may run past the frame's edge, the peaks of
+   gradient voting (:func:`.candidates.vote_candidates`).
+2. **Structure**: each candidate's edge is measured quickly, then the ring
+   structure round the fitted centre is read out to ``FAMILY_SPAN`` times
+   its radius (:func:`.rings.find_rings`). The bore is the dark core up to
+   the first significant rise, so a candidate that was an outer ring of the
+   same nozzle (the dark cone inside the bright body) or a darker patch
+   inside a bigger bore is moved to the family's real bore.
+3. **Measurement** of that bore at full resolution (:func:`.edges.measure_bore`).
+4. **Choice**: one bore per family; families on a feature known to be static
+   (``exclude``) are dropped; with an expected radius (the nozzle's diameter
+   and the calibrated scale), only bores of about that size count; two
+   plausible bores farther apart than the tolerance are refused rather than
+   guessed between.
+"""
+
+import dataclasses
+import math
+
+from ktamv_helper.detection.candidates import (find_candidates, search_scales,
+                                               vote_candidates)
+from ktamv_helper.detection.edges import (MIN_CLOSURE, MIN_COMPLETENESS,
+                                          measure_bore, score_measurement)
+from ktamv_helper.detection.frame import estimate_noise, to_gray
+from ktamv_helper.detection.rings import find_rings
+
+# Rings are read out to this many bore radii: a 0.4 mm nozzle's cone and
+# hex reach ~8-10 radii, so the whole family is seen from any of its rings.
+FAMILY_SPAN = 10.0
+# A quick measurement and the ring structure agree on the bore when their
+# radii differ by less than this fraction (else the candidate is moved to
+# the structure's bore and measured again).
+RADIUS_AGREEMENT = 0.25
+# Voting looks only for circles at least this large (px); smaller bores are
+# found as dark islands, which is cheaper and exact.
+VOTE_MIN_RADIUS = 16.0
+# Default largest bore: a zoomed camera's bore may fill most of the frame
+# and run past its edges (fraction of the frame height).
+MAX_RADIUS_OF_HEIGHT = 0.6
+# With an expected radius, bores within this factor of it count: a chamfer
+# or defocus makes the dark opening look up to ~1.5x the nominal bore, the
+# tip face and the cone are 2.5x-10x.
+SIZE_FACTOR = 1.8
+# Two bores are rivals when the weaker scores at least this fraction of the
+# stronger.
+RIVAL_SCORE = 0.8
+# A measured radius may be this fraction of min_radius (see find_bore).
+BLUR_ALLOWANCE = 0.7
+# Smallest accepted score.
+MIN_SCORE = 0.5
+# A bore scoring this high, with no rival yet, ends the search of finer
+# search copies (their candidates are the same or smaller things).
+EARLY_ACCEPT = 0.95
+# The edge fit's RMS residual must stay below this many px, or this
+# fraction of the radius.
+MAX_RMS_PX, MAX_RMS_FRACTION = 0.5, 0.06
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """A detected nozzle bore.
+
+    Attributes
+    ----------
+    center : (float, float)
+        Bore centre ``(u, v)`` in the frame's pixels, OpenCV convention (the
+        centre of pixel (0, 0) is (0.0, 0.0)).
+    radius : float
+        Bore radius, px.
+    score : float
+        Confidence between 0 and 1.
+    rings : tuple of float
+        Radii of the rings seen round the bore, inside out (the first is the
+        bore's own edge), px.
+    rms : float
+        RMS distance of the edge points from the fitted circle, px.
+    """
+
+    center: tuple
+    radius: float
+    score: float
+    rings: tuple = ()
+    rms: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BoreSearch:
+    """What :func:`find_bore` saw.
+
+    Attributes
+    ----------
+    detection : Detection or None
+        The bore, or None when there is none or the choice was refused.
+    candidates : tuple of Detection
+        Every verified bore, one per concentric family, best first.
+    refusal : str or None
+        ``"ambiguous"`` or ``"size_mismatch"`` when bores were seen but
+        none could be chosen safely.
+    message : str or None
+        A sentence saying why, for the user.
+    """
+
+    detection: object
+    candidates: tuple = ()
+    refusal: object = None
+    message: object = None
+
+
+def _structure(gray, noise, center, radius, min_radius):
+    """Centre, bore radius and rings of the family a candidate belongs to.
+
+    The ring structure is read first where the candidate is (a voting peak
+    knows its centre better than its radius), else after a quick edge fit;
+    the bore it names is measured quickly and the structure read again from
+    that centre, until the two agree.
+    """
+    rings = find_rings(gray, center, FAMILY_SPAN * radius, noise, 0.7 * min_radius)
+    if rings is None:
+        first = measure_bore(gray, noise, center, radius, quick=True, closed_hint=True)
+        if first is None:
+            return None
+        center, radius = first["center"], first["radius"]
+        rings = find_rings(gray, center, FAMILY_SPAN * radius, noise, 0.7 * min_radius)
+        if rings is None:
+            return None
+    for _ in range(3):
+        quick = measure_bore(gray, noise, center, rings.bore_radius, quick=True,
+                             closed_hint=True)
+        if quick is None:
+            return None
+        center, radius = quick["center"], quick["radius"]
+        # Read far enough to see the family even if this was an inner patch.
+        span = FAMILY_SPAN * max(radius, rings.bore_radius)
+        rings = find_rings(gray, center, span, noise, 0.7 * min_radius)
+        if rings is None:
+            return None
+        if abs(rings.bore_radius - radius) <= RADIUS_AGREEMENT * radius:
+            return center, radius, rings
+    return None
+
+
+def _measure(gray, noise, center, radius, min_radius):
+    """Structure, then the full measurement; a Detection or None."""
+    family = _structure(gray, noise, center, radius, min_radius)
+    if family is None:
+        return None
+    center, radius, rings = family
+    m = measure_bore(gray, noise, center, radius, closed_hint=rings.face_closed)
+    if m is None or abs(m["radius"] - rings.bore_radius) > RADIUS_AGREEMENT * m["radius"]:
+        return None
+    if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
+        return None
+    if m["rms"] > max(MAX_RMS_PX, MAX_RMS_FRACTION * m["radius"]):
+        return None
+    score = score_measurement(m) * (0.5 + 0.5 * m["in_view"])
+    if score < MIN_SCORE:
+        return None
+    # The rings as seen from the measured centre, for the preview and logs.
+    final = find_rings(gray, m["center"], FAMILY_SPAN * m["radius"], noise) or rings
+    return Detection(center=m["center"], radius=m["radius"], score=round(score, 4),
+                     rings=(round(m["radius"], 2),) + tuple(final.radii[1:]),
+                     rms=round(m["rms"], 4))
+
+
+def _same(a, b):
+    """Two detections of one bore."""
+    return (math.hypot(a.center[0] - b.center[0], a.center[1] - b.center[1])
+            <= max(1.0, 0.2 * min(a.radius, b.radius))
+            and abs(a.radius - b.radius) <= RADIUS_AGREEMENT * max(a.radius, b.radius))
+
+
+def _near(point, detection):
+    return math.hypot(point[0] - detection.center[0],
+                      point[1] - detection.center[1]) <= max(2.0, 0.5 * detection.radius)
+
+
+def _candidate_points(gray, noise, min_radius, max_radius):
+    """Candidate (u, v, r) lists, coarse search copies first, voting last."""
+    for scale in search_scales(gray.shape, min_radius):
+        yield [(u, v, r) for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale)]
+    if max_radius >= VOTE_MIN_RADIUS:
+        yield [(u, v, math.sqrt(r_lo * r_hi))
+               for u, v, r_lo, r_hi, _ in vote_candidates(
+                   gray, noise, max(min_radius, VOTE_MIN_RADIUS), max_radius)]
+
+
+def find_bore(image, min_radius=3.0, max_radius=None, expected_radius=None,
+              exclude=(), tolerance=1.0):
+    """Find the nozzle bore in one frame, or say why not.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W, 3) or (H, W)
+        BGR or grey frame.
+    min_radius : float
+        Smallest bore radius searched, px.
+    max_radius : float, optional
+        Largest, px; by default ``MAX_RADIUS_OF_HEIGHT`` of the frame height.
+    expected_radius : float, optional
+        The bore radius the machine expects (nozzle diameter / 2 / mm per
+        px); bores more than ``SIZE_FACTOR`` off it are not the nozzle.
+    exclude : sequence of (u, v)
+        Centres of features known not to move with the nozzle (lens dirt,
+        the camera housing); bores there are ignored.
+    tolerance : float
+        Two plausible bores farther apart than this (px) are refused.
+
+    Returns
+    -------
+    BoreSearch
+    """
+    gray = to_gray(image)
+    if gray.size == 0 or min(gray.shape) < 8:
+        return BoreSearch(None)
+    if max_radius is None:
+        max_radius = MAX_RADIUS_OF_HEIGHT * gray.shape[0]
+    noise = estimate_noise(gray)
+    found = []
+    for points in _candidate_points(gray, noise, min_radius, max_radius):
+        for u, v, r in points:
+            if any(_near((u, v), d) and d.radius >= 0.7 * r for d in found):
+                continue    # seen from this family already
+            d = _measure(gray, noise, (u, v), r, min_radius)
+            # Blur pulls the half-way edge of a tiny bore inwards (a 4 px
+            # bore defocused by 2 px measures ~2.5 px), so allow for it.
+            if d is None or not BLUR_ALLOWANCE * min_radius <= d.radius <= max_radius:
+                continue
+            if any(_same(d, other) for other in found):
+                continue
+            found.append(d)
+        if any(d.score >= EARLY_ACCEPT for d in found) and expected_radius is None:
+            break
+    found = [d for d in found if not any(_near(p, d) for p in exclude)]
+    found.sort(key=lambda d: -d.score)
+    return choose(found, expected_radius, tolerance)
+
+
+def choose(found, expected_radius=None, tolerance=1.0):
+    """The one bore among verified ones, or a refusal.
+
+    Parameters
+    ----------
+    found : list of Detection
+        Verified bores, best first.
+    expected_radius : float, optional
+    tolerance : float
+
+    Returns
+    -------
+    BoreSearch
+    """
+    candidates = tuple(found)
+    if expected_radius:
+        sized = [d for d in found
+                 if 1.0 / SIZE_FACTOR <= d.radius / expected_radius <= SIZE_FACTOR]
+        if not sized and found:
+            d = found[0]
+            return BoreSearch(None, candidates, "size_mismatch",
+                              "found a circle of %.1f px radius but expected "
+                              "a bore of about %.1f px" % (d.radius, expected_radius))
+        found = sized
+    if not found:
+        return BoreSearch(None, candidates)
+    best = found[0]
+    for other in found[1:]:
+        apart = math.hypot(best.center[0] - other.center[0],
+                           best.center[1] - other.center[1])
+        if other.score >= RIVAL_SCORE * best.score and apart > tolerance:
+            return BoreSearch(None, candidates, "ambiguous",
+                              "two circles %.1f px apart look equally like the "
+                              "bore (radius %.1f px at %.0f, %.0f and %.1f px at "
+                              "%.0f, %.0f)" % (apart, best.radius, best.center[0],
+                                               best.center[1], other.radius,
+                                               other.center[0], other.center[1]))
+    return BoreSearch(best, candidates)
+
+
+def detect_nozzle(image, min_radius=3.0, max_radius=None, **kwargs):
+    """The bore of :func:`find_bore`, or None (no bore, or refused)."""
+    return find_bore(image, min_radius, max_radius, **kwargs).detection
