@@ -15,6 +15,7 @@ import numpy as np
 
 # BGR colours, saturated so they stand out against a grey/metal nozzle.
 CROSSHAIR_COLOR = (0, 255, 255)        # yellow
+RING_COLOR = (200, 160, 0)             # blue-grey: rings round the bore
 TOLERANCE_COLOR = (255, 255, 0)        # cyan
 DETECTION_COLOR = (0, 255, 0)          # green: bore found (inside tolerance)
 OFF_TARGET_COLOR = (0, 140, 255)       # orange: bore found outside tolerance
@@ -81,6 +82,12 @@ def annotate(image, detection=None, tolerance_px=None, status_lines=()):
         distance = math.hypot(u - center[0], v - center[1])
         on_target = tolerance is None or distance <= tolerance
         color = DETECTION_COLOR if on_target else OFF_TARGET_COLOR
+        # The outer rings the detector saw round the bore (tip face, cone),
+        # thin, so a wrong choice among them shows at a glance.
+        for ring in (_field(detection, "rings") or ())[1:]:
+            ring = _finite_or_none(ring)
+            if ring and ring > 0:
+                _draw_circle(canvas, (u, v), ring, RING_COLOR, 1)
         if radius is not None and radius > 0:
             _draw_circle(canvas, (u, v), radius, color, thickness)
         _draw_center_mark(canvas, (u, v), 4 * thickness + 2, color, thickness)

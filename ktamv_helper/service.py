@@ -162,6 +162,63 @@ def _to_float(value):
     return float(value)
 
 
+# ---------------------------------------------------------------- bore size
+
+class BoreExpectation:
+    """What a detect request knows of the bore: its size, static features.
+
+    ``nozzle_diameter`` (mm) with ``mm_per_px`` (the calibrated scale) give
+    the expected bore radius in px; ``exclude`` lists ``[u, v]`` centres of
+    features known not to move with the nozzle.
+    """
+
+    def __init__(self, params, tolerance):
+        self.nozzle_diameter = params.get("nozzle_diameter")
+        self.mm_per_px = params.get("mm_per_px")
+        self.tolerance = tolerance
+        self.expected_radius = None
+        if self.nozzle_diameter is not None or self.mm_per_px is not None:
+            self.nozzle_diameter = number_param(params, "nozzle_diameter", 0.4,
+                                                low=0.05, high=5.0)
+            self.mm_per_px = number_param(params, "mm_per_px", 0.01,
+                                          low=1e-5, high=1.0)
+            if params.get("mm_per_px") is not None:
+                self.expected_radius = 0.5 * self.nozzle_diameter / self.mm_per_px
+        exclude = params.get("exclude", [])
+        if not isinstance(exclude, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool)
+                    and math.isfinite(x) for x in p) for p in exclude):
+            raise _bad("exclude", "must be a list of [u, v] pixel positions")
+        self.exclude = [tuple(float(x) for x in p) for p in exclude]
+
+    def find(self, image, settings):
+        """The :class:`~ktamv_helper.detection.BoreSearch` of one frame."""
+        from ktamv_helper.detection import find_bore
+        return find_bore(image, settings.min_radius, settings.max_radius or None,
+                         expected_radius=self.expected_radius,
+                         exclude=self.exclude, tolerance=self.tolerance)
+
+    def refused(self, refusals, seen):
+        """The error for frames whose bores were seen but refused."""
+        last = refusals[-1]
+        details = {"frames_seen": seen, "frames_refused": len(refusals),
+                   "candidates": [{"center": list(d.center), "radius": d.radius,
+                                   "rings": list(d.rings)} for d in last.candidates]}
+        if last.refusal == "size_mismatch":
+            found = last.candidates[0].radius
+            message = ("Found a circle of %.1f px radius; a %.2f mm bore is about "
+                       "%.1f px at %.4f mm/px. Is nozzle_diameter right, or is "
+                       "the camera seeing the cone or the tip face? Nothing was "
+                       "measured." % (found, self.nozzle_diameter,
+                                      self.expected_radius, self.mm_per_px))
+            return HelperError("nozzle_size_mismatch", message, details)
+        message = ("Not sure which circle is the nozzle: %s. Clean the nozzle "
+                   "and the lens, or set nozzle_diameter so the bore's size "
+                   "decides; nothing was measured." % last.message)
+        return HelperError("nozzle_ambiguous", message, details)
+
+
 # ---------------------------------------------------------------- settings
 
 class Settings:
@@ -191,11 +248,13 @@ class Settings:
             low_open=True, high=1000.0)
         self.camera_timeout = number_param(params, "camera_timeout", 5.0,
                                            low=0.1, high=30.0)
-        self.min_radius = number_param(params, "min_radius", 4.0, low=1.0,
+        self.min_radius = number_param(params, "min_radius", 3.0, low=1.0,
                                        high=5000.0)
-        self.max_radius = number_param(params, "max_radius", 120.0, low=1.0,
+        # 0: up to 0.6 of the frame height (a zoomed camera's bore may fill
+        # most of the frame).
+        self.max_radius = number_param(params, "max_radius", 0.0, low=0.0,
                                        high=5000.0)
-        if self.max_radius <= self.min_radius:
+        if self.max_radius and self.max_radius <= self.min_radius:
             raise _bad("max_radius", "must be larger than min_radius (%g)"
                        % self.min_radius)
         debug_dir = params.get("debug_dir")
@@ -550,13 +609,13 @@ class Service:
                                  low_open=True, high=1000.0)
         max_frames = int_param(params, "max_frames", 3 * frames + 2,
                                low=frames, high=1000)
+        bore = BoreExpectation(params, tolerance)
         deadline = received + timeout
         camera = self._get_camera(settings, deadline - time.monotonic())
 
         from ktamv_helper.consensus import consensus
-        from ktamv_helper.detection import detect_nozzle
 
-        detections, stamps = [], []
+        detections, stamps, refusals = [], [], []
         seen = 0
         last_image = last_detection = None
         frame_size = None
@@ -578,8 +637,10 @@ class Service:
             seen += 1
             earliest = _just_after(frame.timestamp)
             frame_size = frame.size
-            detection = detect_nozzle(frame.image, settings.min_radius,
-                                      settings.max_radius)
+            search = bore.find(frame.image, settings)
+            detection = search.detection
+            if search.refusal:
+                refusals.append(search)
             last_image, last_detection = frame.image, detection
             self._publish(frame, detection, settings.target_tolerance,
                           ("detect: frame %d of at most %d, %d with a nozzle"
@@ -611,12 +672,24 @@ class Service:
                 "frame_size": list(frame_size),
                 "frame_time": max(stamps[i] for i in used),
                 "elapsed": time.monotonic() - received,
+                "rings": list(detections[used[0]].rings),
+                "rms": _to_float(_median([detections[i].rms for i in used])),
             }
         if seen == 0 and stopped_by == "timeout":
             raise HelperError("camera_timeout",
                               "No fresh frame from %s within %.1f s: check "
                               "that the camera is streaming."
                               % (public_url(settings.camera_url), timeout))
+        if refusals and not detections:
+            error = bore.refused(refusals, seen)
+            if settings.debug_dir and last_image is not None:
+                paths = self._save_debug(settings, last_image, error.code,
+                                         refusals[-1].candidates[0])
+                if paths:
+                    error.details["debug_files"] = paths
+                    error.message += (" Frames saved for inspection: %s."
+                                      % ", ".join(paths))
+            raise error
         return self._detect_failed(settings, frames, seen, detections,
                                    tolerance, stopped_by, last_image,
                                    last_detection)
@@ -771,7 +844,7 @@ class Service:
             state["earliest"] = _just_after(frame.timestamp)
             from ktamv_helper.detection import detect_nozzle
             detection = detect_nozzle(frame.image, settings.min_radius,
-                                      settings.max_radius)
+                                      settings.max_radius or None)
             return (frame, detection, settings.target_tolerance,
                     self._preview_lines(("live preview",)))
 

@@ -36,7 +36,7 @@ MIN_COMPLETENESS = 0.75
 # Fraction of the bore's inside that must be darker than the edge level.
 MIN_DARK_FRACTION = 0.75
 # Rays are read out to this many bore radii (wide tip faces of small
-# nozzles reach ~4 radii).
+# nozzles reach ~4.6 radii).
 RAY_LENGTH = 5.0
 # Beyond the collar the brightness must fall by this fraction of the
 # bore-to-collar rise (a hole in a flat plate has no collar) ...
@@ -385,8 +385,10 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     seen_after = after & np.isfinite(far)
     stays = (below & seen_after).sum(axis=1) >= MIN_STAYS_DOWN * seen_after.sum(axis=1)
     closed = np.any(fell, axis=1) & stays
-    # A ray that leaves the frame before it could drop tells nothing.
-    known = closed | np.isfinite(far[:, -1])
+    # A ray that leaves the frame before it could drop tells nothing; one
+    # that reaches 3 radii does (most tip faces end by then).
+    reach = min(int(np.searchsorted(far_radii, 3.0 * radius)), far.shape[1] - 1)
+    known = closed | np.isfinite(far[:, reach])
     if known[good].sum() < 0.25 * good.sum():
         if not closed_hint:
             return None

@@ -26,8 +26,9 @@ SIGNIFICANT_FRACTION = 0.15
 # ... and by at least this many times the noise of the median profile.
 SIGNIFICANT_SNR = 4.0
 # The tip face ends within this many bore radii (a 0.4 mm nozzle's face is
-# ~1 mm across, 2.5 radii; wide steel collars reach ~4).
-FACE_SPAN = 5.0
+# ~1 mm across, 2.5 radii, but flat faces reach ~5 and a 0.25 mm nozzle's
+# ~8).
+FACE_SPAN = 8.0
 # A sample of the profile counts when at least this fraction of its rays
 # lies inside the frame (a big bore may reach past the frame's edge).
 MIN_RAYS_SEEN = 0.3

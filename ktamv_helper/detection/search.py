@@ -47,8 +47,6 @@ SIZE_FACTOR = 1.8
 # Two bores are rivals when the weaker scores at least this fraction of the
 # stronger.
 RIVAL_SCORE = 0.8
-# A measured radius may be this fraction of min_radius (see find_bore).
-BLUR_ALLOWANCE = 0.7
 # Smallest accepted score.
 MIN_SCORE = 0.5
 # A bore scoring this high, with no rival yet, ends the search of finer
@@ -187,7 +185,7 @@ def _candidate_points(gray, noise, min_radius, max_radius):
                    gray, noise, max(min_radius, VOTE_MIN_RADIUS), max_radius)]
 
 
-def find_bore(image, min_radius=3.0, max_radius=None, expected_radius=None,
+def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
               exclude=(), tolerance=1.0):
     """Find the nozzle bore in one frame, or say why not.
 
@@ -196,7 +194,9 @@ def find_bore(image, min_radius=3.0, max_radius=None, expected_radius=None,
     image : ndarray of uint8, shape (H, W, 3) or (H, W)
         BGR or grey frame.
     min_radius : float
-        Smallest bore radius searched, px.
+        Smallest bore radius measured, px. Blur pulls the half-way edge of a
+        tiny bore inwards (a 4 px bore defocused by 2 px measures ~2.5 px),
+        so the default of 2 px finds bores of 3 px and more.
     max_radius : float, optional
         Largest, px; by default ``MAX_RADIUS_OF_HEIGHT`` of the frame height.
     expected_radius : float, optional
@@ -224,9 +224,7 @@ def find_bore(image, min_radius=3.0, max_radius=None, expected_radius=None,
             if any(_near((u, v), d) and d.radius >= 0.7 * r for d in found):
                 continue    # seen from this family already
             d = _measure(gray, noise, (u, v), r, min_radius)
-            # Blur pulls the half-way edge of a tiny bore inwards (a 4 px
-            # bore defocused by 2 px measures ~2.5 px), so allow for it.
-            if d is None or not BLUR_ALLOWANCE * min_radius <= d.radius <= max_radius:
+            if d is None or not min_radius <= d.radius <= max_radius:
                 continue
             if any(_same(d, other) for other in found):
                 continue
@@ -278,6 +276,6 @@ def choose(found, expected_radius=None, tolerance=1.0):
     return BoreSearch(best, candidates)
 
 
-def detect_nozzle(image, min_radius=3.0, max_radius=None, **kwargs):
+def detect_nozzle(image, min_radius=2.0, max_radius=None, **kwargs):
     """The bore of :func:`find_bore`, or None (no bore, or refused)."""
     return find_bore(image, min_radius, max_radius, **kwargs).detection

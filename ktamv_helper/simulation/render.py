@@ -69,6 +69,62 @@ class NozzleLook:
     blur_sigma: float = 0.0         # px; defocus
     noise_sigma: float = 0.0        # 0..255 grey levels, Gaussian
     jpeg_quality: int = 0           # 0 = no JPEG compression
+    light_tint: tuple = (1.0, 1.0, 1.0)   # BGR gain of coloured LED light
+    # A smudge on the lens: fixed in the image, it does not move with the
+    # nozzle. Position as fractions of width and height, radius as a
+    # fraction of the height; strength 0 = none, 1 = black at its middle.
+    smudge: float = 0.0
+    smudge_at: tuple = (0.3, 0.7)
+    smudge_radius: float = 0.05
+
+
+def ring_light_look(rng, **overrides):
+    """A brass nozzle under a ring light, with the confounders of real ones.
+
+    Seen from below a real brass nozzle is nested rings: the dark bore, a
+    wide polished tip face that a ring light clips at white, a *dark* cone
+    (it faces away from the light), then the bright brass body; the light
+    is often coloured (blue or orange LEDs), the lens vignettes and may be
+    smudged, and cheap cameras send low-quality JPEG. Several of those rings
+    are "a dark disc inside a bright ring": the detector must take the
+    innermost.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    **overrides
+        Fields to set instead of drawing them.
+
+    Returns
+    -------
+    NozzleLook
+    """
+    collar = rng.uniform(3.0, 4.6)      # a real 0.4 mm brass tip: 4.6
+    cone = collar * rng.uniform(1.6, 2.0)
+    tints = [(1.0, 1.0, 1.0), (1.25, 0.95, 0.7), (0.7, 0.9, 1.2)]
+    fields = dict(
+        collar_ratio=collar, cone_ratio=cone, hex_ratio=cone + rng.uniform(2.0, 4.0),
+        hex_angle_deg=rng.uniform(0, 60),
+        body_color=tuple(float(c) for c in np.clip(_BRASS + rng.normal(0, 0.04, 3), 0.05, 1)),
+        bore_level=rng.uniform(0.0, 0.12),
+        collar_level=1.0, collar_sheen=rng.uniform(0.0, 0.1),
+        cone_level=rng.uniform(0.08, 0.25), hex_level=rng.uniform(0.8, 1.1),
+        background=str(rng.choice(["heater_block", "sock", "dark"])),
+        background_level=rng.uniform(0.5, 1.0),
+        glints=int(rng.integers(0, 4)),
+        light_angle_deg=rng.uniform(0, 360), light_gradient=rng.uniform(0.0, 0.25),
+        vignetting=rng.uniform(0.2, 0.6),
+        exposure=rng.uniform(1.05, 1.5),      # the tip face clips at white
+        blur_sigma=rng.uniform(0.0, 1.5),
+        noise_sigma=rng.uniform(1.0, 6.0),
+        jpeg_quality=int(rng.choice([35, 50, 70])),
+        light_tint=tints[int(rng.integers(0, len(tints)))],
+        smudge=rng.uniform(0.4, 0.8),
+        smudge_at=(float(rng.uniform(0.15, 0.85)), float(rng.uniform(0.15, 0.85))),
+        smudge_radius=float(rng.uniform(0.03, 0.08)),
+    )
+    fields.update(overrides)
+    return NozzleLook(**fields)
 
 
 def random_look(rng, **overrides):
@@ -301,6 +357,10 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
                                                          uy * math.sin(la)))
         gain = gain * (1.0 - look.vignetting * np.clip((ux * ux + uy * uy) / 2.0, 0, 1))
         canvas *= gain.astype(np.float32)
+    if look.smudge > 0:
+        canvas *= _smudge_gain(width, height, look)
+    if tuple(look.light_tint) != (1.0, 1.0, 1.0):
+        canvas *= np.asarray(look.light_tint, np.float32)[:, None, None]
     canvas *= np.float32(255.0 * look.exposure)
     canvas = cv2.merge(list(canvas))        # planar -> interleaved BGR
     if look.blur_sigma > 0.05:
@@ -327,6 +387,18 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
                                [cv2.IMWRITE_JPEG_QUALITY, int(look.jpeg_quality)])
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     return image
+
+
+def _smudge_gain(width, height, look):
+    """Light let through by a soft round smudge on the lens (1 = all)."""
+    su, sv = look.smudge_at[0] * width, look.smudge_at[1] * height
+    radius = max(2.0, look.smudge_radius * height)
+    u = np.arange(width, dtype=np.float32)[None, :] - np.float32(su)
+    v = np.arange(height, dtype=np.float32)[:, None] - np.float32(sv)
+    # A plateau with soft shoulders, as out-of-focus dirt looks.
+    d = np.sqrt(u * u + v * v) / np.float32(radius)
+    shade = np.clip(1.5 - d, 0.0, 1.0)
+    return (1.0 - np.float32(look.smudge) * shade * shade * (3 - 2 * shade)).astype(np.float32)
 
 
 def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
