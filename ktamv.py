@@ -773,6 +773,10 @@ class Ktamv:
                                                 above=0., maxval=50.)
         self.center_max_moves = config.getint('center_max_moves', 8,
                                               minval=1, maxval=50)
+        # The bore's size tells it from the tip face and the cone once the
+        # camera's scale is known; NOZZLE_DIAMETER= overrides it per command.
+        self.nozzle_diameter = config.getfloat('nozzle_diameter', 0.4,
+                                               minval=0.1, maxval=2.)
         backlash = config.getfloat('backlash_approach', 0.5, minval=0.,
                                    maxval=5.)
         max_travel = config.getfloat('max_travel', 5., above=0.,
@@ -1057,10 +1061,12 @@ class Ktamv:
         self.configure_error = None
         self.preview_info = result.get('preview')
         return result
-    def _detect(self, gcmd, frames=None, after_move=True):
+    def _detect(self, gcmd, frames=None, after_move=True, hints=None):
         """Detect the nozzle in fresh frames; returns the result dict."""
         frames = frames or self.detection_frames
         params = {'frames': frames}
+        params.update(self._bore_hints(gcmd))
+        params.update(hints or {})
         # A G1 just before this command may still be queued or running.
         self.motion.toolhead.wait_moves()
         if after_move:
@@ -1080,9 +1086,18 @@ class Ktamv:
             'frames': int(result.get('frames_used', frames)),
             'spread': float(result.get('spread', 0.)),
             'frame_size': [int(v) for v in result['frame_size']],
+            'rings': [float(r) for r in result.get('rings', [])],
+            'rms': float(result.get('rms', 0.)),
             'position': [pos[0], pos[1]],
             'tool': tool}
         return self.last_detection
+    def _bore_hints(self, gcmd):
+        """What the helper may know of the bore: its diameter and the scale."""
+        hints = {'nozzle_diameter': gcmd.get_float(
+            'NOZZLE_DIAMETER', self.nozzle_diameter, minval=0.1, maxval=2.)}
+        if self.model is not None:
+            hints['mm_per_px'] = self.model.mm_per_px()
+        return hints
     def _fresh_detection(self, gcmd):
         """The last detection if it was made here with this tool, or a new one."""
         det = self.last_detection
@@ -1169,10 +1184,11 @@ class Ktamv:
                float(fit.get('rms_mm', 0.)), len(used), len(rejected),
                len(missed)))
     def _calibration_points(self, gcmd, targets, pairs, missed):
+        hints = None
         for i, (x, y) in enumerate(targets):
             self.motion.move_to(x, y, "calibration move")
             try:
-                det = self._detect(gcmd)
+                det = self._detect(gcmd, hints=hints)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise  # camera or helper trouble: stop, do not guess
@@ -1185,6 +1201,12 @@ class Ktamv:
                 continue
             pos = self.motion.position()
             pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
+            if i == 0:
+                # The nozzle keeps its size and leaves the start pixel with
+                # every move; a feature that stays there (lens dirt, the
+                # housing) is not the nozzle.
+                hints = {'expected_radius': det['radius'],
+                         'exclude': [det['uv']]}
     cmd_KTAMV_FIND_NOZZLE_CENTER_help = ("Move the nozzle to the centre of "
                                          "the camera image")
     def cmd_KTAMV_FIND_NOZZLE_CENTER(self, gcmd):

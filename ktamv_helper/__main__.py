@@ -1,4 +1,4 @@
-"""``python -m ktamv_helper [serve | detect IMAGE... | bench]``.
+"""``python -m ktamv_helper [serve | detect IMAGE... | bench [--photos DIR]]``.
 
 Bare ``python -m ktamv_helper`` runs the JSON-lines protocol on stdin/stdout,
 which is how ``ktamv.py`` starts it.
@@ -16,11 +16,15 @@ def main(argv=None):
     if command == "detect":
         from ktamv_helper import cli_detect
         return cli_detect.main(argv)
+    if command == "bench" and any(a == "--photos" or a.startswith("--photos=")
+                                  for a in argv):
+        from ktamv_helper import bench_photos
+        return bench_photos.main(argv)
     if command == "bench":
         from ktamv_helper import bench
         return bench.main(argv)
     sys.stderr.write("usage: python -m ktamv_helper [serve | detect IMAGE... "
-                     "[--json] [--annotate DIR] | bench]\n")
+                     "[--json] [--annotate DIR] | bench [--photos DIR]]\n")
     return 2
 
 

@@ -175,6 +175,7 @@ class BoreExpectation:
     def __init__(self, params, tolerance):
         self.nozzle_diameter = params.get("nozzle_diameter")
         self.mm_per_px = params.get("mm_per_px")
+        self.from_scale = False
         self.tolerance = tolerance
         self.expected_radius = None
         if self.nozzle_diameter is not None or self.mm_per_px is not None:
@@ -184,6 +185,12 @@ class BoreExpectation:
                                           low=1e-5, high=1.0)
             if params.get("mm_per_px") is not None:
                 self.expected_radius = 0.5 * self.nozzle_diameter / self.mm_per_px
+                self.from_scale = True
+        if params.get("expected_radius") is not None:
+            # Said outright (calibration: the size seen at its start point).
+            self.from_scale = False
+            self.expected_radius = number_param(params, "expected_radius", 10.0,
+                                                low=0.5, high=5000.0)
         exclude = params.get("exclude", [])
         if not isinstance(exclude, list) or not all(
                 isinstance(p, list) and len(p) == 2 and all(
@@ -207,11 +214,18 @@ class BoreExpectation:
                                    "rings": list(d.rings)} for d in last.candidates]}
         if last.refusal == "size_mismatch":
             found = last.candidates[0].radius
-            message = ("Found a circle of %.1f px radius; a %.2f mm bore is about "
-                       "%.1f px at %.4f mm/px. Is nozzle_diameter right, or is "
-                       "the camera seeing the cone or the tip face? Nothing was "
-                       "measured." % (found, self.nozzle_diameter,
-                                      self.expected_radius, self.mm_per_px))
+            if self.from_scale:
+                message = ("Found a circle of %.1f px radius; a %.2f mm bore is "
+                           "about %.1f px at %.4f mm/px. Is nozzle_diameter "
+                           "right, or is the camera seeing the cone or the tip "
+                           "face? Nothing was measured."
+                           % (found, self.nozzle_diameter, self.expected_radius,
+                              self.mm_per_px))
+            else:
+                message = ("Found a circle of %.1f px radius where the nozzle "
+                           "measured %.1f px before: the camera sees something "
+                           "else (the cone, the tip face, dirt). Nothing was "
+                           "measured." % (found, self.expected_radius))
             return HelperError("nozzle_size_mismatch", message, details)
         message = ("Not sure which circle is the nozzle: %s. Clean the nozzle "
                    "and the lens, or set nozzle_diameter so the bore's size "

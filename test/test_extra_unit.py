@@ -639,9 +639,11 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
     printer.objects["configfile"] = FakeConfigfile()
     camera = LinearCamera(toolhead, MATRIX, (100.0, 100.0))
     seen = []
+    hints_seen = []
 
-    def detect(gcmd, frames=None, after_move=True):
+    def detect(gcmd, frames=None, after_move=True, hints=None):
         seen.append(tuple(toolhead.get_position()[:2]))
+        hints_seen.append(hints)
         if len(seen) - 1 in missing:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
             error.helper_code = "nozzle_not_found"
@@ -665,6 +667,7 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
 
     extra._detect = detect
     extra._call = call
+    extra.test_hints_seen = hints_seen
     return extra, printer, toolhead, seen, sent
 
 
@@ -683,6 +686,26 @@ def test_calibration_skips_points_without_a_nozzle_and_saves_the_model():
     assert [float(v) for v in saved.split(",")] == pytest.approx(
         [0.0, 0.01, 0.01, 0.0])
     assert extra.get_status(0.0)["is_calibrated"] is True
+
+
+def test_calibration_points_keep_the_start_size_and_leave_the_start_pixel():
+    # After the start point every detection must be the bore of the size
+    # seen there, and never the start pixel itself (a static lens feature).
+    extra, _, _, seen, sent = calibration_setup()
+    extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert extra.test_hints_seen[0] is None
+    start_uv = sent["pairs"][0]["uv"]
+    for hints in extra.test_hints_seen[1:]:
+        assert hints == {"expected_radius": 20.0, "exclude": [start_uv]}
+
+
+def test_nozzle_diameter_and_scale_reach_the_helper():
+    toolhead = FakeToolhead()
+    extra, _ = make_ktamv({"nozzle_diameter": "0.6"}, toolhead)
+    assert extra._bore_hints(FakeGcmd()) == {"nozzle_diameter": 0.6}
+    extra.model = ktamv.CameraModel(MATRIX)
+    assert extra._bore_hints(FakeGcmd(NOZZLE_DIAMETER="0.8")) == {
+        "nozzle_diameter": 0.8, "mm_per_px": pytest.approx(0.01)}
 
 
 def test_calibration_refuses_a_bad_fit_and_keeps_the_old_model():

@@ -1,0 +1,181 @@
+"""Detection on real photos under known warps, and on the confounder looks.
+
+``python -m ktamv_helper bench --photos DIR [--variants N] [--seed S]``:
+for each photo in DIR the detector's answer on the photo itself is the
+reference; each variant (:func:`ktamv_helper.simulation.warps.random_warp`:
+rotation, zoom, shift, exposure with clipping, blur, noise, rescale ×0.5/×2)
+is detected again and compared with the reference carried through the same
+warp. Then the renderer's ring-light brass look (clipped tip face, dark cone,
+coloured light, vignetting, lens smudge, low JPEG quality) is scored against
+its exact truth. Prints Markdown tables: found, wrong circles (radius off by
+more than 30 %, or centre off by more than 2 px and 30 % of the radius),
+refusals, consistency median / p95 / max (px) and ms per frame; and, where
+DIR has a README naming bore centres ("`name.png` … ≈ (u, v)"), how far the
+reference is from each.
+"""
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from ktamv_helper.detection import find_bore
+from ktamv_helper.simulation.render import render_nozzle, ring_light_look
+from ktamv_helper.simulation.warps import apply_warp, random_warp, warp_point, warp_radius
+
+# A detection is the wrong circle when its radius is this far off ...
+WRONG_RADIUS = 0.3
+# ... or its centre farther than this many px and this fraction of the radius.
+WRONG_PX, WRONG_CENTER_FRACTION = 2.0, 0.3
+_README_CENTRE = re.compile(r"`([^`]+\.(?:png|jpe?g))`[^\n]*?≈ \(([-\d.]+), ([-\d.]+)\)")
+
+
+def readme_centres(folder):
+    """Bore centres named in the folder's README.md: {file name: (u, v)}."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {m.group(1): (float(m.group(2)), float(m.group(3)))
+                for m in _README_CENTRE.finditer(f.read())}
+
+
+def photos(folder):
+    """(name, BGR image) of every PNG/JPEG in ``folder``, sorted by name."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        if name.lower().endswith((".png", ".jpg", ".jpeg")):
+            image = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
+            if image is not None:
+                out.append((name, image))
+    return out
+
+
+def classify(detection, center, radius):
+    """``"found"`` with its error, ``"wrong"``, or ``"missed"``."""
+    if detection is None:
+        return "missed", None
+    error = math.hypot(detection.center[0] - center[0], detection.center[1] - center[1])
+    if abs(detection.radius / radius - 1.0) > WRONG_RADIUS or \
+            error > max(WRONG_PX, WRONG_CENTER_FRACTION * radius):
+        return "wrong", error
+    return "found", error
+
+
+def _timed_search(image):
+    start = time.perf_counter()
+    search = find_bore(image)
+    return search, (time.perf_counter() - start) * 1000.0
+
+
+def score_photo(image, variants, rng):
+    """Reference detection and per-variant records of one photo."""
+    reference, ms = _timed_search(image)
+    ref = reference.detection
+    records = []
+    if ref is None:
+        return None, records
+    for _ in range(variants):
+        warp = random_warp(rng)
+        search, ms = _timed_search(apply_warp(image, warp, rng))
+        kind, error = classify(search.detection, warp_point(ref.center, warp, image.shape),
+                               warp_radius(ref.radius, warp))
+        records.append({"kind": kind, "error": error, "ms": ms,
+                        "refused": search.refusal})
+    return ref, records
+
+
+def score_ring_light(frames, rng, size=(640, 480)):
+    """Records of rendered ring-light frames against their exact truth."""
+    records = []
+    for _ in range(frames):
+        look = ring_light_look(rng)
+        radius = float(np.exp(rng.uniform(math.log(3.0), math.log(60.0))))
+        margin = radius * 2.0 + 4
+        center = (float(rng.uniform(margin, size[0] - margin)) if margin < size[0] / 2 else size[0] / 2,
+                  float(rng.uniform(margin, size[1] - margin)) if margin < size[1] / 2 else size[1] / 2)
+        search, ms = _timed_search(render_nozzle(size, center, radius, look, rng))
+        kind, error = classify(search.detection, center, radius)
+        records.append({"kind": kind, "error": error, "ms": ms, "refused": search.refusal})
+    return records
+
+
+def table_row(label, records):
+    """One Markdown row of a set of records."""
+    found = [r["error"] for r in records if r["kind"] == "found"]
+    wrong = sum(r["kind"] == "wrong" for r in records)
+    refused = sum(bool(r["refused"]) for r in records if r["kind"] == "missed")
+    stats = ("%.3f / %.3f / %.3f" % (np.median(found), np.percentile(found, 95), max(found))
+             if found else "n/a")
+    return "| %s | %d | %d | %d | %d | %s | %.1f |" % (
+        label, len(records), len(found), wrong, refused, stats,
+        np.median([r["ms"] for r in records]) if records else float("nan"))
+
+
+HEADER = ("| source | variants | found | wrong circle | refused | consistency median / "
+          "p95 / max, px | ms per frame, median |\n|---|---|---|---|---|---|---|")
+
+
+def run(folder, variants=60, ring_light=60, seed=1):
+    """Print the tables; return the per-source records."""
+    rng = np.random.default_rng(seed)
+    lines, refs, results = [HEADER], [], {}
+    if folder and os.path.isdir(folder):
+        centres = readme_centres(folder)
+        for name, image in photos(folder):
+            ref, records = score_photo(image, variants, rng)
+            results[name] = records
+            if ref is None:
+                lines.append("| %s (%dx%d) | 0 | reference not found | | | | |"
+                             % (name, image.shape[1], image.shape[0]))
+                refs.append("| %s | not found | | |" % name)
+                continue
+            lines.append(table_row("%s (%dx%d, r %.1f)" % (name, image.shape[1],
+                                                          image.shape[0], ref.radius), records))
+            given = centres.get(name)
+            off = ("%.1f" % math.hypot(ref.center[0] - given[0], ref.center[1] - given[1])
+                   if given else "n/a")
+            refs.append("| %s | (%.2f, %.2f), r %.2f, rings %s | %s | %s |" % (
+                name, ref.center[0], ref.center[1], ref.radius,
+                ", ".join("%g" % r for r in ref.rings), "(%g, %g)" % given if given else "n/a",
+                off))
+    if ring_light:
+        records = score_ring_light(ring_light, rng)
+        results["ring_light"] = records
+        lines.append(table_row("renderer: ring-light brass, 640x480, r 3-60 (truth)", records))
+    print("\n".join(lines))
+    if refs:
+        print()
+        print("| photo | reference detection | README centre | distance, px |")
+        print("|---|---|---|---|")
+        print("\n".join(refs))
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m ktamv_helper bench --photos DIR",
+        description="Score the detector on real photos under known warps and on the "
+                    "renderer's ring-light look (single thread).")
+    parser.add_argument("--photos", required=True, help="folder of nozzle photos")
+    parser.add_argument("--variants", type=int, default=60, help="warps per photo (60)")
+    parser.add_argument("--ring-light", type=int, default=60,
+                        help="rendered ring-light frames (60; 0 = none)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.photos):
+        print("bench: no folder %s; scoring the rendered looks only" % args.photos,
+              file=sys.stderr)
+    started = time.perf_counter()
+    run(args.photos if os.path.isdir(args.photos) else None, args.variants,
+        args.ring_light, args.seed)
+    print()
+    print("seed %d, %d variants per photo; OpenCV %s, numpy %s; total %.0f s"
+          % (args.seed, args.variants, cv2.__version__, np.__version__,
+             time.perf_counter() - started))
+    return 0
