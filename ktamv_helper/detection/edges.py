@@ -365,7 +365,7 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
     # Rays whose edge lies outside the frame tell nothing; at least half the
     # circle must be in view, and most of what is in view must show the edge.
-    in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.2 * radius), len(radii) - 1)])
+    in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.05 * radius), len(radii) - 1)])
     n_view = int(in_view.sum())
     if n_view < 0.5 * n_rays or good.sum() < max(6, MIN_COMPLETENESS * n_view):
         return None

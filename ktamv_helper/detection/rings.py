@@ -48,6 +48,8 @@ class Rings:
     radii : tuple of float
         Half-way crossings between successive significant extrema, inside
         out (the first is ``bore_radius``).
+    seen_radius : float
+        How far out the profile could be read before leaving the frame, px.
     face_closed : bool
         The bright ring is followed within ``FACE_SPAN`` bore radii by a
         significant fall (it is a ring, not a plate) or runs out of the frame.
@@ -58,6 +60,7 @@ class Rings:
     face_level: float
     radii: tuple
     face_closed: bool
+    seen_radius: float = float("inf")
 
 
 def radial_profile(gray, center, max_radius, step=None, rays=PROFILE_RAYS):
@@ -208,4 +211,5 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
     closed = ((len(crossings) > 1 and crossings[1] <= FACE_SPAN * bore_radius)
               or not np.isfinite(profile[reach]).all())
     return Rings(bore_radius=bore_radius, bore_level=core, face_level=face,
-                 radii=tuple(round(r, 2) for r in crossings), face_closed=closed)
+                 radii=tuple(round(r, 2) for r in crossings), face_closed=closed,
+                 seen_radius=float(radii[np.isfinite(profile)].max()))

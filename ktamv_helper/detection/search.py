@@ -1,8 +1,9 @@
 """Choose the bore among everything dark and round in a frame, or refuse.
 
-1. **Candidates**: dark round islands (:func:`.candidates.find_candidates`)
-   and, for large circles that may run past the frame's edge, the peaks of
-   gradient voting (:func:`.candidates.vote_candidates`).
+1. **Candidates**: dark round islands (:func:`.candidates.find_candidates`),
+   then, unless a sure bore was found already, the peaks of gradient voting
+   (:func:`.candidates.vote_candidates`), which also find circles that run
+   past the frame's edge or whose island merges with noise.
 2. **Structure**: each candidate's edge is measured quickly, then the ring
    structure round the fitted centre is read out to ``FAMILY_SPAN`` times
    its radius (:func:`.rings.find_rings`). The bore is the dark core up to
@@ -34,9 +35,6 @@ FAMILY_SPAN = 10.0
 # radii differ by less than this fraction (else the candidate is moved to
 # the structure's bore and measured again).
 RADIUS_AGREEMENT = 0.25
-# Voting looks only for circles at least this large (px); smaller bores are
-# found as dark islands, which is cheaper and exact.
-VOTE_MIN_RADIUS = 16.0
 # Default largest bore: a zoomed camera's bore may fill most of the frame
 # and run past its edges (fraction of the frame height).
 MAX_RADIUS_OF_HEIGHT = 0.6
@@ -44,6 +42,12 @@ MAX_RADIUS_OF_HEIGHT = 0.6
 # or defocus makes the dark opening look up to ~1.5x the nominal bore, the
 # tip face and the cone are 2.5x-10x.
 SIZE_FACTOR = 1.8
+# A nozzle's tip face is the wall round the bore: at least this many bore
+# radii wide even on a thin-walled 0.8 mm nozzle (~0.6); the lighter rim of
+# a chamfered screw hole is thinner. Judged only where the face's outer
+# edge lies well inside what the frame shows (FACE_SEEN of it).
+MIN_FACE_WIDTH = 0.4
+FACE_SEEN = 0.9
 # Two bores are rivals when the weaker scores at least this fraction of the
 # stronger.
 RIVAL_SCORE = 0.8
@@ -158,6 +162,9 @@ def _measure(gray, noise, center, radius, min_radius):
         return None
     # The rings as seen from the measured centre, for the preview and logs.
     final = find_rings(gray, m["center"], FAMILY_SPAN * m["radius"], noise) or rings
+    if len(final.radii) > 1 and final.radii[1] < FACE_SEEN * final.seen_radius and \
+            final.radii[1] - m["radius"] < MIN_FACE_WIDTH * m["radius"]:
+        return None     # a thin bright rim: a chamfered hole, not a tip face
     return Detection(center=m["center"], radius=m["radius"], score=round(score, 4),
                      rings=(round(m["radius"], 2),) + tuple(final.radii[1:]),
                      rms=round(m["rms"], 4))
@@ -179,10 +186,8 @@ def _candidate_points(gray, noise, min_radius, max_radius):
     """Candidate (u, v, r) lists, coarse search copies first, voting last."""
     for scale in search_scales(gray.shape, min_radius):
         yield [(u, v, r) for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale)]
-    if max_radius >= VOTE_MIN_RADIUS:
-        yield [(u, v, math.sqrt(r_lo * r_hi))
-               for u, v, r_lo, r_hi, _ in vote_candidates(
-                   gray, noise, max(min_radius, VOTE_MIN_RADIUS), max_radius)]
+    yield [(u, v, math.sqrt(r_lo * r_hi))
+           for u, v, r_lo, r_hi, _ in vote_candidates(gray, noise, min_radius, max_radius)]
 
 
 def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
