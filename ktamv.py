@@ -28,7 +28,10 @@ MAX_MOVES = 100
 DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 # Detection errors that mean "this frame shows no usable nozzle" (a
 # calibration point is skipped), unlike camera or helper failures.
-NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus")
+# Helper errors that mean "no trustworthy nozzle in this picture": a
+# calibration point with one is skipped, not a reason to stop.
+NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus", "nozzle_ambiguous",
+                   "nozzle_size_mismatch")
 DEFAULT_TOOL_NAME = "default"
 
 class HelperFailure(Exception):
