@@ -187,7 +187,7 @@ def _least_squares_circle(points):
     return np.asarray(model.center, float), float(model.radius)
 
 
-def fit_circle_robust(points, tolerance, hypotheses=48):
+def fit_circle_robust(points, tolerance, hypotheses=48, smooth=False):
     """Circle through ordered edge points, ignoring outliers.
 
     RANSAC with all hypotheses evaluated at once: each is the circle through
@@ -205,6 +205,9 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
         Largest distance of an inlier from the circle.
     hypotheses : int
         Number of three-point circles tried.
+    smooth : bool
+        Finish with a soft-loss refinement (:func:`_smooth_refine`), so the
+        centre moves continuously with the image; for final measurements.
 
     Returns
     -------
@@ -244,11 +247,12 @@ def fit_circle_robust(points, tolerance, hypotheses=48):
         inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
     if inliers.sum() < 6:
         return None
-    centre, radius = _smooth_refine(p, centre, radius, inliers, tolerance)
-    residuals = np.abs(np.hypot(*(p - centre).T) - radius)
-    inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
-    if inliers.sum() < 6:
-        return None
+    if smooth:
+        centre, radius = _smooth_refine(p, centre, radius, inliers, tolerance)
+        residuals = np.abs(np.hypot(*(p - centre).T) - radius)
+        inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
+        if inliers.sum() < 6:
+            return None
     return centre + origin, radius, inliers
 
 
@@ -408,7 +412,7 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     pts = np.column_stack([center[0] + np.cos(angles) * edge,
                            center[1] + np.sin(angles) * edge])[good]
     tolerance = max(0.35, 0.04 * radius)
-    fit = fit_circle_robust(pts, tolerance)
+    fit = fit_circle_robust(pts, tolerance, smooth=not quick)
     if fit is None:
         return None
     c, r, inliers = fit

@@ -94,14 +94,27 @@ def radial_profile(gray, center, max_radius, step=None, rays=PROFILE_RAYS):
                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     outside = (map_x < -0.5) | (map_x > width - 0.5) | (map_y < -0.5) | (map_y > height - 0.5)
     samples[outside] = np.nan
-    seen = (~outside).mean(axis=0)
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            profile = np.nanmedian(samples, axis=0)
-    profile[seen < MIN_RAYS_SEEN] = np.nan
+    profile = _column_median(samples, outside)
+    profile[(~outside).mean(axis=0) < MIN_RAYS_SEEN] = np.nan
     return radii, profile
+
+
+def _column_median(samples, missing):
+    """Median of each column over its non-missing rows (NaN if none).
+
+    Sorting puts the NaNs last, so the median is picked by each column's own
+    count; several times faster than ``np.nanmedian``.
+    """
+    if not missing.any():
+        return np.median(samples, axis=0)
+    ordered = np.sort(samples, axis=0)
+    count = (~missing).sum(axis=0)
+    cols = np.arange(samples.shape[1])
+    lo = np.maximum((count - 1) // 2, 0)
+    hi = np.maximum(count // 2, 0)
+    out = 0.5 * (ordered[lo, cols] + ordered[np.minimum(hi, len(samples) - 1), cols])
+    out[count == 0] = np.nan
+    return out.astype(np.float32)
 
 
 def significant_extrema(profile, threshold):

@@ -1,0 +1,166 @@
+"""The bore among nested rings, at any scale, or a clear refusal.
+
+Frames from the renderer's ring-light look (clipped wide tip face, dark
+cone, bright body: several "dark discs inside a bright ring") and composed
+scenes with exact truth; the three real photos of ../shared/photos when
+that folder is there.
+"""
+
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from ktamv_helper.detection import find_bore, find_rings, to_gray, estimate_noise
+from ktamv_helper.detection import search
+from ktamv_helper.service import BoreExpectation
+from ktamv_helper.simulation.render import NozzleLook, render_nozzle, ring_light_look
+from ktamv_helper.simulation.warps import Warp, apply_warp, warp_point, warp_radius
+
+PHOTOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "photos")
+
+
+def _error(detection, truth):
+    return math.hypot(detection.center[0] - truth[0], detection.center[1] - truth[1])
+
+
+def _ring_light_frame(seed, radius, center=(318.4, 243.7), size=(640, 480), **overrides):
+    rng = np.random.default_rng(seed)
+    look = ring_light_look(rng, **overrides)
+    return render_nozzle(size, center, radius, look, rng), look
+
+
+def test_ring_light_nozzles_give_the_bore_never_the_cone():
+    errors = []
+    for seed in range(16):
+        radius = 3.0 * (30.0 / 3.0) ** (seed / 15.0)      # 3 .. 30 px
+        image, look = _ring_light_frame(seed, radius)
+        found = find_bore(image).detection
+        assert found is not None, (seed, radius)
+        assert found.radius == pytest.approx(radius, rel=0.3), (seed, radius, found)
+        errors.append(_error(found, (318.4, 243.7)))
+        # The rings name the face and the cone too, inside out.
+        assert len(found.rings) >= 2 and found.rings[1] > 1.5 * found.radius
+    assert np.median(errors) < 0.1
+    assert max(errors) < 0.5
+
+
+def test_a_candidate_on_the_cone_is_moved_to_its_bore():
+    image, look = _ring_light_frame(3, 10.5)
+    gray = to_gray(image)
+    cone = 10.5 * look.cone_ratio
+    # Start where the cone is, a little off-centre, as a cone's fit would be.
+    found = search._measure(gray, estimate_noise(gray), (321.3, 243.7), cone, 2.0)
+    assert found is not None
+    assert found.radius == pytest.approx(10.5, rel=0.15)
+    assert _error(found, (318.4, 243.7)) < 0.3
+
+
+def test_a_bore_filling_the_frame_and_running_past_its_edges():
+    look = NozzleLook(collar_ratio=1.4, cone_ratio=2.0, hex_ratio=3.0)
+    # 0.45 of the frame height: the tip face runs past every edge.
+    image = render_nozzle((640, 480), (321.2, 238.6), 216.0, look)
+    found = find_bore(image).detection
+    assert found is not None
+    assert _error(found, (321.2, 238.6)) < 0.2
+    assert found.radius == pytest.approx(216.0, rel=0.02)
+
+
+def test_exposure_and_zoom_do_not_move_or_lose_the_bore():
+    base, look = _ring_light_frame(5, 10.0, noise_sigma=0.0, jpeg_quality=0, blur_sigma=0.6)
+    centres = []
+    for exposure in (0.8, 1.0, 1.1, 1.25):
+        warp = Warp(exposure=exposure)
+        found = find_bore(apply_warp(base, warp, np.random.default_rng(0))).detection
+        assert found is not None, exposure
+        centres.append(found.center)
+    spread = max(math.hypot(a[0] - b[0], a[1] - b[1]) for a in centres for b in centres)
+    assert spread < 0.1
+    ref = find_bore(base).detection
+    for zoom in (0.97, 0.985, 1.015, 1.03):
+        warp = Warp(zoom=zoom, rotation_deg=2.0)
+        found = find_bore(apply_warp(base, warp, np.random.default_rng(0))).detection
+        assert found is not None, zoom
+        assert _error(found, warp_point(ref.center, warp, base.shape)) < 0.15
+        assert found.radius == pytest.approx(warp_radius(ref.radius, warp), rel=0.05)
+
+
+def test_expected_size_refuses_a_far_off_circle_and_keeps_the_right_one():
+    image, _ = _ring_light_frame(7, 12.0)
+    assert find_bore(image, expected_radius=12.5).detection is not None
+    refused = find_bore(image, expected_radius=12.0 * 7)
+    assert refused.detection is None and refused.refusal == "size_mismatch"
+    assert "about 84.0 px" in refused.message
+    assert refused.candidates[0].radius == pytest.approx(12.0, rel=0.15)
+
+
+def _two_nozzles():
+    left = render_nozzle((640, 480), (160.3, 240.2), 14.0)
+    right = render_nozzle((640, 480), (480.7, 239.6), 14.0)
+    image = left.copy()
+    image[:, 320:] = right[:, 320:]
+    return image
+
+
+def test_two_equally_plausible_bores_are_refused_not_guessed():
+    result = find_bore(_two_nozzles())
+    assert result.detection is None
+    assert result.refusal == "ambiguous"
+    assert "320.4 px apart" in result.message
+    assert len(result.candidates) == 2
+
+
+def test_a_static_feature_can_be_excluded():
+    result = find_bore(_two_nozzles(), exclude=[(480.7, 239.6)])
+    assert result.detection is not None
+    assert _error(result.detection, (160.3, 240.2)) < 0.05
+
+
+def test_rings_of_a_clean_nozzle_are_its_real_radii():
+    look = NozzleLook(collar_ratio=2.0, cone_ratio=4.0, cone_level=0.2, hex_ratio=6.0)
+    image = render_nozzle((640, 480), (320.0, 240.0), 15.0, look)
+    gray = to_gray(image)
+    rings = find_rings(gray, (320.0, 240.0), 150.0, estimate_noise(gray))
+    assert rings.bore_radius == pytest.approx(15.0, abs=0.5)
+    assert rings.radii[1] == pytest.approx(30.0, abs=1.0)     # tip face's edge
+    assert rings.face_closed
+
+
+def test_size_mismatch_sentence_names_both_sizes_and_the_scale():
+    bore = BoreExpectation({"nozzle_diameter": 0.4, "mm_per_px": 0.0189}, 1.0)
+    assert bore.expected_radius == pytest.approx(10.58, abs=0.01)
+    image, _ = _ring_light_frame(2, 10.58 * 8)
+    search_result = bore.find(image, type("S", (), {"min_radius": 3.0, "max_radius": 0})())
+    if search_result.refusal is None:
+        pytest.skip("no far-off circle in this frame")
+    error = bore.refused([search_result], 1)
+    assert error.code == "nozzle_size_mismatch"
+    assert "a 0.40 mm bore is about 10.6 px at 0.0189 mm/px" in error.message
+
+
+def test_bad_exclude_is_a_clear_parameter_error():
+    from ktamv_helper.errors import HelperError
+    with pytest.raises(HelperError, match="exclude"):
+        BoreExpectation({"exclude": [[1, "x"]]}, 1.0)
+
+
+def _readme_centres():
+    from ktamv_helper.bench_photos import readme_centres
+    return readme_centres(PHOTOS)
+
+
+@pytest.mark.skipif(not os.path.isdir(PHOTOS), reason="no ../shared/photos here")
+@pytest.mark.parametrize("name, limit", [("ktamv-doc-1.png", 2.0),
+                                         ("ktamv-doc-2.png", 2.0),
+                                         # The README's centre is by eye,
+                                         # ± 5 px; an overlay of the fitted
+                                         # circle on the photo follows the
+                                         # bore's edge 8 px from it.
+                                         ("axiscope-1.png", 10.0)])
+def test_real_photos_bore_where_the_readme_says(name, limit):
+    image = cv2.imread(os.path.join(PHOTOS, name))
+    found = find_bore(image).detection
+    assert found is not None
+    assert _error(found, _readme_centres()[name]) < limit
