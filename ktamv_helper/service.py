@@ -17,6 +17,7 @@ import time
 from ktamv_helper import PROTOCOL_VERSION, __version__
 from ktamv_helper.cameras import public_url
 from ktamv_helper.errors import HelperError
+from ktamv_helper.freshness import FrameRule, frame_digest, just_after
 
 log = logging.getLogger("ktamv_helper.service")
 
@@ -24,8 +25,8 @@ _REQUIRED = object()
 
 # The longest a version check waits for a frame: it must answer promptly.
 VERSION_CHECK_TIMEOUT = 2.0
-# Most machine.moves kept per request (the protocol promises at most 100).
-MAX_MOVES = 1000
+# Most machine.moves accepted per request (the extra sends at most this).
+MAX_MOVES = 100
 
 
 # ---------------------------------------------------------------- parameters
@@ -115,28 +116,6 @@ def point_param(value, name, length=2):
     return [float(v) for v in value]
 
 
-def earliest_frame_time(params, received):
-    """The ``not_before`` stamp a request asks for (``None``: any frame).
-
-    ``not_before`` is a helper-monotonic stamp; ``settle`` counts seconds from
-    when the request was received. With both, the later one wins.
-    """
-    not_before = number_param(params, "not_before", None)
-    settle = number_param(params, "settle", 0.0, low=0.0, high=600.0)
-    if settle > 0:
-        after_settle = received + settle
-        not_before = after_settle if not_before is None else max(not_before,
-                                                                after_settle)
-    return not_before
-
-
-def _just_after(stamp):
-    """The next representable stamp, so a frame is never used twice."""
-    if hasattr(math, "nextafter"):
-        return math.nextafter(stamp, math.inf)
-    return stamp + 1e-9
-
-
 def _position(value, name):
     """A machine position: 2 or 3 finite numbers (mm)."""
     length = len(value) if isinstance(value, (list, tuple)) else 0
@@ -221,6 +200,43 @@ class Settings:
 
 # ---------------------------------------------------------------- service
 
+class DetectRequest:
+    """Validated ``detect`` parameters and the bounds they imply."""
+
+    def __init__(self, params, received, settings, rule):
+        self.received = received
+        self.frames = int_param(params, "frames", 3, low=1, high=50)
+        self.earliest = rule.earliest(params, received)
+        self.timeout = number_param(params, "timeout",
+                                    min(60.0, settings.camera_timeout
+                                        + 2.0 * self.frames / 5.0),
+                                    low=0.1, high=60.0)
+        self.tolerance = number_param(params, "tolerance",
+                                      settings.detection_tolerance, low=0.0,
+                                      low_open=True, high=1000.0)
+        self.max_frames = int_param(params, "max_frames", 3 * self.frames + 2,
+                                    low=self.frames, high=1000)
+        self.deadline = received + self.timeout
+
+
+class DetectRun:
+    """What one detection saw: frames with a nozzle, and why it stopped."""
+
+    def __init__(self):
+        self.detections, self.frames = [], []
+        self.seen = 0
+        self.frame_size = None
+        self.last_image = self.last_detection = None
+        self.stopped_by = None      # "timeout" or the camera's HelperError
+        self.agreed = None          # consensus (center, used, spread)
+
+
+def _superseded():
+    return HelperError("cancelled", "This detection was cancelled by a newer "
+                       "one on the same camera (the extra stopped waiting "
+                       "for it).")
+
+
 class _Opening:
     """A camera being opened in the background."""
 
@@ -256,6 +272,10 @@ class Service:
         # Shown on every preview frame: last detect result, calibrated scale.
         self._preview_notes = {"last": None, "scale": None}
         self._closed = False
+        self._rule = FrameRule()
+        self._detect_cond = threading.Condition()
+        self._detect_ticket = 0
+        self._detect_busy = False
         self._methods = {
             "configure": self.configure,
             "detect": self.detect,
@@ -539,122 +559,173 @@ class Service:
 
     def detect(self, params, received):
         settings = self._require_settings()
-        frames = int_param(params, "frames", 3, low=1, high=50)
-        earliest = earliest_frame_time(params, received)
-        timeout = number_param(params, "timeout",
-                               min(60.0, settings.camera_timeout
-                                   + 2.0 * frames / 5.0),
-                               low=0.1, high=60.0)
-        tolerance = number_param(params, "tolerance",
-                                 settings.detection_tolerance, low=0.0,
-                                 low_open=True, high=1000.0)
-        max_frames = int_param(params, "max_frames", 3 * frames + 2,
-                               low=frames, high=1000)
-        deadline = received + timeout
-        camera = self._get_camera(settings, deadline - time.monotonic())
-
-        from ktamv_helper.consensus import consensus
-        from ktamv_helper.detection import detect_nozzle
-
-        detections, stamps = [], []
-        seen = 0
-        last_image = last_detection = None
-        frame_size = None
-        stopped_by = None
-        while seen < max_frames:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                stopped_by = "timeout"
-                break
-            try:
-                frame = camera.get_frame(
-                    not_before=earliest,
-                    timeout=min(remaining, settings.camera_timeout))
-            except HelperError as exc:
-                if seen == 0:
-                    raise
-                stopped_by = exc
-                break
-            seen += 1
-            earliest = _just_after(frame.timestamp)
-            frame_size = frame.size
-            detection = detect_nozzle(frame.image, settings.min_radius,
-                                      settings.max_radius)
-            last_image, last_detection = frame.image, detection
-            self._publish(frame, detection, settings.target_tolerance,
-                          ("detect: frame %d of at most %d, %d with a nozzle"
-                           % (seen, max_frames,
-                              len(detections) + (detection is not None)),))
-            if detection is None:
-                continue
-            detections.append(detection)
-            stamps.append(frame.timestamp)
-            agreed = consensus([tuple(d.center) for d in detections],
-                               tolerance, frames)
-            if agreed is None:
-                continue
-            center, used, spread = agreed
-            used = [int(i) for i in used]
-            self._note_for_preview(
-                "last", "last: nozzle at %.2f, %.2f px (%d of %d frames, "
-                "spread %.2f px)" % (center[0], center[1], len(used), seen,
-                                      spread))
-            return {
-                "center": [_to_float(center[0]), _to_float(center[1])],
-                "radius": _to_float(_median([detections[i].radius
-                                             for i in used])),
-                "score": _to_float(_median([detections[i].score
-                                            for i in used])),
-                "frames_used": len(used),
-                "frames_seen": seen,
-                "spread": _to_float(spread),
-                "frame_size": list(frame_size),
-                "frame_time": max(stamps[i] for i in used),
-                "elapsed": time.monotonic() - received,
-            }
-        if seen == 0 and stopped_by == "timeout":
+        request = DetectRequest(params, received, settings, self._rule)
+        camera = self._get_camera(settings,
+                                  request.deadline - time.monotonic())
+        ticket = self._take_detect_turn(request.deadline)
+        try:
+            run = self._collect(camera, settings, request, ticket)
+        finally:
+            self._end_detect_turn()
+        if run.agreed is not None:
+            return self._detect_result(run, request)
+        if run.seen == 0 and run.stopped_by == "timeout":
             raise HelperError("camera_timeout",
                               "No fresh frame from %s within %.1f s: check "
                               "that the camera is streaming."
-                              % (public_url(settings.camera_url), timeout))
-        return self._detect_failed(settings, frames, seen, detections,
-                                   tolerance, stopped_by, last_image,
-                                   last_detection)
+                              % (public_url(settings.camera_url),
+                                 request.timeout))
+        raise self._detect_failed(settings, request, run)
 
-    def _detect_failed(self, settings, needed, seen, detections, tolerance,
-                       stopped_by, last_image, last_detection):
-        details = {"frames_seen": seen, "frames_with_nozzle": len(detections)}
-        if isinstance(stopped_by, HelperError):
-            why = " The camera then failed: %s" % stopped_by.message
-            details["camera_error"] = stopped_by.code
-        elif stopped_by == "timeout":
-            why = " The request's time ran out."
-        else:
-            why = ""
-        if not detections:
+    # One detect at a time per camera: a newer request (the extra's retry
+    # after a timeout) cancels the one running, which stops between frames.
+    def _take_detect_turn(self, deadline):
+        with self._detect_cond:
+            self._detect_ticket += 1
+            ticket = self._detect_ticket
+            self._detect_cond.notify_all()
+            while self._detect_busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HelperError(
+                        "camera_timeout", "The previous detection on this "
+                        "camera did not stop in time: the camera is stalled;"
+                        " check that it is streaming.")
+                self._detect_cond.wait(remaining)
+                if self._detect_ticket != ticket:
+                    raise _superseded()
+            self._detect_busy = True
+        return ticket
+
+    def _end_detect_turn(self):
+        with self._detect_cond:
+            self._detect_busy = False
+            self._detect_cond.notify_all()
+
+    def _fresh_frame(self, camera, earliest, cursor, timeout):
+        """The next frame the freshness rule accepts (arrival after cursor)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = camera.get_frame(
+                not_before=cursor,
+                timeout=max(0.05, deadline - time.monotonic()))
+            if self._rule.accepts(frame, earliest):
+                return frame
+            cursor = just_after(frame.timestamp)
+            if time.monotonic() >= deadline:
+                raise HelperError("camera_timeout",
+                                  "No frame captured after the move came "
+                                  "from the camera within %.1f s." % timeout)
+
+    def _collect(self, camera, settings, request, ticket):
+        """Examine fresh frames until enough agree, or a bound is hit."""
+        run = DetectRun()
+        cursor = request.earliest
+        while run.seen < request.max_frames:
+            if self._detect_ticket != ticket:
+                raise _superseded()
+            remaining = request.deadline - time.monotonic()
+            if remaining <= 0:
+                run.stopped_by = "timeout"
+                break
+            try:
+                frame = self._fresh_frame(
+                    camera, request.earliest, cursor,
+                    min(remaining, settings.camera_timeout))
+            except HelperError as exc:
+                if run.seen == 0:
+                    raise
+                run.stopped_by = exc
+                break
+            cursor = just_after(frame.timestamp)
+            self._examine(frame, settings, request, run)
+            if run.agreed is not None:
+                break
+        return run
+
+    def _examine(self, frame, settings, request, run):
+        """Detect the nozzle in one frame, show it, and try the consensus."""
+        from ktamv_helper.consensus import consensus
+        from ktamv_helper.detection import detect_nozzle
+        run.seen += 1
+        run.frame_size = frame.size
+        detection = detect_nozzle(frame.image, settings.min_radius,
+                                  settings.max_radius)
+        run.last_image, run.last_detection = frame.image, detection
+        self._publish(frame, detection, settings.target_tolerance,
+                      ("detect: frame %d of at most %d, %d with a nozzle"
+                       % (run.seen, request.max_frames,
+                          len(run.detections) + (detection is not None)),))
+        if detection is None:
+            return
+        run.detections.append(detection)
+        run.frames.append(frame)
+        run.agreed = consensus([tuple(d.center) for d in run.detections],
+                               request.tolerance, request.frames)
+
+    def _detect_result(self, run, request):
+        center, used, spread = run.agreed
+        used = [int(i) for i in used]
+        newest = max(used, key=lambda i: run.frames[i].timestamp)
+        self._note_for_preview(
+            "last", "last: nozzle at %.2f, %.2f px (%d of %d frames, "
+            "spread %.2f px)" % (center[0], center[1], len(used), run.seen,
+                                  spread))
+        return {
+            "center": [_to_float(center[0]), _to_float(center[1])],
+            "radius": _to_float(_median([run.detections[i].radius
+                                         for i in used])),
+            "score": _to_float(_median([run.detections[i].score
+                                        for i in used])),
+            "frames_used": len(used),
+            "frames_seen": run.seen,
+            "spread": _to_float(spread),
+            "frame_size": list(run.frame_size),
+            "frame_time": run.frames[newest].timestamp,
+            "frame_digest": frame_digest(run.frames[newest].image),
+            "elapsed": time.monotonic() - request.received,
+        }
+
+    def _detect_failed(self, settings, request, run):
+        """The error of a detection without consensus; the camera leads."""
+        seen, found = run.seen, len(run.detections)
+        details = {"frames_seen": seen, "frames_with_nozzle": found}
+        plural = "" if seen == 1 else "s"
+        if not run.detections:
             code = "nozzle_not_found"
-            reason = "nozzle_not_found"
-            message = ("No nozzle found in %d frame%s from the camera.%s Make "
-                       "sure the nozzle is in view and near the image centre, "
-                       "in focus, clean (no ooze or filament on the tip), and "
-                       "evenly lit." % (seen, "" if seen == 1 else "s", why))
+            summary = ("no nozzle found in %d frame%s from the camera"
+                       % (seen, plural))
+            advice = (" Make sure the nozzle is in view and near the image "
+                      "centre, in focus, clean (no ooze or filament on the "
+                      "tip), and evenly lit.")
         else:
             code = "no_consensus"
-            reason = "no_consensus"
-            message = ("The nozzle was found in %d of %d frames but fewer "
-                       "than %d agreed within %.2g px.%s Keep the printer "
-                       "still, check focus and lighting, clean the nozzle, or "
-                       "raise detection_tolerance."
-                       % (len(detections), seen, needed, tolerance, why))
+            summary = ("the nozzle was found in %d of %d frames but fewer "
+                       "than %d agreed within %.2g px"
+                       % (found, seen, request.frames, request.tolerance))
+            advice = (" Keep the printer still, check focus and lighting, "
+                      "clean the nozzle, or raise detection_tolerance.")
+        stopped_by = run.stopped_by
+        if isinstance(stopped_by, HelperError):
+            # The camera is the cause: its error code and sentence first.
+            code = stopped_by.code
+            details["camera_error"] = stopped_by.code
+            message = ("The camera failed after %d frame%s: %s (Before "
+                       "that, %s.)" % (seen, plural, stopped_by.message,
+                                       summary))
+        else:
+            why = " The request's time ran out." if stopped_by else ""
+            message = summary[0].upper() + summary[1:] + "." + why + advice
         self._note_for_preview("last", "last: %s after %d frame%s" % (
-            code.replace("_", " "), seen, "" if seen == 1 else "s"))
-        if settings.debug_dir and last_image is not None:
-            paths = self._save_debug(settings, last_image, reason,
-                                     last_detection)
+            code.replace("_", " "), seen, plural))
+        if settings.debug_dir and run.last_image is not None:
+            paths = self._save_debug(settings, run.last_image,
+                                     "nozzle_not_found" if not found
+                                     else "no_consensus", run.last_detection)
             if paths:
                 details["debug_files"] = paths
                 message += " Frames saved for inspection: %s." % ", ".join(paths)
-        raise HelperError(code, message, details)
+        return HelperError(code, message, details)
 
     def _save_debug(self, settings, image, reason, detection):
         try:
@@ -671,7 +742,7 @@ class Service:
 
     def grab(self, params, received):
         settings = self._require_settings()
-        earliest = earliest_frame_time(params, received)
+        earliest = self._rule.earliest(params, received)
         timeout = number_param(params, "timeout", settings.camera_timeout,
                                low=0.1, high=60.0)
         save = params.get("save")
@@ -680,8 +751,8 @@ class Service:
         camera = self._get_camera(settings,
                                   received + timeout - time.monotonic())
         remaining = received + timeout - time.monotonic()
-        frame = camera.get_frame(not_before=earliest,
-                                 timeout=max(0.05, remaining))
+        frame = self._fresh_frame(camera, earliest, earliest,
+                                  max(0.05, remaining))
         self._publish(frame, status_lines=("grab",))
         saved = None
         if save:
@@ -768,7 +839,7 @@ class Service:
             camera = self._get_camera(settings)
             frame = camera.get_frame(not_before=state["earliest"],
                                      timeout=settings.camera_timeout)
-            state["earliest"] = _just_after(frame.timestamp)
+            state["earliest"] = just_after(frame.timestamp)
             from ktamv_helper.detection import detect_nozzle
             detection = detect_nozzle(frame.image, settings.min_radius,
                                       settings.max_radius)
