@@ -30,6 +30,16 @@ DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 # calibration point is skipped), unlike camera or helper failures.
 NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus")
 DEFAULT_TOOL_NAME = "default"
+# A stored detection stands in for a new one (same place, tool, camera,
+# settled) for at most this long: the printer may be bumped meanwhile.
+DETECTION_MAX_AGE = 5.
+# A frozen picture: after a move that should shift the bore image by at
+# least 2 * STILL_PX, it moved less than STILL_PX or FROZEN_FRACTION of it.
+STILL_PX = 0.5
+FROZEN_FRACTION = 0.1
+# The coarsest usable nozzle camera (mm per pixel), as the helper's fit.
+MIN_MM_PER_PX = 0.001
+MAX_MM_PER_PX = 0.2
 
 class HelperFailure(Exception):
     """A request that did not produce a result; ``message`` is for users."""
@@ -494,6 +504,11 @@ class CameraModel:
         return math.degrees(math.atan2(d, a))
     def mirrored(self):
         return self.determinant() > 0.
+    def mm_to_px(self, dx, dy):
+        """Image shift (du, dv) that a toolhead move of (dx, dy) causes."""
+        (a, b), (d, e) = self.matrix
+        det = a * e - b * d
+        return (e * dx - b * dy) / det, (a * dy - d * dx) / det
     def px_to_mm(self, du, dv):
         """Toolhead move (dx, dy) that shifts the nozzle image by (du, dv)."""
         (a, b), (d, e) = self.matrix
@@ -789,12 +804,13 @@ class Ktamv:
         matrix = config.getfloatlist('camera_matrix', None, count=4)
         if matrix is not None:
             model = CameraModel.from_flat(matrix)
-            if not 0.001 <= model.mm_per_px() <= 0.2:
+            if not MIN_MM_PER_PX <= model.mm_per_px() <= MAX_MM_PER_PX:
                 raise config.error(
                     "Option 'camera_matrix' in section '%s' gives %.5f mm per"
-                    " pixel; a usable nozzle camera has 0.001..0.2. Delete "
-                    "the option and run KTAMV_CALIB_CAMERA again."
-                    % (self.name, model.mm_per_px()))
+                    " pixel; a usable nozzle camera has %g..%g. Delete the "
+                    "option and run KTAMV_CALIB_CAMERA again."
+                    % (self.name, model.mm_per_px(), MIN_MM_PER_PX,
+                       MAX_MM_PER_PX))
             self.model = model
         self.motion = KtamvMotion(self.printer, self.move_speed / 60.,
                                   backlash, max_travel)
@@ -1057,17 +1073,26 @@ class Ktamv:
         self.configure_error = None
         self.preview_info = result.get('preview')
         return result
-    def _detect(self, gcmd, frames=None, after_move=True):
-        """Detect the nozzle in fresh frames; returns the result dict."""
+    def _detect(self, gcmd, frames=None, after_move=True, reference=None):
+        """Detect the nozzle in fresh frames; returns the result dict.
+
+        ``after_move`` asks for frames captured settle_time after the last
+        move ended (the helper's freshness rule decides which those are);
+        only such a detection may become an origin or an offset.
+        """
         frames = frames or self.detection_frames
         params = {'frames': frames}
         # A G1 just before this command may still be queued or running.
         self.motion.toolhead.wait_moves()
         if after_move:
-            if self.helper_command:
-                params['settle'] = self.settle_time
-            else:
-                params['not_before'] = time.monotonic() + self.settle_time
+            params['settle'] = self.settle_time
+            if not self.helper_command:
+                # A local helper shares CLOCK_MONOTONIC with Klippy.
+                params['moved_at'] = time.monotonic()
+            if reference is not None:
+                # The picture before the move: the helper measures the
+                # camera's latency from the first frame showing the move.
+                params['reference'] = list(reference['uv'])
         timeout = self.camera_timeout + self.settle_time + 0.4 * frames + 1.
         params['timeout'] = min(60., timeout)
         pos = self.motion.position()
@@ -1081,18 +1106,51 @@ class Ktamv:
             'spread': float(result.get('spread', 0.)),
             'frame_size': [int(v) for v in result['frame_size']],
             'position': [pos[0], pos[1]],
-            'tool': tool}
+            'tool': tool,
+            'digest': result.get('frame_digest'),
+            'settled': bool(after_move),
+            'camera': self.camera_url,
+            'time': self.reactor.monotonic()}
         return self.last_detection
     def _fresh_detection(self, gcmd):
-        """The last detection if it was made here with this tool, or a new one."""
+        """A settled detection made here with this tool and camera in the
+        last DETECTION_MAX_AGE seconds, or a new one."""
         det = self.last_detection
         pos = self.motion.position()
-        if (det is not None
+        if (det is not None and det.get('settled')
+            and det.get('camera') == self.camera_url
+            and (self.reactor.monotonic() - det.get('time', -1e9)
+                 <= DETECTION_MAX_AGE)
             and det['tool'] == self._current_tool(strict=False)
             and abs(det['position'][0] - pos[0]) < 1e-9
             and abs(det['position'][1] - pos[1]) < 1e-9):
             return det
         return self._detect(gcmd)
+    def _check_picture_moved(self, gcmd, before, after):
+        """Refuse a detection whose picture did not follow the toolhead."""
+        dx = after['position'][0] - before['position'][0]
+        dy = after['position'][1] - before['position'][1]
+        dist = math.hypot(dx, dy)
+        if dist < 1e-6:
+            return
+        if self.model is not None:
+            expected = math.hypot(*self.model.mm_to_px(dx, dy))
+        else:
+            # Uncalibrated: the least shift any usable camera shows.
+            expected = dist / MAX_MM_PER_PX
+        seen = math.hypot(after['uv'][0] - before['uv'][0],
+                          after['uv'][1] - before['uv'][1])
+        same = before.get('digest') and before['digest'] == after['digest']
+        still = (expected >= 2. * STILL_PX
+                 and seen < max(STILL_PX, FROZEN_FRACTION * expected))
+        if same or still:
+            raise gcmd.error(
+                "kTAMV: the camera picture did not change after a %.2f mm "
+                "move (%s): is the stream frozen? Restart the camera service"
+                " (e.g. sudo systemctl restart crowsnest) and check the "
+                "stream in a browser." % (dist, "the same frame again" if same
+                                          else "the nozzle moved %.2f px of "
+                                          "%.1f expected" % (seen, expected)))
     def _pixel_error(self, det):
         cu, cv = image_center(det['frame_size'])
         return cu - det['uv'][0], cv - det['uv'][1]
@@ -1169,10 +1227,11 @@ class Ktamv:
                float(fit.get('rms_mm', 0.)), len(used), len(rejected),
                len(missed)))
     def _calibration_points(self, gcmd, targets, pairs, missed):
+        first = None
         for i, (x, y) in enumerate(targets):
             self.motion.move_to(x, y, "calibration move")
             try:
-                det = self._detect(gcmd)
+                det = self._detect(gcmd, reference=first)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise  # camera or helper trouble: stop, do not guess
@@ -1183,6 +1242,11 @@ class Ktamv:
                 missed.append(i)
                 logging.info("ktamv: calibration point %d: %s", i, e)
                 continue
+            if i > 0:
+                # A point whose picture did not move is not a point.
+                self._check_picture_moved(gcmd, first, det)
+            else:
+                first = det
             pos = self.motion.position()
             pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
     cmd_KTAMV_FIND_NOZZLE_CENTER_help = ("Move the nozzle to the centre of "
@@ -1225,13 +1289,15 @@ class Ktamv:
             self.motion.move_to(pos[0] + dx, pos[1] + dy, "centring move")
             moves += 1
             self.last_center_moves = moves
+            before = det
             try:
-                det = self._detect(gcmd)
+                det = self._detect(gcmd, reference=before)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise
                 raise gcmd.error("kTAMV: lost the nozzle after centring move"
                                  " %d. %s" % (moves, e))
+            self._check_picture_moved(gcmd, before, det)
         pos = self.motion.position()
         gcmd.respond_info(
             "kTAMV: nozzle centred after %d move(s) at X%.4f Y%.4f, %.3f px "
@@ -1423,6 +1489,8 @@ class Ktamv:
         self.detection_tolerance = gcmd.get_float(
             'DETECTION_TOLERANCE', self.detection_tolerance, minval=0.,
             maxval=50.)
+        # A detection from the old camera (or settings) is not one now.
+        self.last_detection = None
         self._call(gcmd, 'version', {'check_camera': False})
         try:
             self._configure_now()

@@ -25,6 +25,10 @@ _REQUIRED = object()
 
 # The longest a version check waits for a frame: it must answer promptly.
 VERSION_CHECK_TIMEOUT = 2.0
+# A camera whose picture lags a move by more than this is not measured.
+LATENCY_WINDOW = 1.0
+# The bore shift that shows a move has reached the picture, px.
+LATENCY_SHIFT_PX = 2.0
 # Most machine.moves accepted per request (the extra sends at most this).
 MAX_MOVES = 100
 
@@ -217,6 +221,12 @@ class DetectRequest:
         self.max_frames = int_param(params, "max_frames", 3 * self.frames + 2,
                                     low=self.frames, high=1000)
         self.deadline = received + self.timeout
+        # The picture before the move, so the camera's latency can be
+        # measured from the first frame that shows the move.
+        reference = params.get("reference")
+        self.reference = (None if reference is None
+                          else point_param(reference, "reference"))
+        self.moved_at = number_param(params, "moved_at", received)
 
 
 class DetectRun:
@@ -606,6 +616,9 @@ class Service:
         """The next frame the freshness rule accepts (arrival after cursor)."""
         deadline = time.monotonic() + timeout
         while True:
+            if earliest is None:
+                return camera.get_frame(not_before=cursor, timeout=max(
+                    0.05, deadline - time.monotonic()))
             frame = camera.get_frame(
                 not_before=cursor,
                 timeout=max(0.05, deadline - time.monotonic()))
@@ -620,7 +633,9 @@ class Service:
     def _collect(self, camera, settings, request, ticket):
         """Examine fresh frames until enough agree, or a bound is hit."""
         run = DetectRun()
-        cursor = request.earliest
+        measuring = (request.reference is not None
+                     and self._rule.latency is None)
+        cursor = request.moved_at if measuring else request.earliest
         while run.seen < request.max_frames:
             if self._detect_ticket != ticket:
                 raise _superseded()
@@ -638,10 +653,36 @@ class Service:
                 run.stopped_by = exc
                 break
             cursor = just_after(frame.timestamp)
+            if measuring:
+                measuring = self._measure_latency(frame, settings, request)
+                if measuring or not self._rule.accepts(frame,
+                                                       request.earliest):
+                    continue
             self._examine(frame, settings, request, run)
             if run.agreed is not None:
                 break
         return run
+
+    def _measure_latency(self, frame, settings, request):
+        """Watch frames after a move for the first that shows it; its
+        arrival after the move's end is the camera's latency, noted once
+        per session. Returns False when done (measured or given up)."""
+        from ktamv_helper.detection import detect_nozzle
+        if frame.timestamp - request.moved_at > LATENCY_WINDOW:
+            return False        # never changed: the extra's frozen check
+        detection = detect_nozzle(frame.image, settings.min_radius,
+                                  settings.max_radius)
+        if detection is None:
+            return True
+        shift = math.hypot(detection.center[0] - request.reference[0],
+                           detection.center[1] - request.reference[1])
+        if shift < LATENCY_SHIFT_PX:
+            return True
+        latency = self._rule.note_latency(frame.timestamp - request.moved_at)
+        self._log_event("info", "The camera's frames arrive %.3f s after "
+                        "what they show (measured on a move); frames are "
+                        "judged by that from now on." % latency)
+        return False
 
     def _examine(self, frame, settings, request, run):
         """Detect the nozzle in one frame, show it, and try the consensus."""
@@ -683,6 +724,7 @@ class Service:
             "frame_size": list(run.frame_size),
             "frame_time": run.frames[newest].timestamp,
             "frame_digest": frame_digest(run.frames[newest].image),
+            "latency": self._rule.latency,
             "elapsed": time.monotonic() - request.received,
         }
 

@@ -504,3 +504,97 @@ def test_emergency_stop_while_waiting_for_the_camera_stops_the_command(
         assert "centring move" not in log
         # Klippy itself is still running (shut down, not crashed).
         assert klippy.proc.poll() is None
+
+
+# -- issue 9: stale pictures, the detection cache, the helper's lifecycle ----
+
+def frozen_stream(tmp_path, mjpeg_server):
+    """A real MJPEG server (ffmpeg) repeating one JPEG of a nozzle 36 px
+    from the image centre, as a hung camera-streamer does."""
+    import cv2
+    from conftest import draw_nozzle
+    path = tmp_path / "frozen.png"
+    cv2.imwrite(str(path), draw_nozzle(center=(349.5, 259.5)))
+    return mjpeg_server(path, fps=10)
+
+
+def test_frozen_stream_stops_centring_after_one_move(tmp_path, mjpeg_server):
+    server = frozen_stream(tmp_path, mjpeg_server)
+    section = ktamv_section(url=server.url, camera_matrix="0, 0.01, 0.01, 0",
+                            settle_time=0.1, backlash_approach=0)
+    result = run_klippy(tmp_path / "k", printer_config(section),
+                        "G28\nG1 X150 Y150 F6000\nKTAMV_FIND_NOZZLE_CENTER\n"
+                        "GET_POSITION\n")
+    assert result.returncode == 255, result.tail()
+    assert re.search(r"the camera picture did not change after a 0\.36 mm "
+                     r"move \(the same frame again\): is the stream frozen\? "
+                     r"Restart the camera service", result.text), result.tail()
+    assert "did not centre" not in result.text
+    # One centring move (0.2, 0.3 mm), then the refusal: at most 2 moves.
+    pos = re.findall(r"toolhead: X:([\d.]+) Y:([\d.]+)", result.text)
+    assert [(round(float(x), 2), round(float(y), 2)) for x, y in pos] == [
+        (149.8, 149.7)]
+
+
+def test_frozen_stream_stops_calibration_at_the_first_point(tmp_path,
+                                                            mjpeg_server):
+    server = frozen_stream(tmp_path, mjpeg_server)
+    section = ktamv_section(url=server.url, settle_time=0.1)
+    result = run_klippy(tmp_path / "k", printer_config(section),
+                        "G28\nG1 X150 Y150 F6000\nKTAMV_CALIB_CAMERA\n"
+                        "KTAMV_STATUS_JSON\nGET_POSITION\n")
+    assert result.returncode == 255, result.tail()
+    assert "the camera picture did not change after a 0.50 mm move" in \
+        result.text, result.tail()
+    assert statuses(result.text)[0]["is_calibrated"] is False
+    # Back where it started, after one calibration move out.
+    assert "toolhead: X:150.000000 Y:150.000000" in result.text
+
+
+def detect_requests(log_path):
+    requests = [json.loads(line) for line in log_path.read_text().split("\n")
+                if line]
+    return [r["params"] for r in requests if r["method"] == "detect"]
+
+
+@pytest.mark.parametrize("between, detects", [
+    # The centring detection, settled, here, just now: reused.
+    (None, 1),
+    # Older than the cache's age limit (5 s): measured again.
+    (5.5, 2),
+    # The camera changed: nothing it saw before counts.
+    ("KTAMV_SEND_SERVER_CFG CAMERA_URL=http://127.0.0.1:1/other", 2),
+])
+def test_origin_reuses_only_a_recent_detection_of_the_same_camera(
+        tmp_path, between, detects):
+    requests = tmp_path / "requests.jsonl"
+    section = ktamv_section(
+        helper_command="%s --request-log %s" % (FAKE_HELPER, requests),
+        camera_matrix="0, 0.01, 0.01, 0", settle_time=0.1)
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        for line in ("G28", "G1 X150 Y150 F6000", "KTAMV_FIND_NOZZLE_CENTER"):
+            assert klippy.send(line).error is None
+        if isinstance(between, float):
+            time.sleep(between)
+        elif between:
+            assert klippy.send(between).error is None
+        reply = klippy.send("KTAMV_SET_ORIGIN")
+    assert reply.error is None, reply
+    assert "origin set to X150.0000 Y150.0000" in reply.text
+    made = detect_requests(requests)
+    assert len(made) == detects, made
+    assert all(p["settle"] == 0.1 for p in made)
+
+
+def test_an_unsettled_detection_never_becomes_the_origin(tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    section = ktamv_section(
+        helper_command="%s --request-log %s" % (FAKE_HELPER, requests),
+        camera_matrix="0, 0.01, 0.01, 0", settle_time=0.25)
+    gcode = ("G28\nG1 X150 Y150 F6000\nKTAMV_SIMPLE_NOZZLE_POSITION\n"
+             "KTAMV_SET_ORIGIN\n")
+    result = run_klippy(tmp_path / "k", printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    quick, origin = detect_requests(requests)
+    assert "settle" not in quick and "moved_at" not in quick
+    assert origin["settle"] == 0.25

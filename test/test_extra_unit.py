@@ -405,7 +405,7 @@ class LinearCamera:
         self.calls = 0
         self.lose_after = lose_after
 
-    def __call__(self, gcmd, frames=None, after_move=True):
+    def __call__(self, gcmd, frames=None, after_move=True, reference=None):
         self.calls += 1
         if self.lose_after is not None and self.calls > self.lose_after:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
@@ -640,7 +640,7 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
     camera = LinearCamera(toolhead, MATRIX, (100.0, 100.0))
     seen = []
 
-    def detect(gcmd, frames=None, after_move=True):
+    def detect(gcmd, frames=None, after_move=True, reference=None):
         seen.append(tuple(toolhead.get_position()[:2]))
         if len(seen) - 1 in missing:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")

@@ -480,3 +480,31 @@ def test_a_newer_detect_cancels_the_one_running(service):
     assert result["frames_used"] == 3
     # The retry did not wait for the first one's 20 s.
     assert time.monotonic() - started < 2.0
+
+
+def test_latency_is_measured_on_a_move_and_added_to_settle(service):
+    # Frames show the machine 0.3 s late; settle_time is only 0.05 s.
+    configured(service, "sim://?seed=3&noise=0&blur=0&dirt=0&glints=0"
+               "&latency=0.3&step=0&mm_per_px=0.01&rotation=0",
+               detection_tolerance=0.5)
+    cx, cy = service.call("sim_truth", {})["camera_xy"]
+    here = service.call("detect", {"frames": 2, "machine": {
+        "position": [cx, cy, 10], "tool": "extruder"}})
+    time.sleep(0.4)
+    moved_at = time.monotonic()
+    there = service.call("detect", {
+        "frames": 2, "settle": 0.05, "moved_at": moved_at,
+        "reference": here["center"],
+        "machine": {"position": [cx + 0.2, cy, 10], "tool": "extruder"}})
+    moved = np.hypot(there["center"][0] - here["center"][0],
+                     there["center"][1] - here["center"][1])
+    assert moved == pytest.approx(20.0, abs=0.5)
+    # 30 fps: the first frame showing the move is 0.30..0.34 s late.
+    assert 0.29 <= there["latency"] <= 0.35
+    # Later moves use it without a reference: 0.05 s settle is enough.
+    time.sleep(0.4)
+    back = service.call("detect", {
+        "frames": 2, "settle": 0.05, "moved_at": time.monotonic(),
+        "machine": {"position": [cx, cy, 10], "tool": "extruder"}})
+    assert np.hypot(back["center"][0] - here["center"][0],
+                    back["center"][1] - here["center"][1]) < 0.5
