@@ -21,6 +21,8 @@ LOG_WINDOW = 10.
 # Helper restarts allowed within RESTART_WINDOW seconds before giving up.
 MAX_STARTS = 3
 RESTART_WINDOW = 60.
+# Longest klippy:disconnect waits for the helper to exit, seconds.
+STOP_WAIT = 0.5
 # Unanswered requests in a row after which the helper counts as wedged.
 MAX_TIMEOUTS = 2
 # The protocol sends at most this many machine.moves per request.
@@ -58,6 +60,17 @@ def _kill_live_helpers():
 
 atexit.register(_kill_live_helpers)
 
+# Killed helpers that had not exited when Klippy's thread stopped waiting
+# (HelperProcess.stop); whoever starts a helper next collects them.
+_orphans = []
+
+def _reap_orphans():
+    for proc in list(_orphans):
+        if proc.poll() is not None:
+            logging.info("ktamv: helper pid %d ended with exit code %s",
+                         proc.pid, proc.returncode)
+            _orphans.remove(proc)
+
 def _set_nonblock(fd):
     import fcntl
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -90,21 +103,32 @@ class HelperProcess:
         self.timeouts = 0
         self.log_window_start = 0.
         self.log_lines = self.log_suppressed = 0
+        # Set when a crash loop made kTAMV stop restarting the helper; only
+        # RESTART (a new object) or KTAMV_TEST (reset) clears it.
+        self.gave_up = None
     # Lifecycle
+    def reset(self):
+        """Forget past crashes so the next command may start the helper."""
+        self.gave_up = None
+        self.start_times = []
     def start(self):
         """Spawn the helper; returns at once (the ready event comes later)."""
+        _reap_orphans()
+        if self.gave_up is not None:
+            self.state = "failed"
+            raise HelperFailure("helper_failed", self.gave_up)
         now = self.reactor.monotonic()
         self.start_times = [t for t in self.start_times
                             if now - t < RESTART_WINDOW]
         if len(self.start_times) >= MAX_STARTS:
             self.state = "failed"
-            raise HelperFailure(
-                "helper_failed",
+            self.gave_up = (
                 "The vision helper stopped %d times within %d s, so kTAMV "
                 "stopped restarting it. Last problem: %s Check the lines "
                 "starting with 'ktamv helper:' in klippy.log, fix the cause "
-                "and run RESTART." % (len(self.start_times),
-                                      RESTART_WINDOW, self.last_error))
+                "and run KTAMV_TEST or RESTART." % (
+                    len(self.start_times), RESTART_WINDOW, self.last_error))
+            raise HelperFailure("helper_failed", self.gave_up)
         self.start_times.append(now)
         program = self.argv[-3] if self.argv[-2:] == ["-m", "ktamv_helper"] \
             else self.argv[0]
@@ -240,12 +264,11 @@ class HelperProcess:
             except OSError:
                 pass
             self._helper_gone(reason)
-    def stop(self, grace=1.0):
-        """Ask the helper to exit, then terminate/kill and reap it.
-
-        Used at klippy:disconnect, when the reactor no longer runs, so it
-        may wait (bounded) for the process with the standard library.
-        """
+    def stop(self):
+        """Ask the helper to exit, then terminate/kill it: at most
+        STOP_WAIT seconds of Klippy's thread at klippy:disconnect (the
+        reactor no longer runs, so this waits with the standard library);
+        a process not reaped by then is reaped later (_reap_orphans)."""
         proc = self.proc
         self.state = "stopped"
         if proc is None:
@@ -254,24 +277,28 @@ class HelperProcess:
             self._write_line({"id": 0, "method": "shutdown"})
         except HelperFailure:
             pass
-        for f in (proc.stdin,):
-            try:
-                f.close()
-            except (OSError, ValueError):
-                pass
-        for signal_it in (None, proc.terminate, proc.kill):
+        try:
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        deadline = time.monotonic() + STOP_WAIT
+        for signal_it, share in ((None, 0.4), (proc.terminate, 0.4),
+                                 (proc.kill, 1.)):
             if signal_it is not None:
                 try:
                     signal_it()
                 except OSError:
                     pass
+            left = deadline - time.monotonic()
             try:
-                proc.wait(grace)
+                proc.wait(max(0.01, share * left))
                 break
             except subprocess.TimeoutExpired:
                 continue
         self._helper_gone("The vision helper was stopped (exit code %s)."
                           % (proc.returncode,), deferred=False)
+        if proc.returncode is None:
+            _orphans.append(proc)
         _live_helpers.discard(self)
     def kill(self):
         proc = self.proc
@@ -389,6 +416,7 @@ class HelperProcess:
                 self._kill(self.protocol_error)
                 return
             self.state = "ready"
+            self.last_error = ""  # a past failure is healed now
             self.ready_info = dict(msg)
             logging.info("ktamv: vision helper %s ready (pid %s, python %s)",
                          msg.get("helper"), msg.get("pid"), msg.get("python"))
@@ -1441,6 +1469,8 @@ class Ktamv:
     cmd_KTAMV_TEST_help = ("Check the vision helper and the camera: versions "
                            "and one frame")
     def cmd_KTAMV_TEST(self, gcmd):
+        # The user checks the helper: try it again even after a crash loop.
+        self.helper.reset()
         info = self._call(gcmd, 'version', {'check_camera': False})
         preview = info.get('preview') or {}
         if preview.get('error'):

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 BOUNDARY = "ktamvframe"
 JPEG_QUALITY = 80
 MAX_STREAM_CLIENTS = 32
+# Connections of every kind (streams, snapshots, pages, idle sockets) each
+# hold a thread; beyond this many a new one is answered 503 and closed.
+MAX_CONNECTIONS = 48
 # A client that does not read for this long (full socket buffer) is dropped.
 CLIENT_IO_TIMEOUT = 10.0
 # With nothing new to show, a stream re-sends its last frame this often: it
@@ -510,7 +513,32 @@ class _HTTPServer(socketserver.ThreadingMixIn, http_server.HTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.preview = preview
+        self._active = 0
+        self._active_lock = threading.Lock()
         super().__init__(address, handler_class)
+
+    def process_request(self, request, client_address):
+        with self._active_lock:
+            full = self._active >= MAX_CONNECTIONS
+            if not full:
+                self._active += 1
+        if not full:
+            super().process_request(request, client_address)
+            return
+        try:
+            request.sendall(b"HTTP/1.0 503 Service Unavailable\r\n"
+                            b"Content-Type: text/plain\r\n\r\nToo many "
+                            b"preview connections; close some and retry.\n")
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
     def server_bind(self):
         # HTTPServer.server_bind asks DNS for our name (getfqdn), which can

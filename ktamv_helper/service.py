@@ -25,6 +25,8 @@ _REQUIRED = object()
 
 # The longest a version check waits for a frame: it must answer promptly.
 VERSION_CHECK_TIMEOUT = 2.0
+# Longest close() waits for a camera still being opened, seconds.
+CLOSE_JOIN = 0.2
 # A camera whose picture lags a move by more than this is not measured.
 LATENCY_WINDOW = 1.0
 # The bore shift that shows a move has reached the picture, px.
@@ -256,6 +258,7 @@ class _Opening:
         self.done = threading.Event()
         self.camera = None
         self.error = None
+        self.thread = None
 
 
 class Service:
@@ -403,8 +406,10 @@ class Service:
             if opening is None or opening.url != settings.camera_url:
                 opening = _Opening(settings.camera_url, settings.camera_timeout)
                 self._opening = opening
-                threading.Thread(target=self._open_camera, args=(opening,),
-                                 name="ktamv-camera-open", daemon=True).start()
+                opening.thread = threading.Thread(
+                    target=self._open_camera, args=(opening,),
+                    name="ktamv-camera-open", daemon=True)
+                opening.thread.start()
         if not opening.done.wait(max(0.0, wait)):
             raise HelperError("camera_timeout",
                               "The camera at %s did not answer within %.1f s: "
@@ -568,6 +573,10 @@ class Service:
         return tuple(state_lines) + tuple(note for note in notes if note)
 
     def detect(self, params, received):
+        # Heavy imports first (the first call's ~0.3 s): frames are fetched
+        # only once the detector is ready for them.
+        import ktamv_helper.consensus  # noqa: F401
+        import ktamv_helper.detection  # noqa: F401
         settings = self._require_settings()
         request = DetectRequest(params, received, settings, self._rule)
         camera = self._get_camera(settings,
@@ -957,6 +966,10 @@ class Service:
             self._closed = True
             preview, self._preview = self._preview, None
             self._annotating = False
+            opening = self._opening
+        if opening is not None and opening.thread is not None:
+            # An HTTP probe still running: its socket timeout bounds it.
+            opening.thread.join(CLOSE_JOIN)
         if preview is not None:
             try:
                 preview.close()

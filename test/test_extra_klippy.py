@@ -195,11 +195,14 @@ def test_helper_crash_mid_request_then_restart(tmp_path):
         assert "restarts the helper on the next command" in reply.error
         crashed = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert crashed["helper_state"] == "exited"
+        assert "stopped unexpectedly" in crashed["helper_error"]
         reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
         assert reply.error is None, reply
         assert "nozzle found at u=319.50 v=239.50" in reply.text
         again = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert again["helper_state"] == "ready"
+        # Healed: the old crash is no longer reported as the helper's error.
+        assert not again["helper_error"]
         assert again["helper_pid"] != first["helper_pid"]
         assert not pid_alive(first["helper_pid"])
         assert "Klipper state: Ready" in klippy.send("STATUS").text
@@ -381,13 +384,17 @@ def test_move_to_origin_uses_camera_position_until_an_origin_is_set(
 def test_helper_that_cannot_start_fails_commands_not_klipper(tmp_path):
     section = ktamv_section(helper_python=str(tmp_path / "no-such-python"))
     with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
-        errors = [klippy.send("KTAMV_TEST").error for _ in range(4)]
+        errors = [klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+                  for _ in range(4)]
         assert all(errors)
         assert "Cannot start the vision helper" in errors[0]
         assert "helper_python" in errors[0]
         assert "kTAMV stopped restarting it" in errors[-1]
         status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert status["helper_state"] == "failed"
+        # KTAMV_TEST tries once more and names the real cause again.
+        assert "Cannot start the vision helper" in klippy.send(
+            "KTAMV_TEST").error
         assert "Klipper state: Ready" in klippy.send("STATUS").text
 
 
@@ -598,3 +605,29 @@ def test_an_unsettled_detection_never_becomes_the_origin(tmp_path):
     quick, origin = detect_requests(requests)
     assert "settle" not in quick and "moved_at" not in quick
     assert origin["settle"] == 0.25
+
+
+def test_a_crash_loop_stays_stopped_until_ktamv_test(tmp_path):
+    crashes = tmp_path / "crashes"
+    section = ktamv_section(helper_command="%s --crash-on detect "
+                            "--crash-count 3 %s" % (FAKE_HELPER, crashes))
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        errors = [klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+                  for _ in range(4)]
+        assert all("stopped unexpectedly" in e for e in errors[:3]), errors
+        assert "kTAMV stopped restarting it" in errors[3]
+        assert "run KTAMV_TEST or RESTART" in errors[3]
+        # Sticky: no further start without being asked.
+        again = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        assert "stopped restarting" in again
+        assert statuses(klippy.send("KTAMV_STATUS_JSON").text)[0][
+            "helper_state"] == "failed"
+        # KTAMV_TEST is the user asking: it tries again, and it works now.
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error is None, reply
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is None, reply
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["helper_state"] == "ready"
+        assert not status["helper_error"]
+        assert "Klipper state: Ready" in klippy.send("STATUS").text

@@ -992,3 +992,42 @@ def test_homing_lost_mid_command_refuses_the_next_move():
     with pytest.raises(CommandError, match="G28"):
         motion.move_to(100.2, 100.2)
     assert len(toolhead.moves) == count
+
+
+# -- helper lifecycle (issue 9) ------------------------------------------------
+
+def test_a_crash_loop_is_sticky_beyond_the_restart_window():
+    reactor = PipeReactor()
+    clock = [1000.0]
+    reactor.monotonic = lambda: clock[0]
+    helper = ktamv.HelperProcess(reactor, ["/nonexistent/python", "-m",
+                                           "ktamv_helper"])
+    helper.start_times = [990.0, 995.0, 999.0]
+    for later in (0.0, ktamv.RESTART_WINDOW * 2):
+        clock[0] += later
+        with pytest.raises(ktamv.HelperFailure, match="stopped restarting"):
+            helper.start()
+        assert helper.state == "failed"
+    helper.reset()
+    with pytest.raises(ktamv.HelperFailure, match="does not exist"):
+        helper.start()  # tried again: the real cause shows
+
+
+def test_stop_holds_klippy_at_most_half_a_second_and_the_kill_is_reaped():
+    import time
+    fake = str(REPO / "test" / "fake_helper.py")
+    helper = ktamv.HelperProcess(PipeReactor(), [sys.executable, fake,
+                                                 "--stubborn"])
+    helper.start()
+    proc = helper.proc
+    time.sleep(0.5)  # it runs, ignoring SIGTERM and shutdown
+    started = time.monotonic()
+    helper.stop()
+    assert time.monotonic() - started <= 0.55
+    deadline = time.monotonic() + 5
+    while proc.poll() is None and time.monotonic() < deadline:
+        ktamv._reap_orphans()
+        time.sleep(0.05)
+    assert proc.returncode == -9
+    ktamv._reap_orphans()
+    assert proc not in ktamv._orphans
