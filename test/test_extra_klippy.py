@@ -631,3 +631,58 @@ def test_a_crash_loop_stays_stopped_until_ktamv_test(tmp_path):
         assert status["helper_state"] == "ready"
         assert not status["helper_error"]
         assert "Klipper state: Ready" in klippy.send("STATUS").text
+
+
+def test_reported_gcode_offset_puts_the_tool_where_the_reference_was(
+        tmp_path):
+    """Measure T1's offset, apply it with Klipper's own SET_GCODE_OFFSET,
+    send T1 to the origin: the simulated camera sees its nozzle centred."""
+    url = SIM_URL.replace("backlash=0.05", "backlash=0")
+    section = ktamv_section(url=url, settle_time=0.1,
+                            tool_status="gcode_macro _KTAMV_TOOL.current")
+    cx, cy = CAMERA_XY
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        for line in ("G28", "G1 X%.3f Y%.3f F6000" % (cx, cy),
+                     "KTAMV_CALIB_CAMERA", "KTAMV_FIND_NOZZLE_CENTER",
+                     "KTAMV_SET_ORIGIN", "T1", "KTAMV_FIND_NOZZLE_CENTER"):
+            reply = klippy.send(line)
+            assert reply.error is None, (line, reply)
+        reply = klippy.send("KTAMV_GET_OFFSET")
+        gx, gy = [float(v) for v in re.findall(
+            r"SET_GCODE_OFFSET X=([-\d.]+) Y=([-\d.]+)", reply.text)[0]]
+        origin = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0][
+            "origin"]["position"]
+        assert max(abs(gx), abs(gy)) > 0.02  # a wrong sign would show
+        assert klippy.send("SET_GCODE_OFFSET X=%.4f Y=%.4f" % (gx, gy)) \
+            .error is None
+        # T0 had no G-code offset, so the origin in G-code coordinates is
+        # its raw position; Klipper adds T1's offset to it.
+        assert klippy.send("G1 X%.4f Y%.4f F6000" % tuple(origin)).error \
+            is None
+        time.sleep(0.5)  # the camera's latency
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+    assert reply.error is None, reply
+    off = float(re.findall(r"([\d.]+) px from the image centre",
+                           reply.text)[0])
+    # Within a motor step (0.0125 mm = 1.25 px) of the reference's place.
+    assert off < 1.5, reply.text
+
+
+def test_gcode_parameter_bounds_in_real_klippy(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER,
+                            camera_matrix="0, 0.01, 0.01, 0")
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        for line, words in (
+                ("KTAMV_FIND_NOZZLE_CENTER TOLERANCE=0",
+                 "TOLERANCE must be above 0.0"),
+                ("KTAMV_CALIB_CAMERA POINTS=3", "POINTS must have minimum "
+                 "of 4"),
+                ("KTAMV_GET_OFFSET REPEAT=101", "no origin yet"),
+                ("KTAMV_SIMPLE_NOZZLE_POSITION FRAMES=51",
+                 "FRAMES must have maximum of 50")):
+            error = klippy.send(line).error
+            assert error and words in error, (line, error)
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["last_center_moves"] == 0

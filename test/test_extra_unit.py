@@ -6,20 +6,35 @@ stand-ins for Klipper's toolhead and config; everything that needs Klipper's
 reactor and a helper process is tested in test_extra_klippy.py.
 """
 
+import importlib.util
 import math
 import statistics
 import sys
+import types
 
 import pytest
 
-from klippy_harness import REPO
+from klippy_harness import KLIPPY_VENV, REPO
 
 sys.path.insert(0, str(REPO))
 import ktamv  # noqa: E402
 
 
-class CommandError(Exception):
-    pass
+def _klippy_gcode_module():
+    """Klipper's own gcode.py (standard library only), so G-code parameters
+    are parsed and bounded exactly as Klippy does it."""
+    found = sorted((KLIPPY_VENV / "lib").glob(
+        "python3*/site-packages/klippy/gcode.py"))
+    if not found:
+        pytest.skip("no klippy package; run test/setup.sh")
+    spec = importlib.util.spec_from_file_location("klippy_gcode", found[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+klippy_gcode = _klippy_gcode_module()
+CommandError = klippy_gcode.CommandError
 
 
 class ConfigError(Exception):
@@ -201,30 +216,21 @@ class FakeConfig:
         return self._get(option, default, parse)
 
 
-class FakeGcmd:
-    error = CommandError
+class FakeGcmd(klippy_gcode.GCodeCommand):
+    """Klipper's real GCodeCommand (so minval/maxval/above are enforced),
+    collecting respond_info text in ``info``."""
 
     def __init__(self, **params):
-        self.params = params
         self.info = []
-
-    def respond_info(self, msg, log=True):
-        self.info.append(msg)
-
-    def get_command(self):
-        return "KTAMV_TEST_COMMAND"
-
-    def _get(self, name, default, parser, **bounds):
-        return parser(self.params.get(name, default))
-
-    def get_float(self, name, default=None, **bounds):
-        return self._get(name, default, float)
-
-    def get_int(self, name, default=None, **bounds):
-        return self._get(name, default, int)
-
-    def get(self, name, default=None):
-        return self.params.get(name, default)
+        sink = types.SimpleNamespace(
+            respond_info=lambda msg, log=True: self.info.append(msg),
+            respond_raw=lambda msg: None)
+        words = dict((key.upper(), str(value)) for key, value in
+                     params.items())
+        line = " ".join(["KTAMV_TEST_COMMAND"] + ["%s=%s" % kv for kv in
+                                                  words.items()])
+        klippy_gcode.GCodeCommand.__init__(self, sink, "KTAMV_TEST_COMMAND",
+                                           line, words, False)
 
 
 def make_ktamv(options=None, toolhead=None):
@@ -925,25 +931,28 @@ def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
     assert status["last_tool_gcode_offset"] == pytest.approx([0.5, -0.1])
 
 
-def test_gcode_offset_sign_matches_klipper():
-    """A G-code offset o moves the toolhead to (commanded + o); with the
-    reported offset, every tool's nozzle lands where the reference's did."""
-    ref_nozzle_from_toolhead = (1.7, -2.3)  # arbitrary mounting offsets
-    t1_nozzle_from_toolhead = (1.4, -2.1)
-    camera = (150.0, 150.0)
-    # Centred toolhead positions (what kTAMV measures).
-    p0 = (camera[0] - ref_nozzle_from_toolhead[0],
-          camera[1] - ref_nozzle_from_toolhead[1])
-    p1 = (camera[0] - t1_nozzle_from_toolhead[0],
-          camera[1] - t1_nozzle_from_toolhead[1])
-    offset = (p1[0] - p0[0], p1[1] - p0[1])  # kTAMV's convention
-    for commanded in [(10.0, 20.0), (200.0, 5.0)]:
-        ref_nozzle = (commanded[0] + ref_nozzle_from_toolhead[0],
-                      commanded[1] + ref_nozzle_from_toolhead[1])
-        toolhead = (commanded[0] + offset[0], commanded[1] + offset[1])
-        t1_nozzle = (toolhead[0] + t1_nozzle_from_toolhead[0],
-                     toolhead[1] + t1_nozzle_from_toolhead[1])
-        assert t1_nozzle == pytest.approx(ref_nozzle, abs=1e-12)
+@pytest.mark.parametrize("command, params, words", [
+    ("cmd_KTAMV_FIND_NOZZLE_CENTER", {"TOLERANCE": 0}, "TOLERANCE must be "
+     "above 0.0"),
+    ("cmd_KTAMV_FIND_NOZZLE_CENTER", {"MAX_MOVES": 51}, "MAX_MOVES must have"
+     " maximum of 50"),
+    ("cmd_KTAMV_CALIB_CAMERA", {"POINTS": 3}, "POINTS must have minimum of 4"),
+    ("cmd_KTAMV_CALIB_CAMERA", {"RADIUS": 11}, "RADIUS must have maximum of"
+     " 10"),
+    ("cmd_KTAMV_SIMPLE_NOZZLE_POSITION", {"FRAMES": 0}, "FRAMES must have "
+     "minimum of 1"),
+    ("cmd_KTAMV_OFFSET_STATISTICS", {"RESET": 2}, "RESET must have maximum "
+     "of 1"),
+])
+def test_gcode_parameters_are_bounded_before_anything_happens(command,
+                                                              params, words):
+    extra, _ = make_ktamv({"camera_matrix": "0, 0.01, 0.01, 0"})
+    extra.origin = {"tool": "extruder", "position": [0., 0.]}
+    calls = []
+    extra._call = lambda *args, **kwargs: calls.append(args)
+    with pytest.raises(CommandError, match=words):
+        getattr(extra, command)(FakeGcmd(**params))
+    assert calls == [] and extra.motion.toolhead.moves == []
 
 
 def test_ktamv_py_parses_as_python_3_7_and_uses_only_the_stdlib():
