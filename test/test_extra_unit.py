@@ -345,11 +345,11 @@ def test_travel_fence_refuses_before_any_motion():
 
 def test_defaults_and_kTAMV_compatible_options():
     extra, printer = make_ktamv({"server_url": "http://x", "move_speed": "600"})
-    assert extra.move_speed == 600.0
+    assert extra.opts.move_speed == 600.0
     assert extra.motion.speed == pytest.approx(10.0)
-    assert extra.calibration_points == 10
-    assert extra.calibration_radius == 0.5
-    assert extra.center_tolerance < 1.0
+    assert extra.opts.calibration_points == 10
+    assert extra.opts.calibration_radius == 0.5
+    assert extra.opts.center_tolerance < 1.0
     assert sorted(printer.objects["gcode"].commands) == sorted(
         "KTAMV_" + c for c in (
             "CALIB_CAMERA", "FIND_NOZZLE_CENTER", "SET_ORIGIN", "GET_OFFSET",
@@ -366,17 +366,17 @@ def test_defaults_and_kTAMV_compatible_options():
 def test_helper_command_line():
     extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python",
                            "helper_nice": "0"})
-    assert extra._helper_argv() == ["/opt/env/bin/python", "-m",
+    assert extra.opts.helper_argv() == ["/opt/env/bin/python", "-m",
                                     "ktamv_helper"]
     extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python"})
-    argv = extra._helper_argv()
+    argv = extra.opts.helper_argv()
     assert argv[0].endswith("nice") and argv[1:3] == ["-n", "10"]
     assert argv[3:] == ["/opt/env/bin/python", "-m", "ktamv_helper"]
     assert extra.helper.cwd == str(REPO)
     assert extra.helper.env["PYTHONPATH"].split(":")[0] == str(REPO)
     extra, _ = make_ktamv({"helper_nice": "0", "helper_command":
                            "ssh box '~/ktamv env/bin/python' -m ktamv_helper"})
-    assert extra._helper_argv() == ["ssh", "box", "~/ktamv env/bin/python",
+    assert extra.opts.helper_argv() == ["ssh", "box", "~/ktamv env/bin/python",
                                     "-m", "ktamv_helper"]
 
 
@@ -431,10 +431,10 @@ def centring_setup(model_matrix, true_matrix, start_offset, **kw):
     toolhead = FakeToolhead()
     extra, _ = make_ktamv({"backlash_approach": "0.5", "max_travel": "5"},
                           toolhead)
-    extra.model = ktamv.CameraModel(model_matrix)
+    extra.finder.model = ktamv.CameraModel(model_matrix)
     nozzle = (100.0 - start_offset[0], 100.0 - start_offset[1])
     camera = LinearCamera(toolhead, true_matrix, nozzle, **kw)
-    extra._detect = camera
+    extra.finder.detect = camera
     return extra, toolhead, nozzle
 
 
@@ -445,7 +445,7 @@ def test_centring_from_1mm_off_takes_at_most_3_moves():
     extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(gcmd)
-    assert 1 <= extra.last_center_moves <= 3
+    assert 1 <= extra.finder.last_center_moves <= 3
     assert extra.last_nozzle_center_successful is True
     x, y = toolhead.get_position()[:2]
     assert math.hypot(x - nozzle[0], y - nozzle[1]) <= 0.0125
@@ -456,7 +456,7 @@ def test_centring_with_a_5_percent_scale_error_still_converges():
     true = [[0.0, 0.0105], [0.0105, 0.0]]
     extra, toolhead, nozzle = centring_setup(MATRIX, true, (0.6, -0.8))
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
-    assert extra.last_center_moves <= 4
+    assert extra.finder.last_center_moves <= 4
 
 
 def test_centring_with_a_wrong_model_fails_clearly():
@@ -480,13 +480,13 @@ def test_origin_and_offset_use_the_image_for_sub_step_accuracy():
     extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
-    assert extra.origin["position"] == pytest.approx(nozzle, abs=1e-9)
+    assert extra.book.origin["position"] == pytest.approx(nozzle, abs=1e-9)
     # A "second tool" whose nozzle centres 0.1234, -0.0567 mm away.
-    extra._detect.nozzle_xy = (nozzle[0] + 0.1234, nozzle[1] - 0.0567)
+    extra.finder.detect.nozzle_xy = (nozzle[0] + 0.1234, nozzle[1] - 0.0567)
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_GET_OFFSET(gcmd)
-    assert extra.last_calculated_offset == pytest.approx([0.1234, -0.0567],
+    assert extra.book.last_calculated_offset == pytest.approx([0.1234, -0.0567],
                                                          abs=1e-9)
     assert "X=0.1234 Y=-0.0567" in gcmd.info[-1]
 
@@ -669,8 +669,8 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
                 "rotation_deg": 90.0, "mirrored": False, "rms_mm": 0.0001,
                 "used": list(range(len(params["pairs"]))), "rejected": []}
 
-    extra._detect = detect
-    extra._call = call
+    extra.finder.detect = detect
+    extra.client.call = call
     return extra, printer, toolhead, seen, sent
 
 
@@ -696,7 +696,7 @@ def test_calibration_refuses_a_bad_fit_and_keeps_the_old_model():
         fit_error="kTAMV: The points are collinear; check the camera.")
     with pytest.raises(CommandError, match="collinear"):
         extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
-    assert extra.model is None
+    assert extra.finder.model is None
     assert printer.objects["configfile"].saved == {}
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
@@ -737,7 +737,7 @@ def test_calibration_stops_on_camera_trouble_instead_of_skipping():
     with pytest.raises(CommandError, match="sent no frame"):
         extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
     assert len(seen) == 5 and not sent
-    assert extra.model is None
+    assert extra.finder.model is None
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
 
@@ -849,9 +849,9 @@ def test_a_shutdown_while_the_helper_works_fails_the_command():
             printer.shutdown = True  # an M112 arrived meanwhile
             return {"center": [1, 2]}
 
-    extra.helper = Helper()
+    extra.client.helper = Helper()
     with pytest.raises(CommandError, match="shut down"):
-        extra._call(FakeGcmd(), "detect", {})
+        extra.client.call(FakeGcmd(), "detect", {})
 
 
 class StatusObject:
@@ -867,11 +867,11 @@ def test_toolchanger_names_the_tool():
     # klipper-toolchanger: 'tool' is the [tool T1] section name.
     printer.objects["toolchanger"] = StatusObject(
         {"status": "ready", "tool": "tool T1", "tool_number": 1})
-    assert extra._current_tool() == "T1"
+    assert extra.tools.current() == "T1"
     printer.objects["toolchanger"] = StatusObject(
         {"status": "ready", "tool": None, "tool_number": -1})
     with pytest.raises(CommandError, match="no selected tool"):
-        extra._current_tool()
+        extra.tools.current()
 
 
 @pytest.mark.parametrize("status, tool", [
@@ -886,7 +886,7 @@ def test_toolchanger_names_the_tool():
 def test_idex_names_the_primary_carriage(status, tool):
     extra, printer = make_ktamv()
     printer.objects["dual_carriage"] = StatusObject(status)
-    assert extra._current_tool() == tool
+    assert extra.tools.current() == tool
 
 
 def test_idex_copy_mode_is_refused():
@@ -894,16 +894,16 @@ def test_idex_copy_mode_is_refused():
     printer.objects["dual_carriage"] = StatusObject(
         {"carriage_0": "PRIMARY", "carriage_1": "COPY"})
     with pytest.raises(CommandError, match="COPY mode"):
-        extra._current_tool()
+        extra.tools.current()
 
 
 def test_tool_status_option_overrides_the_defaults():
     extra, printer = make_ktamv({"tool_status": "gcode_macro _T.current"})
     printer.objects["toolchanger"] = StatusObject({"tool": "tool T1"})
     printer.objects["gcode_macro _T"] = StatusObject({"current": 3})
-    assert extra._current_tool() == "3"
+    assert extra.tools.current() == "3"
     extra, printer = make_ktamv()
-    assert extra._current_tool() == "extruder"
+    assert extra.tools.current() == "extruder"
 
 
 def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
@@ -916,14 +916,14 @@ def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
     extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
     # T1's nozzle sits 0.3 mm further +X: its toolhead must stop 0.3 mm
     # further -X to put it where T0's was, so its raw offset is -0.3.
-    extra._detect.nozzle_xy = (nozzle[0] + 0.3, nozzle[1])
+    extra.finder.detect.nozzle_xy = (nozzle[0] + 0.3, nozzle[1])
     gcode_move.status["homing_origin"] = [0.0, 0.0, 0.0, 0.0]
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_GET_OFFSET(gcmd)
-    assert extra.last_calculated_offset == pytest.approx([0.3, 0.0],
+    assert extra.book.last_calculated_offset == pytest.approx([0.3, 0.0],
                                                          abs=1e-9)
-    assert extra.last_tool_gcode_offset == pytest.approx([0.5, -0.1],
+    assert extra.book.last_tool_gcode_offset == pytest.approx([0.5, -0.1],
                                                          abs=1e-9)
     assert "X=0.5000 Y=-0.1000" in gcmd.info[-1]
     assert "gcode_x_offset: 0.5000" in gcmd.info[-1]
@@ -947,9 +947,9 @@ def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
 def test_gcode_parameters_are_bounded_before_anything_happens(command,
                                                               params, words):
     extra, _ = make_ktamv({"camera_matrix": "0, 0.01, 0.01, 0"})
-    extra.origin = {"tool": "extruder", "position": [0., 0.]}
+    extra.book.origin = {"tool": "extruder", "position": [0., 0.]}
     calls = []
-    extra._call = lambda *args, **kwargs: calls.append(args)
+    extra.client.call = lambda *args, **kwargs: calls.append(args)
     with pytest.raises(CommandError, match=words):
         getattr(extra, command)(FakeGcmd(**params))
     assert calls == [] and extra.motion.toolhead.moves == []
@@ -983,14 +983,14 @@ def test_no_tool_selected_only_refuses_measurements():
     printer.objects["toolchanger"] = StatusObject(
         {"status": "uninitialized", "tool": None, "tool_number": -1})
     # Detections and helper requests still carry a label...
-    assert extra._current_tool(strict=False) == "unknown"
-    assert extra._machine_state()["tool"] == "unknown"
+    assert extra.tools.current(strict=False) == "unknown"
+    assert extra.client.machine_state()["tool"] == "unknown"
     # ...but an origin is refused before anything is detected.
-    extra.model = ktamv.CameraModel(MATRIX)
-    extra._detect = lambda *a, **k: pytest.fail("detected anyway")
+    extra.finder.model = ktamv.CameraModel(MATRIX)
+    extra.finder.detect = lambda *a, **k: pytest.fail("detected anyway")
     with pytest.raises(CommandError, match="no selected tool"):
         extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
-    assert extra.origin is None
+    assert extra.book.origin is None
 
 
 def test_homing_lost_mid_command_refuses_the_next_move():
@@ -1040,3 +1040,33 @@ def test_stop_holds_klippy_at_most_half_a_second_and_the_kill_is_reaped():
     assert proc.returncode == -9
     ktamv._reap_orphans()
     assert proc not in ktamv._orphans
+
+
+# -- unexpected exceptions (issue 9) --------------------------------------------
+
+def test_a_bug_inside_a_command_reaches_klipper_which_shuts_down():
+    extra, printer = make_ktamv({"camera_matrix": "0, 0.01, 0.01, 0"})
+    handler = printer.objects["gcode"].commands["KTAMV_SET_ORIGIN"]
+    assert handler == extra.cmd_KTAMV_SET_ORIGIN  # no wrapper
+
+    def buggy(gcmd):
+        return {}["no such key"]
+    extra.finder.corrected_position = buggy
+    # Not turned into a command error: Klippy's dispatcher sees a non-
+    # command exception and shuts the printer down ("Internal error").
+    with pytest.raises(KeyError):
+        handler(FakeGcmd())
+
+
+@pytest.mark.parametrize("reply", [
+    {"center": "middle", "frame_size": [640, 480]},
+    {"center": [1.0, 2.0]},
+    {"center": [1.0, None], "frame_size": [640, 480]},
+])
+def test_a_malformed_helper_reply_is_a_sentence_not_a_shutdown(reply):
+    extra, printer = make_ktamv()
+    extra.client.call = lambda *args, **kwargs: dict(reply)
+    with pytest.raises(CommandError, match="the vision helper sent a "
+                       "detection this ktamv.py cannot read"):
+        printer.objects["gcode"].commands["KTAMV_SIMPLE_NOZZLE_POSITION"](
+            FakeGcmd())
