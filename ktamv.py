@@ -25,8 +25,6 @@ RESTART_WINDOW = 60.
 STOP_WAIT = 0.5
 # Unanswered requests in a row after which the helper counts as wedged.
 MAX_TIMEOUTS = 2
-# The protocol sends at most this many machine.moves per request.
-MAX_MOVES = 100
 DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 # Detection errors that mean "this frame shows no usable nozzle" (a
 # calibration point is skipped), unlike camera or helper failures.
@@ -39,9 +37,28 @@ DETECTION_MAX_AGE = 5.
 # least 2 * STILL_PX, it moved less than STILL_PX or FROZEN_FRACTION of it.
 STILL_PX = 0.5
 FROZEN_FRACTION = 0.1
-# The coarsest usable nozzle camera (mm per pixel), as the helper's fit.
-MIN_MM_PER_PX = 0.001
-MAX_MM_PER_PX = 0.2
+
+def _load_limits():
+    # The helper's limits.py (no imports) is the one source of the limits
+    # both halves share; install.sh links this file into the checkout.
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)),
+                        "ktamv_helper", "limits.py")
+    try:
+        spec = importlib.util.spec_from_file_location("ktamv_limits", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (OSError, ImportError, AttributeError) as e:
+        raise ImportError("kTAMV cannot read %s (%s): ktamv.py must be the "
+                          "link install.sh makes into the kTAMV checkout."
+                          % (path, e))
+    return module
+
+_LIMITS = _load_limits()
+MIN_MM_PER_PX = _LIMITS.MIN_MM_PER_PX
+MAX_MM_PER_PX = _LIMITS.MAX_MM_PER_PX
+# At most this many machine.moves per request (the sim camera's replay).
+MAX_MOVES = _LIMITS.MAX_MOVES
 
 class HelperFailure(Exception):
     """A request that did not produce a result; ``message`` is for users."""
@@ -740,6 +757,7 @@ class KtamvMotion:
         for px, py in points:
             self.toolhead.manual_move([px, py, None], self.speed)
             self.moves.append(self.toolhead.get_position()[:3])
+        del self.moves[:-MAX_MOVES]  # only the sim camera takes them
         self.toolhead.wait_moves()
         self.check_running()
     def take_moves(self):
@@ -919,12 +937,17 @@ class HelperClient:
         if moves:
             machine['moves'] = [[float(v) for v in m] for m in moves]
         return machine
+    def _add_machine(self, params):
+        # Only the simulated camera renders from the machine state; real
+        # cameras never get it (simulation stays off the production path).
+        if self.opts.camera_url.strip().lower().startswith('sim:'):
+            params['machine'] = self.machine_state()
     def send_configure(self):
         # Runs from the reactor's fd callback: send, never wait here, and
         # never let an exception escape into the reactor.
         try:
             params = self.opts.configure_params()
-            params['machine'] = self.machine_state()
+            self._add_machine(params)
             req_id, completion = self.helper.send('configure', params)
         except HelperFailure as e:
             self.configure_error = e.message
@@ -955,7 +978,7 @@ class HelperClient:
         self.reactor.register_callback(check)
     def configure_now(self):
         params = self.opts.configure_params()
-        params['machine'] = self.machine_state()
+        self._add_machine(params)
         try:
             result = self.helper.request('configure', params,
                                          self.opts.helper_timeout)
@@ -977,7 +1000,7 @@ class HelperClient:
                 # A configure that failed (or never arrived) is retried so
                 # a fixed problem heals without RESTART.
                 self.configure_now()
-            params['machine'] = self.machine_state()
+            self._add_machine(params)
             result = self.helper.request(method, params,
                                          timeout + self.opts.helper_timeout)
         except HelperFailure as e:

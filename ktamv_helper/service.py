@@ -32,7 +32,8 @@ LATENCY_WINDOW = 1.0
 # The bore shift that shows a move has reached the picture, px.
 LATENCY_SHIFT_PX = 2.0
 # Most machine.moves accepted per request (the extra sends at most this).
-MAX_MOVES = 100
+from ktamv_helper.limits import (MAX_CAMERA_TIMEOUT, MAX_MOVES,  # noqa: E402
+                                 MIN_CAMERA_TIMEOUT)
 
 
 # ---------------------------------------------------------------- parameters
@@ -175,7 +176,8 @@ class Settings:
             params, "target_tolerance", self.detection_tolerance, low=0.0,
             low_open=True, high=1000.0)
         self.camera_timeout = number_param(params, "camera_timeout", 5.0,
-                                           low=0.1, high=30.0)
+                                           low=MIN_CAMERA_TIMEOUT,
+                                           high=MAX_CAMERA_TIMEOUT)
         self.min_radius = number_param(params, "min_radius", 4.0, low=1.0,
                                        high=5000.0)
         self.max_radius = number_param(params, "max_radius", 120.0, low=1.0,
@@ -261,86 +263,8 @@ class _Opening:
         self.thread = None
 
 
-class Service:
-    """The state behind the protocol methods.
-
-    Parameters
-    ----------
-    emit_event : callable, optional
-        ``emit_event(dict)`` sends an unsolicited event line (``log``).
-    """
-
-    def __init__(self, emit_event=None):
-        self._emit_event = emit_event
-        self._lock = threading.RLock()     # settings, camera and preview refs
-        self._opening = None                # _Opening in progress
-        self._settings = None
-        self._camera = None
-        self._camera_url = None
-        self._machine = None
-        self._preview = None
-        self._preview_key = None
-        self._preview_error = None
-        self._annotating = False
-        # Shown on every preview frame: last detect result, calibrated scale.
-        self._preview_notes = {"last": None, "scale": None}
-        self._closed = False
-        self._rule = FrameRule()
-        self._detect_cond = threading.Condition()
-        self._detect_ticket = 0
-        self._detect_busy = False
-        self._methods = {
-            "configure": self.configure,
-            "detect": self.detect,
-            "grab": self.grab,
-            "fit_camera_model": self.fit_camera_model,
-            "preview": self.preview,
-            "version": self.version,
-            "shutdown": self.shutdown,
-            "sim_truth": self.sim_truth,
-        }
-
-    # -- dispatch
-
-    @property
-    def methods(self):
-        """Names of the methods :meth:`call` accepts."""
-        return sorted(self._methods)
-
-    def call(self, method, params=None, received=None):
-        """Run one protocol method.
-
-        Parameters
-        ----------
-        method : str
-        params : dict or None
-        received : float, optional
-            ``time.monotonic()`` when the request arrived (for ``settle``).
-
-        Returns
-        -------
-        dict
-            The method's ``result``.
-
-        Raises
-        ------
-        HelperError
-            With the protocol error code.
-        """
-        handler = self._methods.get(method)
-        if handler is None:
-            raise HelperError("unknown_method",
-                              "Unknown method %r; the helper knows %s."
-                              % (method, ", ".join(self.methods)),
-                              {"method": method})
-        params = {} if params is None else params
-        if not isinstance(params, dict):
-            raise HelperError("invalid_request", "params must be an object.")
-        if received is None:
-            received = time.monotonic()
-        if "machine" in params:
-            self._apply_machine(params["machine"])
-        return handler(params, received)
+class CameraAccess:
+    """The open camera and the machine state it hears (part of Service)."""
 
     def _apply_machine(self, machine):
         if machine is None:
@@ -369,13 +293,6 @@ class Service:
                 self._machine = (position, tool, [])
         if camera is not None:
             _tell_machine_state(camera, position, tool, moves)
-
-    def _log_event(self, level, message):
-        """Log ``message`` here and send it to klippy.log as a log event."""
-        getattr(log, level)(message)
-        if self._emit_event is not None:
-            self._emit_event({"event": "log", "level": level,
-                              "message": message})
 
     # -- state helpers
 
@@ -471,22 +388,11 @@ class Service:
             except Exception:
                 log.exception("closing camera %s failed", camera.url)
 
-    # -- configure
 
-    def configure(self, params, received):
-        settings = Settings(params)
-        with self._lock:
-            old = self._settings
-            self._settings = settings
-            url_changed = old is None or old.camera_url != settings.camera_url
-        if url_changed:
-            self._close_camera()
-        self._configure_preview(settings)
-        status = self._preview_status()
-        return {"camera_url": public_url(settings.camera_url),
-                "preview": {"running": status["running"],
-                            "url": status["url"],
-                            "error": status["error"]}}
+
+class PreviewAccess:
+    """The preview server: (re)started by configure, fed by every frame
+    examined, annotating on request (part of Service)."""
 
     def _configure_preview(self, settings):
         key = settings.preview_key
@@ -549,8 +455,6 @@ class Service:
         status["error"] = status.get("error") or error
         return status
 
-    # -- detect
-
     def _publish(self, image, detection=None, tolerance=None, status_lines=()):
         with self._lock:
             preview = self._preview
@@ -571,6 +475,54 @@ class Service:
         with self._lock:
             notes = (self._preview_notes["last"], self._preview_notes["scale"])
         return tuple(state_lines) + tuple(note for note in notes if note)
+
+    # -- preview
+
+    def preview(self, params, received):
+        action = string_param(params, "action", "status",
+                              choices=("start", "stop", "status"))
+        with self._lock:
+            preview = self._preview
+            configured = self._preview_key is not None
+        if action == "start" and not configured:
+            status = self._preview_status()
+            status["error"] = ("The preview is off: set preview_port in "
+                               "[ktamv] to serve one.")
+            return status
+        if action == "start":
+            with self._lock:
+                self._annotating = preview is not None
+            if preview is not None:
+                self._start_annotating(preview)
+        elif action == "stop":
+            with self._lock:
+                self._annotating = False
+            if preview is not None:
+                preview.stop_continuous()
+        return self._preview_status()
+
+    def _start_annotating(self, preview):
+        state = {"earliest": None}
+
+        def produce():
+            settings = self._require_settings()
+            camera = self._get_camera(settings)
+            frame = camera.get_frame(not_before=state["earliest"],
+                                     timeout=settings.camera_timeout)
+            state["earliest"] = just_after(frame.timestamp)
+            from ktamv_helper.detection import detect_nozzle
+            detection = detect_nozzle(frame.image, settings.min_radius,
+                                      settings.max_radius)
+            return (frame, detection, settings.target_tolerance,
+                    self._preview_lines(("live preview",)))
+
+        preview.start_continuous(produce)
+
+
+
+class Detection:
+    """``detect`` in steps: capture fresh frames, show each on the preview,
+    run the consensus, shape the result or the error (part of Service)."""
 
     def detect(self, params, received):
         # Heavy imports first (the first call's ~0.3 s): frames are fetched
@@ -789,6 +741,116 @@ class Service:
                             "%s: %s" % (settings.debug_dir, exc))
             return []
 
+
+
+class Service(CameraAccess, PreviewAccess, Detection):
+    """The state behind the protocol methods.
+
+    The camera, preview and detect concerns are the mixins above; they
+    share this object's state and lock (set up here), so each stays small.
+
+    Parameters
+    ----------
+    emit_event : callable, optional
+        ``emit_event(dict)`` sends an unsolicited event line (``log``).
+    """
+
+    def __init__(self, emit_event=None):
+        self._emit_event = emit_event
+        self._lock = threading.RLock()     # settings, camera and preview refs
+        self._opening = None                # _Opening in progress
+        self._settings = None
+        self._camera = None
+        self._camera_url = None
+        self._machine = None
+        self._preview = None
+        self._preview_key = None
+        self._preview_error = None
+        self._annotating = False
+        # Shown on every preview frame: last detect result, calibrated scale.
+        self._preview_notes = {"last": None, "scale": None}
+        self._closed = False
+        self._rule = FrameRule()
+        self._detect_cond = threading.Condition()
+        self._detect_ticket = 0
+        self._detect_busy = False
+        self._methods = {
+            "configure": self.configure,
+            "detect": self.detect,
+            "grab": self.grab,
+            "fit_camera_model": self.fit_camera_model,
+            "preview": self.preview,
+            "version": self.version,
+            "shutdown": self.shutdown,
+            "sim_truth": self.sim_truth,
+        }
+
+    # -- dispatch
+
+    @property
+    def methods(self):
+        """Names of the methods :meth:`call` accepts."""
+        return sorted(self._methods)
+
+    def call(self, method, params=None, received=None):
+        """Run one protocol method.
+
+        Parameters
+        ----------
+        method : str
+        params : dict or None
+        received : float, optional
+            ``time.monotonic()`` when the request arrived (for ``settle``).
+
+        Returns
+        -------
+        dict
+            The method's ``result``.
+
+        Raises
+        ------
+        HelperError
+            With the protocol error code.
+        """
+        handler = self._methods.get(method)
+        if handler is None:
+            raise HelperError("unknown_method",
+                              "Unknown method %r; the helper knows %s."
+                              % (method, ", ".join(self.methods)),
+                              {"method": method})
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise HelperError("invalid_request", "params must be an object.")
+        if received is None:
+            received = time.monotonic()
+        if "machine" in params:
+            self._apply_machine(params["machine"])
+        return handler(params, received)
+
+    def _log_event(self, level, message):
+        """Log ``message`` here and send it to klippy.log as a log event."""
+        getattr(log, level)(message)
+        if self._emit_event is not None:
+            self._emit_event({"event": "log", "level": level,
+                              "message": message})
+
+    # -- configure
+
+    def configure(self, params, received):
+        settings = Settings(params)
+        with self._lock:
+            old = self._settings
+            self._settings = settings
+            url_changed = old is None or old.camera_url != settings.camera_url
+        if url_changed:
+            self._close_camera()
+        self._configure_preview(settings)
+        status = self._preview_status()
+        return {"camera_url": public_url(settings.camera_url),
+                "preview": {"running": status["running"],
+                            "url": status["url"],
+                            "error": status["error"]}}
+
     # -- grab
 
     def grab(self, params, received):
@@ -856,48 +918,6 @@ class Service:
                 % (result["mm_per_px"],
                    round(result["rotation_deg"], 1) + 0.0))  # no "-0.0"
         return result
-
-    # -- preview
-
-    def preview(self, params, received):
-        action = string_param(params, "action", "status",
-                              choices=("start", "stop", "status"))
-        with self._lock:
-            preview = self._preview
-            configured = self._preview_key is not None
-        if action == "start" and not configured:
-            status = self._preview_status()
-            status["error"] = ("The preview is off: set preview_port in "
-                               "[ktamv] to serve one.")
-            return status
-        if action == "start":
-            with self._lock:
-                self._annotating = preview is not None
-            if preview is not None:
-                self._start_annotating(preview)
-        elif action == "stop":
-            with self._lock:
-                self._annotating = False
-            if preview is not None:
-                preview.stop_continuous()
-        return self._preview_status()
-
-    def _start_annotating(self, preview):
-        state = {"earliest": None}
-
-        def produce():
-            settings = self._require_settings()
-            camera = self._get_camera(settings)
-            frame = camera.get_frame(not_before=state["earliest"],
-                                     timeout=settings.camera_timeout)
-            state["earliest"] = just_after(frame.timestamp)
-            from ktamv_helper.detection import detect_nozzle
-            detection = detect_nozzle(frame.image, settings.min_radius,
-                                      settings.max_radius)
-            return (frame, detection, settings.target_tolerance,
-                    self._preview_lines(("live preview",)))
-
-        preview.start_continuous(produce)
 
     # -- version
 

@@ -1070,3 +1070,46 @@ def test_a_malformed_helper_reply_is_a_sentence_not_a_shutdown(reply):
                        "detection this ktamv.py cannot read"):
         printer.objects["gcode"].commands["KTAMV_SIMPLE_NOZZLE_POSITION"](
             FakeGcmd())
+
+
+def test_the_limits_both_halves_share_come_from_one_file():
+    import ast
+    from ktamv_helper import limits
+    from ktamv_helper import camera_model, service
+    assert ktamv._LIMITS.__file__ == limits.__file__  # read, not copied
+    assert ktamv.MIN_MM_PER_PX == limits.MIN_MM_PER_PX
+    assert ktamv.MAX_MM_PER_PX == limits.MAX_MM_PER_PX
+    assert camera_model.MAX_MM_PER_PX is limits.MAX_MM_PER_PX
+    assert ktamv.MAX_MOVES == service.MAX_MOVES == limits.MAX_MOVES
+    # camera_timeout's config bounds stay literal (the docs test reads
+    # them), so they are checked against the shared ones here.
+    tree = ast.parse((REPO / "ktamv.py").read_text())
+    bounds = next(dict((k.arg, k.value.value) for k in node.keywords)
+                  for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and node.args and getattr(node.args[0], "value", None)
+                  == "camera_timeout")
+    assert bounds == {"minval": limits.MIN_CAMERA_TIMEOUT,
+                      "maxval": limits.MAX_CAMERA_TIMEOUT}
+
+
+@pytest.mark.parametrize("url, simulated", [("http://cam/stream", False),
+                                            ("sim://?seed=1", True)])
+def test_only_the_sim_camera_hears_the_machine_state(url, simulated):
+    extra, printer = make_ktamv({"nozzle_cam_url": url})
+    sent = []
+
+    class Helper:
+        def ensure_ready(self):
+            pass
+
+        def request(self, method, params, timeout):
+            sent.append(params)
+            return {"camera_url": url, "preview": None}
+
+    extra.client.helper = Helper()
+    for _ in range(2 * ktamv.MAX_MOVES):
+        extra.motion.move_to(100.5, 100.5)
+        extra.motion.move_to(100.0, 100.0)
+    extra.client.call(FakeGcmd(), "version", {})
+    assert ("machine" in sent[0]) is simulated
+    assert len(extra.motion.moves) <= ktamv.MAX_MOVES
