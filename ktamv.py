@@ -59,6 +59,8 @@ MIN_MM_PER_PX = _LIMITS.MIN_MM_PER_PX
 MAX_MM_PER_PX = _LIMITS.MAX_MM_PER_PX
 # At most this many machine.moves per request (the sim camera's replay).
 MAX_MOVES = _LIMITS.MAX_MOVES
+# The shift the helper needs to see to measure the camera latency, px.
+LATENCY_SHIFT_PX = _LIMITS.LATENCY_SHIFT_PX
 
 class HelperFailure(Exception):
     """A request that did not produce a result; ``message`` is for users."""
@@ -1265,8 +1267,12 @@ class NozzleFinder:
             moves += 1
             self.last_center_moves = moves
             before = det
+            # A move the picture shows clearly measures the camera latency
+            # (once per session); a tiny one would only wait for it.
+            reference = (before if error_px >= 2. * LATENCY_SHIFT_PX
+                         else None)
             try:
-                det = self.detect(gcmd, reference=before)
+                det = self.detect(gcmd, reference=reference)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise

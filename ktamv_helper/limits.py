@@ -13,3 +13,6 @@ MAX_MOVES = 100
 # camera_timeout bounds, seconds (ktamv.py's option and configure's param).
 MIN_CAMERA_TIMEOUT = 0.1
 MAX_CAMERA_TIMEOUT = 30.0
+# The bore shift that shows a move has reached the picture: the helper
+# measures the camera latency from the first frame shifted this much, px.
+LATENCY_SHIFT_PX = 2.0

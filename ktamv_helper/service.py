@@ -29,10 +29,9 @@ VERSION_CHECK_TIMEOUT = 2.0
 CLOSE_JOIN = 0.2
 # A camera whose picture lags a move by more than this is not measured.
 LATENCY_WINDOW = 1.0
-# The bore shift that shows a move has reached the picture, px.
-LATENCY_SHIFT_PX = 2.0
 # Most machine.moves accepted per request (the extra sends at most this).
-from ktamv_helper.limits import (MAX_CAMERA_TIMEOUT, MAX_MOVES,  # noqa: E402
+from ktamv_helper.limits import (LATENCY_SHIFT_PX,  # noqa: E402
+                                 MAX_CAMERA_TIMEOUT, MAX_MOVES,
                                  MIN_CAMERA_TIMEOUT)
 
 
