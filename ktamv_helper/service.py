@@ -230,6 +230,7 @@ class DetectRequest:
         self.reference = (None if reference is None
                           else point_param(reference, "reference"))
         self.moved_at = number_param(params, "moved_at", received)
+        self.unchanged_seen = False     # latency measurement (Detection)
 
 
 class DetectRun:
@@ -604,8 +605,10 @@ class Detection:
                 run.stopped_by = "timeout"
                 break
             try:
+                # While measuring the latency, frames from the move's end on
+                # are watched; only those the rule accepts are examined.
                 frame = self._fresh_frame(
-                    camera, request.earliest, cursor,
+                    camera, None if measuring else request.earliest, cursor,
                     min(remaining, settings.camera_timeout))
             except HelperError as exc:
                 if run.seen == 0:
@@ -626,7 +629,9 @@ class Detection:
     def _measure_latency(self, frame, settings, request):
         """Watch frames after a move for the first that shows it; its
         arrival after the move's end is the camera's latency, noted once
-        per session. Returns False when done (measured or given up)."""
+        per session. Only a change seen after a frame that still showed the
+        old place counts (else it is just an upper bound: the next move
+        tries again). Returns False when done (measured or given up)."""
         from ktamv_helper.detection import detect_nozzle
         if frame.timestamp - request.moved_at > LATENCY_WINDOW:
             return False        # never changed: the extra's frozen check
@@ -637,7 +642,10 @@ class Detection:
         shift = math.hypot(detection.center[0] - request.reference[0],
                            detection.center[1] - request.reference[1])
         if shift < LATENCY_SHIFT_PX:
+            request.unchanged_seen = True
             return True
+        if not request.unchanged_seen:
+            return False
         latency = self._rule.note_latency(frame.timestamp - request.moved_at)
         self._log_event("info", "The camera's frames arrive %.3f s after "
                         "what they show (measured on a move); frames are "

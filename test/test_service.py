@@ -508,3 +508,20 @@ def test_latency_is_measured_on_a_move_and_added_to_settle(service):
         "machine": {"position": [cx, cy, 10], "tool": "extruder"}})
     assert np.hypot(back["center"][0] - here["center"][0],
                     back["center"][1] - here["center"][1]) < 0.5
+
+
+def test_latency_is_measured_from_the_moves_end_not_after_settle(service):
+    # settle_time longer than the latency: the measurement still watches
+    # the frames from the move's end, so it finds 0.15 s, not the settle.
+    configured(service, "sim://?seed=3&noise=0&blur=0&dirt=0&glints=0"
+               "&latency=0.15&step=0&mm_per_px=0.01&rotation=0",
+               detection_tolerance=0.5)
+    cx, cy = service.call("sim_truth", {})["camera_xy"]
+    here = service.call("detect", {"frames": 2, "machine": {
+        "position": [cx, cy, 10], "tool": "extruder"}})
+    time.sleep(0.3)
+    there = service.call("detect", {
+        "frames": 2, "settle": 0.4, "moved_at": time.monotonic(),
+        "reference": here["center"],
+        "machine": {"position": [cx + 0.2, cy, 10], "tool": "extruder"}})
+    assert 0.14 <= there["latency"] <= 0.2
