@@ -686,3 +686,22 @@ def test_gcode_parameter_bounds_in_real_klippy(tmp_path):
         assert "Klipper state: Ready" in klippy.send("STATUS").text
         status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert status["last_center_moves"] == 0
+
+
+def test_a_camera_that_stalls_mid_detection_is_named_first(tmp_path,
+                                                           http_camera,
+                                                           nozzle_jpeg):
+    # One frame, then the stream goes silent (a stalled camera-streamer).
+    url = http_camera.route("/stream", parts=[nozzle_jpeg], hold=30,
+                            then_hang=True)
+    section = ktamv_section(url=url, camera_timeout=1)
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        started = time.monotonic()
+        error = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        took = time.monotonic() - started
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+    assert error.startswith("kTAMV: The camera failed after 1 frame: "), \
+        error
+    assert "(Before that, the nozzle was found in 1 of 1 frames" in error
+    assert "\n" not in error
+    assert took < 5.0
