@@ -21,10 +21,10 @@ LOG_WINDOW = 10.
 # Helper restarts allowed within RESTART_WINDOW seconds before giving up.
 MAX_STARTS = 3
 RESTART_WINDOW = 60.
+# Longest klippy:disconnect waits for the helper to exit, seconds.
+STOP_WAIT = 0.5
 # Unanswered requests in a row after which the helper counts as wedged.
 MAX_TIMEOUTS = 2
-# The protocol sends at most this many machine.moves per request.
-MAX_MOVES = 100
 DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 # Detection errors that mean "this frame shows no usable nozzle" (a
 # calibration point is skipped), unlike camera or helper failures.
@@ -33,6 +33,37 @@ DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus", "nozzle_ambiguous",
                    "nozzle_size_mismatch")
 DEFAULT_TOOL_NAME = "default"
+# A stored detection stands in for a new one (same place, tool, camera,
+# settled) for at most this long: the printer may be bumped meanwhile.
+DETECTION_MAX_AGE = 5.
+# A frozen picture: after a move that should shift the bore image by at
+# least 2 * STILL_PX, it moved less than STILL_PX or FROZEN_FRACTION of it.
+STILL_PX = 0.5
+FROZEN_FRACTION = 0.1
+
+def _load_limits():
+    # The helper's limits.py (no imports) is the one source of the limits
+    # both halves share; install.sh links this file into the checkout.
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)),
+                        "ktamv_helper", "limits.py")
+    try:
+        spec = importlib.util.spec_from_file_location("ktamv_limits", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (OSError, ImportError, AttributeError) as e:
+        raise ImportError("kTAMV cannot read %s (%s): ktamv.py must be the "
+                          "link install.sh makes into the kTAMV checkout."
+                          % (path, e))
+    return module
+
+_LIMITS = _load_limits()
+MIN_MM_PER_PX = _LIMITS.MIN_MM_PER_PX
+MAX_MM_PER_PX = _LIMITS.MAX_MM_PER_PX
+# At most this many machine.moves per request (the sim camera's replay).
+MAX_MOVES = _LIMITS.MAX_MOVES
+# The shift the helper needs to see to measure the camera latency, px.
+LATENCY_SHIFT_PX = _LIMITS.LATENCY_SHIFT_PX
 
 class HelperFailure(Exception):
     """A request that did not produce a result; ``message`` is for users."""
@@ -51,6 +82,17 @@ def _kill_live_helpers():
 
 atexit.register(_kill_live_helpers)
 
+# Killed helpers that had not exited when Klippy's thread stopped waiting
+# (HelperProcess.stop); whoever starts a helper next collects them.
+_orphans = []
+
+def _reap_orphans():
+    for proc in list(_orphans):
+        if proc.poll() is not None:
+            logging.info("ktamv: helper pid %d ended with exit code %s",
+                         proc.pid, proc.returncode)
+            _orphans.remove(proc)
+
 def _set_nonblock(fd):
     import fcntl
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -60,221 +102,9 @@ def _set_nonblock(fd):
 # Helper process: spawn, line IO through the reactor, requests, restart
 ######################################################################
 
-class HelperProcess:
-    def __init__(self, reactor, argv, cwd=None, env=None, startup_timeout=10.,
-                 on_ready=None):
-        self.reactor = reactor
-        self.argv = list(argv)
-        self.cwd = cwd
-        self.env = env
-        self.startup_timeout = startup_timeout
-        self.on_ready = on_ready
-        self.proc = None
-        self.state = "stopped"
-        self.last_error = ""
-        self.ready_info = {}
-        self.ready_completion = None
-        self.pending = {}
-        self.next_id = 1
-        self.start_times = []
-        self.fd_handles = []
-        self.buffers = {}
-        self.protocol_error = None
-        self.timeouts = 0
-        self.log_window_start = 0.
-        self.log_lines = self.log_suppressed = 0
-    # Lifecycle
-    def start(self):
-        """Spawn the helper; returns at once (the ready event comes later)."""
-        now = self.reactor.monotonic()
-        self.start_times = [t for t in self.start_times
-                            if now - t < RESTART_WINDOW]
-        if len(self.start_times) >= MAX_STARTS:
-            self.state = "failed"
-            raise HelperFailure(
-                "helper_failed",
-                "The vision helper stopped %d times within %d s, so kTAMV "
-                "stopped restarting it. Last problem: %s Check the lines "
-                "starting with 'ktamv helper:' in klippy.log, fix the cause "
-                "and run RESTART." % (len(self.start_times),
-                                      RESTART_WINDOW, self.last_error))
-        self.start_times.append(now)
-        program = self.argv[-3] if self.argv[-2:] == ["-m", "ktamv_helper"] \
-            else self.argv[0]
-        if os.path.isabs(program) and not os.access(program, os.X_OK):
-            self.state = "failed"
-            self.last_error = ("Cannot start the vision helper: %s does not "
-                               "exist or is not executable." % (program,))
-            raise HelperFailure("helper_failed", self.last_error + (
-                " Check helper_python / helper_command in [ktamv] (install.sh"
-                " creates %s)." % (DEFAULT_HELPER_VENV,)))
-        try:
-            proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=self.cwd, env=self.env,
-                close_fds=True)
-        except OSError as e:
-            self.state = "failed"
-            self.last_error = ("Cannot start the vision helper %r: %s."
-                               % (" ".join(self.argv), e.strerror or e))
-            raise HelperFailure("helper_failed", self.last_error + (
-                " Check helper_python / helper_command in [ktamv] (install.sh"
-                " creates %s)." % (DEFAULT_HELPER_VENV,)))
-        self.proc = proc
-        _live_helpers.add(self)
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            _set_nonblock(f.fileno())
-        self.buffers = {proc.stdout.fileno(): b"", proc.stderr.fileno(): b""}
-        self.fd_handles = [
-            self.reactor.register_fd(proc.stdout.fileno(), self._read_stdout),
-            self.reactor.register_fd(proc.stderr.fileno(), self._read_stderr)]
-        self.ready_completion = self.reactor.completion()
-        self.ready_info = {}
-        self.protocol_error = None
-        self.state = "starting"
-        logging.info("ktamv: started vision helper pid %d: %s", proc.pid,
-                     " ".join(self.argv))
-    def get_pid(self):
-        if self.proc is None:
-            return None
-        return self.proc.pid
-    def is_running(self):
-        return self.proc is not None and self.state in ("starting", "ready")
-    def ensure_ready(self):
-        """Start the helper if needed and wait (bounded) for its ready."""
-        if not self.is_running():
-            self.start()
-        if self.state == "ready":
-            return
-        deadline = self.reactor.monotonic() + self.startup_timeout
-        info = self.ready_completion.wait(deadline)
-        if self.state == "ready":
-            return
-        if info is None and self.is_running():
-            self._kill("The vision helper did not announce itself within "
-                       "%.0f s." % (self.startup_timeout,))
-        hint = ""
-        if "klippy.log" not in self.last_error:
-            hint = " See the lines starting with 'ktamv helper:' in klippy.log."
-        raise HelperFailure("helper_failed", self.last_error + hint)
-    def _helper_gone(self, reason, deferred=True):
-        """Forget the process: close pipes, fail pending requests, reap."""
-        if self.proc is None:
-            return
-        proc = self.proc
-        self.proc = None
-        handles = self.fd_handles
-        self.fd_handles = []
-        def close_pipes(eventtime=None):
-            for handle in handles:
-                self.reactor.unregister_fd(handle)
-            # A dying helper's last stderr lines say why; keep them.
-            try:
-                self._read_stderr(eventtime, proc.stderr.fileno())
-            except (OSError, ValueError):
-                pass
-            for f in (proc.stdin, proc.stdout, proc.stderr):
-                try:
-                    f.close()
-                except (OSError, ValueError):
-                    pass
-        if deferred:
-            # The reactor may be part-way through one poll's results, which
-            # can include these fds: unregister only after it finished.
-            self.reactor.register_callback(close_pipes)
-        else:
-            close_pipes()
-        if self.protocol_error:
-            reason = self.protocol_error
-        self.last_error = reason
-        if self.state != "stopped":
-            self.state = "exited"
-        logging.warning("ktamv: %s", reason)
-        pending = self.pending
-        self.pending = {}
-        failure = {"error": {"code": "helper_died", "message": reason + (
-            " The command was not completed; kTAMV restarts the helper on"
-            " the next command.")}}
-        for completion in pending.values():
-            completion.complete(failure)
-        if self.ready_completion is not None:
-            self.ready_completion.complete(None)
-        self._reap_later(proc)
-    def _reap_later(self, proc, attempts=50):
-        # Collect the exit status without blocking the reactor.
-        if proc.poll() is not None:
-            logging.info("ktamv: helper pid %d ended with exit code %s",
-                         proc.pid, proc.returncode)
-            return
-        state = {"left": attempts}
-        def check(eventtime):
-            if proc.poll() is not None:
-                logging.info("ktamv: helper pid %d ended with exit code %s",
-                             proc.pid, proc.returncode)
-                self.reactor.unregister_timer(timer)
-                return self.reactor.NEVER
-            state["left"] -= 1
-            if state["left"] <= 0:
-                logging.warning("ktamv: helper pid %d does not exit; killing"
-                                " it", proc.pid)
-                try:
-                    proc.kill()
-                except OSError:
-                    pass
-                state["left"] = 10
-            return eventtime + 0.1
-        timer = self.reactor.register_timer(
-            check, self.reactor.monotonic() + 0.1)
-    def _kill(self, reason):
-        """Kill a misbehaving helper now and forget it at once."""
-        if self.proc is not None:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-            self._helper_gone(reason)
-    def stop(self, grace=1.0):
-        """Ask the helper to exit, then terminate/kill and reap it.
-
-        Used at klippy:disconnect, when the reactor no longer runs, so it
-        may wait (bounded) for the process with the standard library.
-        """
-        proc = self.proc
-        self.state = "stopped"
-        if proc is None:
-            return
-        try:
-            self._write_line({"id": 0, "method": "shutdown"})
-        except HelperFailure:
-            pass
-        for f in (proc.stdin,):
-            try:
-                f.close()
-            except (OSError, ValueError):
-                pass
-        for signal_it in (None, proc.terminate, proc.kill):
-            if signal_it is not None:
-                try:
-                    signal_it()
-                except OSError:
-                    pass
-            try:
-                proc.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self._helper_gone("The vision helper was stopped (exit code %s)."
-                          % (proc.returncode,), deferred=False)
-        _live_helpers.discard(self)
-    def kill(self):
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.kill()
-                proc.wait(2.)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-    # Reading
+class HelperOutput:
+    """Reading the helper's stdout (protocol lines) and stderr (copied into
+    klippy.log, capped) from reactor fd callbacks; part of HelperProcess."""
     def _read_fd(self, fd):
         """Read what is there; returns (complete lines, eof)."""
         chunks = []
@@ -382,6 +212,7 @@ class HelperProcess:
                 self._kill(self.protocol_error)
                 return
             self.state = "ready"
+            self.last_error = ""  # a past failure is healed now
             self.ready_info = dict(msg)
             logging.info("ktamv: vision helper %s ready (pid %s, python %s)",
                          msg.get("helper"), msg.get("pid"), msg.get("python"))
@@ -396,6 +227,237 @@ class HelperProcess:
                             msg.get("message"))
         else:
             logging.info("ktamv: ignoring helper event %r", event)
+
+def _reap_later(reactor, proc, attempts=50):
+    """Collect a helper's exit status from a reactor timer, never blocking;
+    a process that does not exit after ``attempts`` checks is killed."""
+    if proc.poll() is not None:
+        logging.info("ktamv: helper pid %d ended with exit code %s",
+                     proc.pid, proc.returncode)
+        return
+    state = {"left": attempts}
+    def check(eventtime):
+        if proc.poll() is not None:
+            logging.info("ktamv: helper pid %d ended with exit code %s",
+                         proc.pid, proc.returncode)
+            reactor.unregister_timer(timer)
+            return reactor.NEVER
+        state["left"] -= 1
+        if state["left"] <= 0:
+            logging.warning("ktamv: helper pid %d does not exit; killing it",
+                            proc.pid)
+            try:
+                proc.kill()
+            except OSError:
+                pass
+            state["left"] = 10
+        return eventtime + 0.1
+    timer = reactor.register_timer(check, reactor.monotonic() + 0.1)
+
+class HelperProcess(HelperOutput):
+    """The helper child process: start, ready, requests, restart, stop."""
+    def __init__(self, reactor, argv, cwd=None, env=None, startup_timeout=10.,
+                 on_ready=None):
+        self.reactor = reactor
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.env = env
+        self.startup_timeout = startup_timeout
+        self.on_ready = on_ready
+        self.proc = None
+        self.state = "stopped"
+        self.last_error = ""
+        self.ready_info = {}
+        self.ready_completion = None
+        self.pending = {}
+        self.next_id = 1
+        self.start_times = []
+        self.fd_handles = []
+        self.buffers = {}
+        self.protocol_error = None
+        self.timeouts = 0
+        self.log_window_start = 0.
+        self.log_lines = self.log_suppressed = 0
+        # Set when a crash loop made kTAMV stop restarting the helper; only
+        # RESTART (a new object) or KTAMV_TEST (reset) clears it.
+        self.gave_up = None
+    # Lifecycle
+    def reset(self):
+        """Forget past crashes so the next command may start the helper."""
+        self.gave_up = None
+        self.start_times = []
+    def start(self):
+        """Spawn the helper; returns at once (the ready event comes later)."""
+        _reap_orphans()
+        if self.gave_up is not None:
+            self.state = "failed"
+            raise HelperFailure("helper_failed", self.gave_up)
+        now = self.reactor.monotonic()
+        self.start_times = [t for t in self.start_times
+                            if now - t < RESTART_WINDOW]
+        if len(self.start_times) >= MAX_STARTS:
+            self.state = "failed"
+            self.gave_up = (
+                "The vision helper stopped %d times within %d s, so kTAMV "
+                "stopped restarting it. Last problem: %s Check the lines "
+                "starting with 'ktamv helper:' in klippy.log, fix the cause "
+                "and run KTAMV_TEST or RESTART." % (
+                    len(self.start_times), RESTART_WINDOW, self.last_error))
+            raise HelperFailure("helper_failed", self.gave_up)
+        self.start_times.append(now)
+        program = self.argv[-3] if self.argv[-2:] == ["-m", "ktamv_helper"] \
+            else self.argv[0]
+        if os.path.isabs(program) and not os.access(program, os.X_OK):
+            self.state = "failed"
+            self.last_error = ("Cannot start the vision helper: %s does not "
+                               "exist or is not executable." % (program,))
+            raise HelperFailure("helper_failed", self.last_error + (
+                " Check helper_python / helper_command in [ktamv] (install.sh"
+                " creates %s)." % (DEFAULT_HELPER_VENV,)))
+        try:
+            proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, cwd=self.cwd, env=self.env,
+                close_fds=True)
+        except OSError as e:
+            self.state = "failed"
+            self.last_error = ("Cannot start the vision helper %r: %s."
+                               % (" ".join(self.argv), e.strerror or e))
+            raise HelperFailure("helper_failed", self.last_error + (
+                " Check helper_python / helper_command in [ktamv] (install.sh"
+                " creates %s)." % (DEFAULT_HELPER_VENV,)))
+        self.proc = proc
+        _live_helpers.add(self)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            _set_nonblock(f.fileno())
+        self.buffers = {proc.stdout.fileno(): b"", proc.stderr.fileno(): b""}
+        self.fd_handles = [
+            self.reactor.register_fd(proc.stdout.fileno(), self._read_stdout),
+            self.reactor.register_fd(proc.stderr.fileno(), self._read_stderr)]
+        self.ready_completion = self.reactor.completion()
+        self.ready_info = {}
+        self.protocol_error = None
+        self.state = "starting"
+        logging.info("ktamv: started vision helper pid %d: %s", proc.pid,
+                     " ".join(self.argv))
+    def get_pid(self):
+        if self.proc is None:
+            return None
+        return self.proc.pid
+    def is_running(self):
+        return self.proc is not None and self.state in ("starting", "ready")
+    def ensure_ready(self):
+        """Start the helper if needed and wait (bounded) for its ready."""
+        if not self.is_running():
+            self.start()
+        if self.state == "ready":
+            return
+        deadline = self.reactor.monotonic() + self.startup_timeout
+        info = self.ready_completion.wait(deadline)
+        if self.state == "ready":
+            return
+        if info is None and self.is_running():
+            self._kill("The vision helper did not announce itself within "
+                       "%.0f s." % (self.startup_timeout,))
+        hint = ""
+        if "klippy.log" not in self.last_error:
+            hint = " See the lines starting with 'ktamv helper:' in klippy.log."
+        raise HelperFailure("helper_failed", self.last_error + hint)
+    def _helper_gone(self, reason, deferred=True):
+        """Forget the process: close pipes, fail pending requests, reap."""
+        if self.proc is None:
+            return
+        proc = self.proc
+        self.proc = None
+        handles = self.fd_handles
+        self.fd_handles = []
+        def close_pipes(eventtime=None):
+            for handle in handles:
+                self.reactor.unregister_fd(handle)
+            # A dying helper's last stderr lines say why; keep them.
+            try:
+                self._read_stderr(eventtime, proc.stderr.fileno())
+            except (OSError, ValueError):
+                pass
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    f.close()
+                except (OSError, ValueError):
+                    pass
+        if deferred:
+            # The reactor may be part-way through one poll's results, which
+            # can include these fds: unregister only after it finished.
+            self.reactor.register_callback(close_pipes)
+        else:
+            close_pipes()
+        if self.protocol_error:
+            reason = self.protocol_error
+        self.last_error = reason
+        if self.state != "stopped":
+            self.state = "exited"
+        logging.warning("ktamv: %s", reason)
+        pending = self.pending
+        self.pending = {}
+        failure = {"error": {"code": "helper_died", "message": reason + (
+            " The command was not completed; kTAMV restarts the helper on"
+            " the next command.")}}
+        for completion in pending.values():
+            completion.complete(failure)
+        if self.ready_completion is not None:
+            self.ready_completion.complete(None)
+        _reap_later(self.reactor, proc)
+    def _kill(self, reason):
+        """Kill a misbehaving helper now and forget it at once."""
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+            self._helper_gone(reason)
+    def stop(self):
+        """Ask the helper to exit, then terminate/kill it: at most
+        STOP_WAIT seconds of Klippy's thread at klippy:disconnect (the
+        reactor no longer runs, so this waits with the standard library);
+        a process not reaped by then is reaped later (_reap_orphans)."""
+        proc = self.proc
+        self.state = "stopped"
+        if proc is None:
+            return
+        try:
+            self._write_line({"id": 0, "method": "shutdown"})
+        except HelperFailure:
+            pass
+        try:
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        deadline = time.monotonic() + STOP_WAIT
+        for signal_it, share in ((None, 0.4), (proc.terminate, 0.4),
+                                 (proc.kill, 1.)):
+            if signal_it is not None:
+                try:
+                    signal_it()
+                except OSError:
+                    pass
+            left = deadline - time.monotonic()
+            try:
+                proc.wait(max(0.01, share * left))
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._helper_gone("The vision helper was stopped (exit code %s)."
+                          % (proc.returncode,), deferred=False)
+        if proc.returncode is None:
+            _orphans.append(proc)
+        _live_helpers.discard(self)
+    def kill(self):
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.kill()
+                proc.wait(2.)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
     # Requests
     def _write_line(self, msg):
         proc = self.proc
@@ -497,6 +559,11 @@ class CameraModel:
         return math.degrees(math.atan2(d, a))
     def mirrored(self):
         return self.determinant() > 0.
+    def mm_to_px(self, dx, dy):
+        """Image shift (du, dv) that a toolhead move of (dx, dy) causes."""
+        (a, b), (d, e) = self.matrix
+        det = a * e - b * d
+        return (e * dx - b * dy) / det, (a * dy - d * dx) / det
     def px_to_mm(self, du, dv):
         """Toolhead move (dx, dy) that shifts the nozzle image by (du, dv)."""
         (a, b), (d, e) = self.matrix
@@ -695,6 +762,7 @@ class KtamvMotion:
         for px, py in points:
             self.toolhead.manual_move([px, py, None], self.speed)
             self.moves.append(self.toolhead.get_position()[:3])
+        del self.moves[:-MAX_MOVES]  # only the sim camera takes them
         self.toolhead.wait_moves()
         self.check_running()
     def take_moves(self):
@@ -725,15 +793,13 @@ def offset_statistics(samples):
     return res
 
 ######################################################################
-# The [ktamv] extra
+# Options of the [ktamv] section
 ######################################################################
 
-class Ktamv:
+class KtamvOptions:
+    """The [ktamv] options, read and bounded once at start-up."""
     def __init__(self, config):
-        self.printer = config.get_printer()
-        self.reactor = self.printer.get_reactor()
         self.name = config.get_name()
-        # kTAMV's options
         self.camera_url = config.get('nozzle_cam_url')
         self.move_speed = config.getfloat('move_speed', 1800., above=0.,
                                           maxval=60000.)
@@ -746,7 +812,10 @@ class Ktamv:
                 "ktamv: option(s) %s are ignored: the vision work runs in a "
                 "helper process started by Klipper and nothing is uploaded.",
                 ", ".join(ignored))
-        # The helper
+        self._read_helper(config)
+        self._read_measuring(config)
+        self.camera_matrix = self._read_matrix(config)
+    def _read_helper(self, config):
         self.helper_python = config.get('helper_python', None)
         self.helper_command = config.get('helper_command', None)
         self.helper_nice = config.getint('helper_nice', 10, minval=0,
@@ -763,7 +832,7 @@ class Ktamv:
                                            maxval=30.)
         self.debug_keep = config.getint('debug_keep', 20, minval=1,
                                         maxval=10000)
-        # Measuring
+    def _read_measuring(self, config):
         self.settle_time = config.getfloat('settle_time', 0.3, minval=0.,
                                            maxval=10.)
         self.detection_frames = config.getint('detection_frames', 3,
@@ -780,10 +849,10 @@ class Ktamv:
         # camera's scale is known; NOZZLE_DIAMETER= overrides it per command.
         self.nozzle_diameter = config.getfloat('nozzle_diameter', 0.4,
                                                minval=0.1, maxval=2.)
-        backlash = config.getfloat('backlash_approach', 0.5, minval=0.,
-                                   maxval=5.)
-        max_travel = config.getfloat('max_travel', 5., above=0.,
-                                     maxval=1000.)
+        self.backlash = config.getfloat('backlash_approach', 0.5, minval=0.,
+                                        maxval=5.)
+        self.max_travel = config.getfloat('max_travel', 5., above=0.,
+                                          maxval=1000.)
         self.camera_position = config.getfloatlist('camera_position', None,
                                                    count=2)
         self.tool_status = config.get('tool_status', '').strip()
@@ -792,66 +861,23 @@ class Ktamv:
                 "Option 'tool_status' in section '%s' must look like "
                 "OBJECT.FIELD (e.g. gcode_macro _KTAMV_TOOL.current), not %r"
                 % (self.name, self.tool_status))
-        self.model = None
+    def _read_matrix(self, config):
         matrix = config.getfloatlist('camera_matrix', None, count=4)
-        if matrix is not None:
-            model = CameraModel.from_flat(matrix)
-            if not 0.001 <= model.mm_per_px() <= 0.2:
-                raise config.error(
-                    "Option 'camera_matrix' in section '%s' gives %.5f mm per"
-                    " pixel; a usable nozzle camera has 0.001..0.2. Delete "
-                    "the option and run KTAMV_CALIB_CAMERA again."
-                    % (self.name, model.mm_per_px()))
-            self.model = model
-        self.motion = KtamvMotion(self.printer, self.move_speed / 60.,
-                                  backlash, max_travel)
-        self.helper = HelperProcess(
-            self.reactor, self._helper_argv(), cwd=self._repo_dir(),
-            env=self._helper_env(), startup_timeout=self.helper_timeout,
-            on_ready=self._send_configure)
-        # State reported by get_status()
-        self.configure_pending = None
-        self.configure_error = None
-        self.preview_info = None
-        self.last_detection = None
-        self.last_center_moves = 0
-        self.last_nozzle_center_successful = False
-        self.last_calculated_offset = [0., 0.]
-        self.last_tool_gcode_offset = [0., 0.]
-        self.origin = None
-        self.offsets = {}
-        self.samples = {}
-        # Events and commands
-        self.printer.register_event_handler("klippy:connect",
-                                            self._handle_connect)
-        self.printer.register_event_handler("klippy:disconnect",
-                                            self._handle_disconnect)
-        gcode = self.printer.lookup_object('gcode')
-        for cmd in ('CALIB_CAMERA', 'FIND_NOZZLE_CENTER', 'SET_ORIGIN',
-                    'GET_OFFSET', 'MOVE_TO_ORIGIN', 'SIMPLE_NOZZLE_POSITION',
-                    'TEST', 'START_PREVIEW', 'STOP_PREVIEW',
-                    'SEND_SERVER_CFG', 'OFFSET_STATISTICS'):
-            gcode.register_command(
-                'KTAMV_' + cmd, self._guarded(getattr(self, 'cmd_KTAMV_' + cmd)),
-                desc=getattr(self, 'cmd_KTAMV_' + cmd + '_help'))
-    def _guarded(self, handler):
-        # Klippy shuts the printer down on any exception from a command
-        # that is not a command error; a vision problem must never do that.
-        def run(gcmd):
-            try:
-                handler(gcmd)
-            except self.printer.command_error:
-                raise
-            except Exception as e:
-                logging.exception("ktamv: internal error in %s",
-                                  gcmd.get_command())
-                raise gcmd.error("kTAMV: internal error in %s: %s (details "
-                                 "in klippy.log)" % (gcmd.get_command(), e))
-        return run
-    # Helper command line
-    def _repo_dir(self):
+        if matrix is None:
+            return None
+        model = CameraModel.from_flat(matrix)
+        if not MIN_MM_PER_PX <= model.mm_per_px() <= MAX_MM_PER_PX:
+            raise config.error(
+                "Option 'camera_matrix' in section '%s' gives %.5f mm per "
+                "pixel; a usable nozzle camera has %g..%g. Delete the option "
+                "and run KTAMV_CALIB_CAMERA again." % (
+                    self.name, model.mm_per_px(), MIN_MM_PER_PX,
+                    MAX_MM_PER_PX))
+        return model
+    # The helper's command line
+    def repo_dir(self):
         return os.path.dirname(os.path.realpath(__file__))
-    def _helper_argv(self):
+    def helper_argv(self):
         if self.helper_command:
             argv = shlex.split(self.helper_command)
         else:
@@ -865,31 +891,21 @@ class Ktamv:
         if self.helper_python:
             return os.path.expanduser(self.helper_python)
         for candidate in (DEFAULT_HELPER_VENV,
-                          os.path.join(self._repo_dir(), ".venv", "bin",
+                          os.path.join(self.repo_dir(), ".venv", "bin",
                                        "python")):
             path = os.path.expanduser(candidate)
             if os.path.exists(path):
                 return path
         # Starting fails with a sentence naming the option to set.
         return os.path.expanduser(DEFAULT_HELPER_VENV)
-    def _helper_env(self):
+    def helper_env(self):
         env = dict(os.environ)
-        repo = self._repo_dir()
+        repo = self.repo_dir()
         old = env.get('PYTHONPATH')
         env['PYTHONPATH'] = repo + (os.pathsep + old if old else "")
         env['PYTHONUNBUFFERED'] = '1'
         return env
-    # Events
-    def _handle_connect(self):
-        self.motion.handle_connect()
-        try:
-            self.helper.start()
-        except HelperFailure as e:
-            # Klipper keeps running; commands report the problem.
-            logging.warning("ktamv: %s", e.message)
-    def _handle_disconnect(self):
-        self.helper.stop()
-    def _configure_params(self):
+    def configure_params(self):
         params = {'camera_url': self.camera_url,
                   'camera_timeout': self.camera_timeout,
                   'preview_host': self.preview_host,
@@ -901,12 +917,46 @@ class Ktamv:
         if self.detection_tolerance > 0.:
             params['detection_tolerance'] = self.detection_tolerance
         return params
-    def _send_configure(self):
+
+######################################################################
+# Requests for commands: configure handshake, machine state, errors
+######################################################################
+
+class HelperClient:
+    """Commands' requests to the helper: it is started when needed, kept
+    configured (a handshake on every ready) and every wait is bounded."""
+    def __init__(self, printer, opts, helper, motion, tools):
+        self.printer = printer
+        self.reactor = printer.get_reactor()
+        self.opts = opts
+        self.helper = helper
+        self.motion = motion
+        self.tools = tools
+        self.configure_pending = None
+        self.configure_error = None
+        self.preview_info = None
+        helper.on_ready = self.send_configure
+    def machine_state(self):
+        """The toolhead position and tool, for the sim:// camera."""
+        toolhead = self.printer.lookup_object('toolhead')
+        machine = {'position': [float(v) for v in
+                                toolhead.get_position()[:3]],
+                   'tool': self.tools.current(strict=False)}
+        moves = self.motion.take_moves()
+        if moves:
+            machine['moves'] = [[float(v) for v in m] for m in moves]
+        return machine
+    def _add_machine(self, params):
+        # Only the simulated camera renders from the machine state; real
+        # cameras never get it (simulation stays off the production path).
+        if self.opts.camera_url.strip().lower().startswith('sim:'):
+            params['machine'] = self.machine_state()
+    def send_configure(self):
         # Runs from the reactor's fd callback: send, never wait here, and
         # never let an exception escape into the reactor.
         try:
-            params = self._configure_params()
-            params['machine'] = self._machine_state()
+            params = self.opts.configure_params()
+            self._add_machine(params)
             req_id, completion = self.helper.send('configure', params)
         except HelperFailure as e:
             self.configure_error = e.message
@@ -918,7 +968,7 @@ class Ktamv:
         self.configure_pending = completion
         self.configure_error = None
         def check(eventtime):
-            reply = completion.wait(eventtime + self.helper_timeout)
+            reply = completion.wait(eventtime + self.opts.helper_timeout)
             if reply is None:
                 self.helper.pending.pop(req_id, None)
                 self.configure_error = ("The vision helper did not answer "
@@ -935,8 +985,54 @@ class Ktamv:
             if self.configure_pending is completion:
                 self.configure_pending = None
         self.reactor.register_callback(check)
-    # Talking to the helper
-    def _current_tool(self, strict=True):
+    def configure_now(self):
+        params = self.opts.configure_params()
+        self._add_machine(params)
+        try:
+            result = self.helper.request('configure', params,
+                                         self.opts.helper_timeout)
+        except HelperFailure as e:
+            self.configure_error = e.message
+            raise
+        self.configure_error = None
+        self.preview_info = result.get('preview')
+        return result
+    def call(self, gcmd, method, params=None, timeout=0.):
+        """One helper request for a command; errors become command errors."""
+        params = dict(params or {})
+        try:
+            self.helper.ensure_ready()
+            if self.configure_pending is not None:
+                self.configure_pending.wait(
+                    self.reactor.monotonic() + self.opts.helper_timeout)
+            if self.configure_error and method != 'configure':
+                # A configure that failed (or never arrived) is retried so
+                # a fixed problem heals without RESTART.
+                self.configure_now()
+            self._add_machine(params)
+            result = self.helper.request(method, params,
+                                         timeout + self.opts.helper_timeout)
+        except HelperFailure as e:
+            error = gcmd.error("kTAMV: %s" % (e.message,))
+            error.helper_code = e.code  # so callers can tell causes apart
+            raise error
+        # The reactor ran while waiting: a shutdown meanwhile makes the
+        # toolhead position (and so any offset) meaningless.
+        self.motion.check_running()
+        return result
+    def error(self):
+        return self.helper.last_error or self.configure_error
+
+######################################################################
+# Which tool is active, and its G-code offset
+######################################################################
+
+class ToolIdentity:
+    def __init__(self, printer, tool_status):
+        self.printer = printer
+        self.reactor = printer.get_reactor()
+        self.tool_status = tool_status
+    def current(self, strict=True):
         """The active tool's name; ``strict`` refuses an unclear one.
 
         Measurements (origin, offsets) are strict; labels that only travel
@@ -946,7 +1042,7 @@ class Ktamv:
         eventtime = self.reactor.monotonic()
         if not self.tool_status:
             try:
-                return self._default_tool(eventtime)
+                return self._default(eventtime)
             except self.printer.command_error:
                 if strict:
                     raise
@@ -964,7 +1060,7 @@ class Ktamv:
                 % (obj_name, field, ", ".join(sorted(status)) or "none"))
         value = status[field]
         return str(value) if value is not None else DEFAULT_TOOL_NAME
-    def _default_tool(self, eventtime):
+    def _default(self, eventtime):
         """The active tool's name from what the printer itself reports.
 
         A tool changer (klipper-toolchanger's ``toolchanger.tool``) names
@@ -988,28 +1084,32 @@ class Ktamv:
                 if name.startswith('tool ') and len(name) > 5:
                     name = name[5:].strip()
                 return name
-        dual = self.printer.lookup_object('dual_carriage', None)
-        if dual is not None and hasattr(dual, 'get_status'):
-            status = dual.get_status(eventtime)
-            modes = dict((k, v) for k, v in status.items()
-                         if k.startswith('carriage_') and isinstance(v, str))
-            if not modes and isinstance(status.get('carriages'), dict):
-                modes = status['carriages']
-            primary = sorted(k for k, v in modes.items() if v == 'PRIMARY')
-            copying = sorted(k for k, v in modes.items()
-                             if v in ('COPY', 'MIRROR'))
-            if copying:
-                raise self.printer.command_error(
-                    "kTAMV: carriage(s) %s are in %s mode, so more than one "
-                    "nozzle moves; select one carriage with "
-                    "SET_DUAL_CARRIAGE CARRIAGE=<n> (MODE=PRIMARY) first."
-                    % (", ".join(copying),
-                       "/".join(sorted(set(modes[k] for k in copying)))))
-            if primary:
-                return "+".join(primary)
+        primary = self._idex_primary(eventtime)
+        if primary:
+            return primary
         toolhead = self.printer.lookup_object('toolhead')
         return toolhead.get_extruder().get_name() or DEFAULT_TOOL_NAME
-    def _gcode_offset(self):
+    def _idex_primary(self, eventtime):
+        dual = self.printer.lookup_object('dual_carriage', None)
+        if dual is None or not hasattr(dual, 'get_status'):
+            return None
+        status = dual.get_status(eventtime)
+        modes = dict((k, v) for k, v in status.items()
+                     if k.startswith('carriage_') and isinstance(v, str))
+        if not modes and isinstance(status.get('carriages'), dict):
+            modes = status['carriages']
+        primary = sorted(k for k, v in modes.items() if v == 'PRIMARY')
+        copying = sorted(k for k, v in modes.items()
+                         if v in ('COPY', 'MIRROR'))
+        if copying:
+            raise self.printer.command_error(
+                "kTAMV: carriage(s) %s are in %s mode, so more than one "
+                "nozzle moves; select one carriage with "
+                "SET_DUAL_CARRIAGE CARRIAGE=<n> (MODE=PRIMARY) first."
+                % (", ".join(copying),
+                   "/".join(sorted(set(modes[k] for k in copying)))))
+        return "+".join(primary) if primary else None
+    def gcode_offset(self):
         """The G-code XY offset in force (SET_GCODE_OFFSET / tool offsets)."""
         gcode_move = self.printer.lookup_object('gcode_move', None)
         if gcode_move is None:
@@ -1020,214 +1120,151 @@ class Ktamv:
             return [float(origin[0]), float(origin[1])]
         except (TypeError, ValueError, IndexError):
             return [0., 0.]
-    def _machine_state(self):
-        toolhead = self.printer.lookup_object('toolhead')
-        machine = {'position': [float(v) for v in
-                                toolhead.get_position()[:3]],
-                   'tool': self._current_tool(strict=False)}
-        moves = self.motion.take_moves()
-        if moves:
-            machine['moves'] = [[float(v) for v in m] for m in moves]
-        return machine
-    def _call(self, gcmd, method, params=None, timeout=0.):
-        """One helper request for a command; errors become command errors."""
-        params = dict(params or {})
-        try:
-            self.helper.ensure_ready()
-            if self.configure_pending is not None:
-                self.configure_pending.wait(
-                    self.reactor.monotonic() + self.helper_timeout)
-            if self.configure_error and method != 'configure':
-                # A configure that failed (or never arrived) is retried so
-                # a fixed problem heals without RESTART.
-                self._configure_now()
-            params['machine'] = self._machine_state()
-            result = self.helper.request(method, params,
-                                         timeout + self.helper_timeout)
-        except HelperFailure as e:
-            error = gcmd.error("kTAMV: %s" % (e.message,))
-            error.helper_code = e.code  # so callers can tell causes apart
-            raise error
-        # The reactor ran while waiting: a shutdown meanwhile makes the
-        # toolhead position (and so any offset) meaningless.
-        self.motion.check_running()
-        return result
-    def _configure_now(self):
-        params = self._configure_params()
-        params['machine'] = self._machine_state()
-        try:
-            result = self.helper.request('configure', params,
-                                         self.helper_timeout)
-        except HelperFailure as e:
-            self.configure_error = e.message
-            raise
-        self.configure_error = None
-        self.preview_info = result.get('preview')
-        return result
-    def _detect(self, gcmd, frames=None, after_move=True, hints=None):
-        """Detect the nozzle in fresh frames; returns the result dict."""
-        frames = frames or self.detection_frames
+
+######################################################################
+# Finding the nozzle: detections, their cache, the frozen-picture check
+######################################################################
+
+class NozzleFinder:
+    """Detections through the helper, and centring the nozzle with them.
+
+    ``model`` (a CameraModel or None) maps pixels to millimetres.
+    """
+    def __init__(self, printer, opts, client, motion, tools, model=None):
+        self.reactor = printer.get_reactor()
+        self.opts = opts
+        self.client = client
+        self.motion = motion
+        self.tools = tools
+        self.model = model
+        self.last_detection = None
+        self.last_center_moves = 0
+    def forget(self):
+        """Drop the stored detection (camera or model changed)."""
+        self.last_detection = None
+    def bore_hints(self, gcmd):
+        """What the helper may know of the bore: its diameter and the scale."""
+        hints = {'nozzle_diameter': gcmd.get_float(
+            'NOZZLE_DIAMETER', self.opts.nozzle_diameter, minval=0.1,
+            maxval=2.)}
+        if self.model is not None:
+            hints['mm_per_px'] = self.model.mm_per_px()
+        return hints
+    def detect(self, gcmd, frames=None, after_move=True, reference=None,
+               hints=None):
+        """Detect the nozzle in fresh frames; returns the result dict.
+
+        ``after_move`` asks for frames captured settle_time after the last
+        move ended (the helper's freshness rule decides which those are);
+        only such a detection may become an origin or an offset.
+        """
+        opts = self.opts
+        frames = frames or opts.detection_frames
         params = {'frames': frames}
-        params.update(self._bore_hints(gcmd))
+        params.update(self.bore_hints(gcmd))
         params.update(hints or {})
         # A G1 just before this command may still be queued or running.
         self.motion.toolhead.wait_moves()
         if after_move:
-            if self.helper_command:
-                params['settle'] = self.settle_time
-            else:
-                params['not_before'] = time.monotonic() + self.settle_time
-        timeout = self.camera_timeout + self.settle_time + 0.4 * frames + 1.
+            params['settle'] = opts.settle_time
+            if not opts.helper_command:
+                # A local helper shares CLOCK_MONOTONIC with Klippy.
+                params['moved_at'] = time.monotonic()
+            if reference is not None:
+                # The picture before the move: the helper measures the
+                # camera's latency from the first frame showing the move.
+                params['reference'] = list(reference['uv'])
+        timeout = opts.camera_timeout + opts.settle_time + 0.4 * frames + 1.
         params['timeout'] = min(60., timeout)
         pos = self.motion.position()
-        tool = self._current_tool(strict=False)
-        result = self._call(gcmd, 'detect', params, timeout)
-        self.last_detection = {
-            'uv': [float(v) for v in result['center']],
-            'radius': float(result.get('radius', 0.)),
-            'score': float(result.get('score', 0.)),
-            'frames': int(result.get('frames_used', frames)),
-            'spread': float(result.get('spread', 0.)),
-            'frame_size': [int(v) for v in result['frame_size']],
-            'rings': [float(r) for r in result.get('rings', [])],
-            'rms': float(result.get('rms', 0.)),
-            'position': [pos[0], pos[1]],
-            'tool': tool}
-        return self.last_detection
-    def _bore_hints(self, gcmd):
-        """What the helper may know of the bore: its diameter and the scale."""
-        hints = {'nozzle_diameter': gcmd.get_float(
-            'NOZZLE_DIAMETER', self.nozzle_diameter, minval=0.1, maxval=2.)}
-        if self.model is not None:
-            hints['mm_per_px'] = self.model.mm_per_px()
-        return hints
-    def _fresh_detection(self, gcmd):
-        """The last detection if it was made here with this tool, or a new one."""
+        tool = self.tools.current(strict=False)
+        result = self.client.call(gcmd, 'detect', params, timeout)
+        try:
+            det = {'uv': [float(v) for v in result['center'][:2]],
+                   'radius': float(result.get('radius', 0.)),
+                   'score': float(result.get('score', 0.)),
+                   'frames': int(result.get('frames_used', frames)),
+                   'spread': float(result.get('spread', 0.)),
+                   'frame_size': [int(v) for v in result['frame_size'][:2]],
+                   'rings': [float(r) for r in result.get('rings', [])],
+                   'rms': float(result.get('rms', 0.))}
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            # A helper from another kTAMV version, or a helper bug: say so
+            # rather than shut the printer down.
+            raise gcmd.error("kTAMV: the vision helper sent a detection "
+                             "this ktamv.py cannot read (%s: %s); update both"
+                             " from the same kTAMV checkout."
+                             % (type(e).__name__, e))
+        det.update({'position': [pos[0], pos[1]], 'tool': tool,
+                    'digest': result.get('frame_digest'),
+                    'settled': bool(after_move),
+                    'camera': opts.camera_url,
+                    'time': self.reactor.monotonic()})
+        self.last_detection = det
+        return det
+    def fresh_detection(self, gcmd):
+        """A settled detection made here with this tool and camera in the
+        last DETECTION_MAX_AGE seconds, or a new one."""
         det = self.last_detection
         pos = self.motion.position()
-        if (det is not None
-            and det['tool'] == self._current_tool(strict=False)
+        if (det is not None and det.get('settled')
+            and det.get('camera') == self.opts.camera_url
+            and (self.reactor.monotonic() - det.get('time', -1e9)
+                 <= DETECTION_MAX_AGE)
+            and det['tool'] == self.tools.current(strict=False)
             and abs(det['position'][0] - pos[0]) < 1e-9
             and abs(det['position'][1] - pos[1]) < 1e-9):
             return det
-        return self._detect(gcmd)
-    def _pixel_error(self, det):
+        return self.detect(gcmd)
+    def check_picture_moved(self, gcmd, before, after):
+        """Refuse a detection whose picture did not follow the toolhead."""
+        dx = after['position'][0] - before['position'][0]
+        dy = after['position'][1] - before['position'][1]
+        dist = math.hypot(dx, dy)
+        if dist < 1e-6:
+            return
+        if self.model is not None:
+            expected = math.hypot(*self.model.mm_to_px(dx, dy))
+        else:
+            # Uncalibrated: the least shift any usable camera shows.
+            expected = dist / MAX_MM_PER_PX
+        seen = math.hypot(after['uv'][0] - before['uv'][0],
+                          after['uv'][1] - before['uv'][1])
+        same = before.get('digest') and before['digest'] == after['digest']
+        still = (expected >= 2. * STILL_PX
+                 and seen < max(STILL_PX, FROZEN_FRACTION * expected))
+        if same or still:
+            raise gcmd.error(
+                "kTAMV: the camera picture did not change after a %.2f mm "
+                "move (%s): is the stream frozen? Restart the camera service"
+                " (e.g. sudo systemctl restart crowsnest) and check the "
+                "stream in a browser." % (dist, "the same frame again" if same
+                                          else "the nozzle moved %.2f px of "
+                                          "%.1f expected" % (seen, expected)))
+    def pixel_error(self, det):
         cu, cv = image_center(det['frame_size'])
         return cu - det['uv'][0], cv - det['uv'][1]
-    def _corrected_position(self, gcmd):
+    def corrected_position(self, gcmd):
         """Toolhead XY that puts the nozzle exactly on the image centre."""
         pos = self.motion.position()
         if self.model is None:
             return (pos[0], pos[1]), False
-        det = self._fresh_detection(gcmd)
-        du, dv = self._pixel_error(det)
+        det = self.fresh_detection(gcmd)
+        du, dv = self.pixel_error(det)
         dx, dy = self.model.px_to_mm(du, dv)
         return (pos[0] + dx, pos[1] + dy), True
-    def _require_model(self, gcmd):
+    def require_model(self, gcmd):
         if self.model is None:
             raise gcmd.error("kTAMV: the camera is not calibrated; put a "
                              "nozzle over the camera and run "
                              "KTAMV_CALIB_CAMERA first.")
-    # Commands
-    cmd_KTAMV_CALIB_CAMERA_help = ("Calibrate the nozzle camera: move the "
-                                   "nozzle around this point and fit the "
-                                   "pixel to mm model")
-    def cmd_KTAMV_CALIB_CAMERA(self, gcmd):
-        radius = gcmd.get_float('RADIUS', self.calibration_radius, above=0.,
-                                maxval=10.)
-        count = gcmd.get_int('POINTS', self.calibration_points, minval=4,
-                             maxval=50)
-        start = self.motion.begin()
-        targets = [start] + [
-            (start[0] + radius * math.cos(2. * math.pi * i / count),
-             start[1] + radius * math.sin(2. * math.pi * i / count))
-            for i in range(count)]
-        # Refuse the whole plan before the first move if any point is out.
-        self.motion.check_targets(
-            [p for t in targets for p in self.motion.waypoints(*t)]
-            + [(t[0] - self.motion.backlash, t[1] - self.motion.backlash)
-               for t in targets], "calibration move")
-        gcmd.respond_info("kTAMV: calibrating the camera with %d points on "
-                          "a %.3f mm circle around X%.3f Y%.3f."
-                          % (count, radius, start[0], start[1]))
-        pairs = []
-        missed = []
-        try:
-            self._calibration_points(gcmd, targets, pairs, missed)
-        except Exception:
-            # Leave the nozzle where the user put it, but report the
-            # original problem, not a failure of the way back.
-            try:
-                self.motion.move_to(start[0], start[1], "return to start")
-            except Exception:
-                logging.exception("ktamv: cannot return to the start")
-            raise
-        self.motion.move_to(start[0], start[1], "return to start")
-        if len(pairs) < 3:
-            raise gcmd.error("kTAMV: the nozzle was found at only %d of %d "
-                             "calibration points; nothing was changed. Check "
-                             "focus and lighting (KTAMV_SIMPLE_NOZZLE_POSITION"
-                             ") or use a smaller RADIUS." % (len(pairs),
-                                                            count + 1))
-        fit = self._call(gcmd, 'fit_camera_model', {'pairs': pairs})
-        self.model = CameraModel(fit['matrix'], fit)
-        self.last_detection = None
-        configfile = self.printer.lookup_object('configfile')
-        configfile.set(self.name, 'camera_matrix', self.model.config_value())
-        used = fit.get('used', list(range(len(pairs))))
-        rejected = fit.get('rejected', [])
-        gcmd.respond_info(
-            "kTAMV: camera calibrated: %.5f mm/px (%.1f px/mm), rotation "
-            "%.2f deg, %s, RMS residual %.4f mm; %d points used, %d rejected"
-            " as outliers, %d without a nozzle.\nThe model is in use now; "
-            "run SAVE_CONFIG to keep it after a restart."
-            % (self.model.mm_per_px(), 1. / self.model.mm_per_px(),
-               self.model.rotation_deg(),
-               "mirrored" if self.model.mirrored() else "not mirrored",
-               float(fit.get('rms_mm', 0.)), len(used), len(rejected),
-               len(missed)))
-    def _calibration_points(self, gcmd, targets, pairs, missed):
-        hints = None
-        for i, (x, y) in enumerate(targets):
-            self.motion.move_to(x, y, "calibration move")
-            try:
-                det = self._detect(gcmd, hints=hints)
-            except gcmd.error as e:
-                if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
-                    raise  # camera or helper trouble: stop, do not guess
-                if i == 0:
-                    raise gcmd.error("kTAMV: no nozzle at the start position,"
-                                     " so calibration cannot begin. %s"
-                                     % (e,))
-                missed.append(i)
-                logging.info("ktamv: calibration point %d: %s", i, e)
-                continue
-            pos = self.motion.position()
-            pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
-            if i == 0:
-                # The nozzle keeps its size and leaves the start pixel with
-                # every move; a feature that stays there (lens dirt, the
-                # housing) is not the nozzle.
-                hints = {'expected_radius': det['radius'],
-                         'exclude': [det['uv']]}
-    cmd_KTAMV_FIND_NOZZLE_CENTER_help = ("Move the nozzle to the centre of "
-                                         "the camera image")
-    def cmd_KTAMV_FIND_NOZZLE_CENTER(self, gcmd):
-        self._require_model(gcmd)
-        tolerance = gcmd.get_float('TOLERANCE', self.center_tolerance,
-                                   above=0., maxval=50.)
-        max_moves = gcmd.get_int('MAX_MOVES', self.center_max_moves,
-                                 minval=1, maxval=50)
-        self.last_nozzle_center_successful = False
-        self.motion.begin()
-        self._center(gcmd, tolerance, max_moves)
-        self.last_nozzle_center_successful = True
-    def _center(self, gcmd, tolerance, max_moves):
-        det = self._detect(gcmd)
+    def center(self, gcmd, tolerance, max_moves):
+        """Move until the nozzle is within ``tolerance`` px of the centre."""
+        det = self.detect(gcmd)
         moves = 0
         self.last_center_moves = 0
         while 1:
-            du, dv = self._pixel_error(det)
+            du, dv = self.pixel_error(det)
             error_px = math.hypot(du, dv)
             dx, dy = self.model.px_to_mm(du, dv)
             if error_px <= tolerance:
@@ -1246,70 +1283,142 @@ class Ktamv:
                     " camera calibration (KTAMV_CALIB_CAMERA) and that the "
                     "camera is firmly mounted." % (moves, error_px,
                                                    math.hypot(dx, dy)))
-            pos = self.motion.position()
             self.motion.move_to(pos[0] + dx, pos[1] + dy, "centring move")
             moves += 1
             self.last_center_moves = moves
+            before = det
+            # A move the picture shows clearly measures the camera latency
+            # (once per session); a tiny one would only wait for it.
+            reference = (before if error_px >= 2. * LATENCY_SHIFT_PX
+                         else None)
             try:
-                det = self._detect(gcmd)
+                det = self.detect(gcmd, reference=reference)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise
                 raise gcmd.error("kTAMV: lost the nozzle after centring move"
                                  " %d. %s" % (moves, e))
+            self.check_picture_moved(gcmd, before, det)
         pos = self.motion.position()
         gcmd.respond_info(
             "kTAMV: nozzle centred after %d move(s) at X%.4f Y%.4f, %.3f px "
             "from the image centre (%s)." % (moves, pos[0], pos[1], error_px,
                                              why))
         return det
-    cmd_KTAMV_SET_ORIGIN_help = ("Remember the centred nozzle's position as "
-                                 "the origin that offsets are measured from")
-    def cmd_KTAMV_SET_ORIGIN(self, gcmd):
-        tool = self._current_tool()
-        (x, y), corrected = self._corrected_position(gcmd)
+
+######################################################################
+# Camera calibration: a circle of points, then the helper's fit
+######################################################################
+
+class CameraCalibration:
+    def __init__(self, printer, opts, client, motion, finder):
+        self.printer = printer
+        self.opts = opts
+        self.client = client
+        self.motion = motion
+        self.finder = finder
+    def plan(self, radius, count):
+        """The start and ``count`` points around it; refused if any is out."""
+        start = self.motion.begin()
+        targets = [start] + [
+            (start[0] + radius * math.cos(2. * math.pi * i / count),
+             start[1] + radius * math.sin(2. * math.pi * i / count))
+            for i in range(count)]
+        # Refuse the whole plan before the first move if any point is out.
+        b = self.motion.backlash
+        self.motion.check_targets(
+            [p for t in targets for p in self.motion.waypoints(*t)]
+            + [(t[0] - b, t[1] - b) for t in targets], "calibration move")
+        return targets
+    def measure(self, gcmd, targets):
+        """Visit the targets; returns (pairs, missed), back at the start."""
+        start = targets[0]
+        pairs, missed = [], []
+        try:
+            self._points(gcmd, targets, pairs, missed)
+        except Exception:
+            # Leave the nozzle where the user put it, but report the
+            # original problem, not a failure of the way back.
+            try:
+                self.motion.move_to(start[0], start[1], "return to start")
+            except Exception:
+                logging.exception("ktamv: cannot return to the start")
+            raise
+        self.motion.move_to(start[0], start[1], "return to start")
+        return pairs, missed
+    def _points(self, gcmd, targets, pairs, missed):
+        first = hints = None
+        for i, (x, y) in enumerate(targets):
+            self.motion.move_to(x, y, "calibration move")
+            try:
+                det = self.finder.detect(gcmd, reference=first, hints=hints)
+            except gcmd.error as e:
+                if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                    raise  # camera or helper trouble: stop, do not guess
+                if i == 0:
+                    raise gcmd.error("kTAMV: no nozzle at the start position,"
+                                     " so calibration cannot begin. %s"
+                                     % (e,))
+                missed.append(i)
+                logging.info("ktamv: calibration point %d: %s", i, e)
+                continue
+            if i > 0:
+                # A point whose picture did not move is not a point.
+                self.finder.check_picture_moved(gcmd, first, det)
+            else:
+                first = det
+                # The nozzle keeps its size and leaves the start pixel with
+                # every move; a feature that stays there (lens dirt, the
+                # housing) is not the nozzle.
+                hints = {'expected_radius': det['radius'],
+                         'exclude': [det['uv']]}
+            pos = self.motion.position()
+            pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
+    def fit(self, gcmd, pairs):
+        """The helper's fit of the pairs, in use and staged for SAVE_CONFIG."""
+        fit = self.client.call(gcmd, 'fit_camera_model', {'pairs': pairs})
+        try:
+            model = CameraModel(fit['matrix'], fit)
+        except (KeyError, TypeError, ValueError) as e:
+            raise gcmd.error("kTAMV: the vision helper sent a camera model "
+                             "this ktamv.py cannot read (%s: %s); nothing was"
+                             " changed." % (type(e).__name__, e))
+        self.finder.model = model
+        self.finder.forget()
+        configfile = self.printer.lookup_object('configfile')
+        configfile.set(self.opts.name, 'camera_matrix', model.config_value())
+        return model, fit
+
+######################################################################
+# Origin, offsets and their statistics
+######################################################################
+
+class OffsetBook:
+    def __init__(self):
+        self.origin = None
+        self.offsets = {}
+        self.samples = {}
+        self.last_calculated_offset = [0., 0.]
+        self.last_tool_gcode_offset = [0., 0.]
+    def set_origin(self, tool, position, gcode_offset):
         # The reference tool's own G-code offset: other tools' offsets
         # are relative to it.
-        self.origin = {'tool': tool, 'position': [x, y],
-                       'gcode_offset': self._gcode_offset()}
+        self.origin = {'tool': tool, 'position': list(position),
+                       'gcode_offset': list(gcode_offset)}
         self.offsets = {tool: [0., 0.]}
         self.samples = {}
-        note = ("corrected from the image" if corrected else
-                "raw toolhead position: the camera is not calibrated")
-        gcmd.respond_info("kTAMV: origin set to X%.4f Y%.4f for %s (%s)."
-                          % (x, y, tool, note))
-    cmd_KTAMV_GET_OFFSET_help = ("Report the current tool's offset from the "
-                                 "origin (REPEAT=n re-centres n times and "
-                                 "reports statistics)")
-    def cmd_KTAMV_GET_OFFSET(self, gcmd):
-        if self.origin is None:
-            raise gcmd.error("kTAMV: no origin yet; centre the reference "
-                             "tool and run KTAMV_SET_ORIGIN first.")
-        repeat = gcmd.get_int('REPEAT', 1, minval=1, maxval=100)
-        tool = self._current_tool()
-        if repeat > 1:
-            self._require_model(gcmd)
-            self.motion.begin()
-            start = self.motion.position()
-            for i in range(repeat):
-                # Step away and come back so each sample includes a fresh
-                # approach and detection (TAMV's repeatability test).
-                angle = 2. * math.pi * i / repeat
-                r = self.calibration_radius
-                self.motion.move_to(start[0] + r * math.cos(angle),
-                                    start[1] + r * math.sin(angle),
-                                    "repeat move")
-                self.motion.move_to(start[0], start[1], "repeat move")
-                self._center(gcmd, self.center_tolerance,
-                             self.center_max_moves)
-                offset = self._measure_offset(gcmd, tool)
-                gcmd.respond_info("kTAMV: %s sample %d/%d: X%+.4f Y%+.4f"
-                                  % (tool, i + 1, repeat, offset[0],
-                                     offset[1]))
-            gcmd.respond_info(self._statistics_text([tool]))
-            return
-        offset = self._measure_offset(gcmd, tool)
-        corrected = self.model is not None
+    def record(self, tool, position):
+        """The offset of ``tool`` centred at ``position``, remembered."""
+        ox, oy = self.origin['position']
+        offset = [position[0] - ox, position[1] - oy]
+        self.last_calculated_offset = offset
+        ref = self.origin.get('gcode_offset') or [0., 0.]
+        self.last_tool_gcode_offset = [ref[0] + offset[0],
+                                       ref[1] + offset[1]]
+        self.offsets[tool] = list(offset)
+        self.samples.setdefault(tool, []).append(tuple(offset))
+        return offset
+    def report(self, tool, offset, corrected):
         ref = self.origin.get('gcode_offset') or [0., 0.]
         gx, gy = self.last_tool_gcode_offset
         if abs(ref[0]) > 1e-9 or abs(ref[1]) > 1e-9:
@@ -1318,7 +1427,7 @@ class Ktamv:
                             self.origin['tool'], ref[0], ref[1]))
         else:
             ref_text = ""
-        gcmd.respond_info(
+        return (
             "kTAMV: offset of %s from the origin (%s): X%+.4f Y%+.4f mm%s.\n"
             "Tool G-code offset for %s: X=%.4f Y=%.4f%s (same sign: the "
             "toolhead must move by this much to put %s where %s was), e.g. "
@@ -1329,18 +1438,7 @@ class Ktamv:
                "" if corrected else " (raw positions: camera not calibrated)",
                tool, gx, gy, ref_text, tool, self.origin['tool'], gx, gy,
                tool, gx, gy))
-    def _measure_offset(self, gcmd, tool):
-        (x, y), corrected = self._corrected_position(gcmd)
-        ox, oy = self.origin['position']
-        offset = [x - ox, y - oy]
-        self.last_calculated_offset = offset
-        ref = self.origin.get('gcode_offset') or [0., 0.]
-        self.last_tool_gcode_offset = [ref[0] + offset[0],
-                                       ref[1] + offset[1]]
-        self.offsets[tool] = list(offset)
-        self.samples.setdefault(tool, []).append(tuple(offset))
-        return offset
-    def _statistics_text(self, tools):
+    def statistics_text(self, tools):
         lines = ["kTAMV offset statistics (mm):"]
         for tool in tools:
             st = offset_statistics(self.samples.get(tool, []))
@@ -1353,26 +1451,201 @@ class Ktamv:
                            st['stdev'][0], st['stdev'][1], st['range'][0],
                            st['range'][1]))
         return "\n".join(lines)
+    def get_status(self):
+        return {
+            'last_calculated_offset': list(self.last_calculated_offset),
+            'last_tool_gcode_offset': list(self.last_tool_gcode_offset),
+            'camera_center_coordinates': (list(self.origin['position'])
+                                          if self.origin else None),
+            'origin': dict(self.origin) if self.origin else None,
+            'offsets': dict((k, list(v)) for k, v in self.offsets.items()),
+            'repeat_statistics': dict(
+                (tool, offset_statistics(samples))
+                for tool, samples in self.samples.items()),
+        }
+
+######################################################################
+# The [ktamv] extra: G-code commands wired to the parts above
+######################################################################
+
+class Ktamv:
+    def __init__(self, config):
+        self.printer = config.get_printer()
+        self.reactor = self.printer.get_reactor()
+        self.opts = opts = KtamvOptions(config)
+        self.name = opts.name
+        self.motion = KtamvMotion(self.printer, opts.move_speed / 60.,
+                                  opts.backlash, opts.max_travel)
+        self.helper = HelperProcess(
+            self.reactor, opts.helper_argv(), cwd=opts.repo_dir(),
+            env=opts.helper_env(), startup_timeout=opts.helper_timeout)
+        self.tools = ToolIdentity(self.printer, opts.tool_status)
+        self.client = HelperClient(self.printer, opts, self.helper,
+                                   self.motion, self.tools)
+        self.finder = NozzleFinder(self.printer, opts, self.client,
+                                   self.motion, self.tools,
+                                   opts.camera_matrix)
+        self.calibration = CameraCalibration(self.printer, opts, self.client,
+                                             self.motion, self.finder)
+        self.book = OffsetBook()
+        self.last_nozzle_center_successful = False
+        self.printer.register_event_handler("klippy:connect",
+                                            self._handle_connect)
+        self.printer.register_event_handler("klippy:disconnect",
+                                            self._handle_disconnect)
+        # Registered as they are, so an unexpected exception (a bug) shuts
+        # the printer down as Klipper does for its own commands; every
+        # foreseeable problem is a command error with a sentence.
+        gcode = self.printer.lookup_object('gcode')
+        gcode.register_command('KTAMV_CALIB_CAMERA',
+                               self.cmd_KTAMV_CALIB_CAMERA,
+                               desc=self.cmd_KTAMV_CALIB_CAMERA_help)
+        gcode.register_command('KTAMV_FIND_NOZZLE_CENTER',
+                               self.cmd_KTAMV_FIND_NOZZLE_CENTER,
+                               desc=self.cmd_KTAMV_FIND_NOZZLE_CENTER_help)
+        gcode.register_command('KTAMV_SET_ORIGIN', self.cmd_KTAMV_SET_ORIGIN,
+                               desc=self.cmd_KTAMV_SET_ORIGIN_help)
+        gcode.register_command('KTAMV_GET_OFFSET', self.cmd_KTAMV_GET_OFFSET,
+                               desc=self.cmd_KTAMV_GET_OFFSET_help)
+        gcode.register_command('KTAMV_MOVE_TO_ORIGIN',
+                               self.cmd_KTAMV_MOVE_TO_ORIGIN,
+                               desc=self.cmd_KTAMV_MOVE_TO_ORIGIN_help)
+        gcode.register_command('KTAMV_SIMPLE_NOZZLE_POSITION',
+                               self.cmd_KTAMV_SIMPLE_NOZZLE_POSITION,
+                               desc=self.cmd_KTAMV_SIMPLE_NOZZLE_POSITION_help)
+        gcode.register_command('KTAMV_TEST', self.cmd_KTAMV_TEST,
+                               desc=self.cmd_KTAMV_TEST_help)
+        gcode.register_command('KTAMV_START_PREVIEW',
+                               self.cmd_KTAMV_START_PREVIEW,
+                               desc=self.cmd_KTAMV_START_PREVIEW_help)
+        gcode.register_command('KTAMV_STOP_PREVIEW',
+                               self.cmd_KTAMV_STOP_PREVIEW,
+                               desc=self.cmd_KTAMV_STOP_PREVIEW_help)
+        gcode.register_command('KTAMV_SEND_SERVER_CFG',
+                               self.cmd_KTAMV_SEND_SERVER_CFG,
+                               desc=self.cmd_KTAMV_SEND_SERVER_CFG_help)
+        gcode.register_command('KTAMV_OFFSET_STATISTICS',
+                               self.cmd_KTAMV_OFFSET_STATISTICS,
+                               desc=self.cmd_KTAMV_OFFSET_STATISTICS_help)
+    # Events
+    def _handle_connect(self):
+        self.motion.handle_connect()
+        try:
+            self.helper.start()
+        except HelperFailure as e:
+            # Klipper keeps running; commands report the problem.
+            logging.warning("ktamv: %s", e.message)
+    def _handle_disconnect(self):
+        self.helper.stop()
+    # Commands
+    cmd_KTAMV_CALIB_CAMERA_help = ("Calibrate the nozzle camera: move the "
+                                   "nozzle around this point and fit the "
+                                   "pixel to mm model")
+    def cmd_KTAMV_CALIB_CAMERA(self, gcmd):
+        radius = gcmd.get_float('RADIUS', self.opts.calibration_radius,
+                                above=0., maxval=10.)
+        count = gcmd.get_int('POINTS', self.opts.calibration_points,
+                             minval=4, maxval=50)
+        targets = self.calibration.plan(radius, count)
+        start = targets[0]
+        gcmd.respond_info("kTAMV: calibrating the camera with %d points on "
+                          "a %.3f mm circle around X%.3f Y%.3f."
+                          % (count, radius, start[0], start[1]))
+        pairs, missed = self.calibration.measure(gcmd, targets)
+        if len(pairs) < 3:
+            raise gcmd.error("kTAMV: the nozzle was found at only %d of %d "
+                             "calibration points; nothing was changed. Check "
+                             "focus and lighting (KTAMV_SIMPLE_NOZZLE_POSITION"
+                             ") or use a smaller RADIUS." % (len(pairs),
+                                                            count + 1))
+        model, fit = self.calibration.fit(gcmd, pairs)
+        used = fit.get('used', list(range(len(pairs))))
+        rejected = fit.get('rejected', [])
+        gcmd.respond_info(
+            "kTAMV: camera calibrated: %.5f mm/px (%.1f px/mm), rotation "
+            "%.2f deg, %s, RMS residual %.4f mm; %d points used, %d rejected"
+            " as outliers, %d without a nozzle.\nThe model is in use now; "
+            "run SAVE_CONFIG to keep it after a restart."
+            % (model.mm_per_px(), 1. / model.mm_per_px(),
+               model.rotation_deg(),
+               "mirrored" if model.mirrored() else "not mirrored",
+               float(fit.get('rms_mm', 0.)), len(used), len(rejected),
+               len(missed)))
+    cmd_KTAMV_FIND_NOZZLE_CENTER_help = ("Move the nozzle to the centre of "
+                                         "the camera image")
+    def cmd_KTAMV_FIND_NOZZLE_CENTER(self, gcmd):
+        self.finder.require_model(gcmd)
+        tolerance = gcmd.get_float('TOLERANCE', self.opts.center_tolerance,
+                                   above=0., maxval=50.)
+        max_moves = gcmd.get_int('MAX_MOVES', self.opts.center_max_moves,
+                                 minval=1, maxval=50)
+        self.last_nozzle_center_successful = False
+        self.motion.begin()
+        self.finder.center(gcmd, tolerance, max_moves)
+        self.last_nozzle_center_successful = True
+    cmd_KTAMV_SET_ORIGIN_help = ("Remember the centred nozzle's position as "
+                                 "the origin that offsets are measured from")
+    def cmd_KTAMV_SET_ORIGIN(self, gcmd):
+        tool = self.tools.current()
+        (x, y), corrected = self.finder.corrected_position(gcmd)
+        self.book.set_origin(tool, (x, y), self.tools.gcode_offset())
+        note = ("corrected from the image" if corrected else
+                "raw toolhead position: the camera is not calibrated")
+        gcmd.respond_info("kTAMV: origin set to X%.4f Y%.4f for %s (%s)."
+                          % (x, y, tool, note))
+    cmd_KTAMV_GET_OFFSET_help = ("Report the current tool's offset from the "
+                                 "origin (REPEAT=n re-centres n times and "
+                                 "reports statistics)")
+    def cmd_KTAMV_GET_OFFSET(self, gcmd):
+        if self.book.origin is None:
+            raise gcmd.error("kTAMV: no origin yet; centre the reference "
+                             "tool and run KTAMV_SET_ORIGIN first.")
+        repeat = gcmd.get_int('REPEAT', 1, minval=1, maxval=100)
+        tool = self.tools.current()
+        if repeat == 1:
+            position, corrected = self.finder.corrected_position(gcmd)
+            offset = self.book.record(tool, position)
+            gcmd.respond_info(self.book.report(tool, offset, corrected))
+            return
+        self.finder.require_model(gcmd)
+        self.motion.begin()
+        start = self.motion.position()
+        r = self.opts.calibration_radius
+        for i in range(repeat):
+            # Step away and come back so each sample includes a fresh
+            # approach and detection (TAMV's repeatability test).
+            angle = 2. * math.pi * i / repeat
+            self.motion.move_to(start[0] + r * math.cos(angle),
+                                start[1] + r * math.sin(angle), "repeat move")
+            self.motion.move_to(start[0], start[1], "repeat move")
+            self.finder.center(gcmd, self.opts.center_tolerance,
+                               self.opts.center_max_moves)
+            position, _ = self.finder.corrected_position(gcmd)
+            offset = self.book.record(tool, position)
+            gcmd.respond_info("kTAMV: %s sample %d/%d: X%+.4f Y%+.4f"
+                              % (tool, i + 1, repeat, offset[0], offset[1]))
+        gcmd.respond_info(self.book.statistics_text([tool]))
     cmd_KTAMV_OFFSET_STATISTICS_help = ("Report mean, standard deviation and"
                                         " range of the offsets measured per "
                                         "tool (RESET=1 clears them)")
     def cmd_KTAMV_OFFSET_STATISTICS(self, gcmd):
         reset = gcmd.get_int('RESET', 0, minval=0, maxval=1)
-        if not self.samples:
+        if not self.book.samples:
             gcmd.respond_info("kTAMV: no offsets measured since the origin "
                               "was set.")
         else:
-            gcmd.respond_info(self._statistics_text(sorted(self.samples)))
+            gcmd.respond_info(self.book.statistics_text(
+                sorted(self.book.samples)))
         if reset:
-            self.samples = {}
+            self.book.samples = {}
     cmd_KTAMV_MOVE_TO_ORIGIN_help = ("Move to the origin (or camera_position"
                                      " if no origin is set)")
     def cmd_KTAMV_MOVE_TO_ORIGIN(self, gcmd):
-        if self.origin is not None:
-            x, y = self.origin['position']
+        if self.book.origin is not None:
+            x, y = self.book.origin['position']
             what = "origin"
-        elif self.camera_position is not None:
-            x, y = self.camera_position
+        elif self.opts.camera_position is not None:
+            x, y = self.opts.camera_position
             what = "camera_position"
         else:
             raise gcmd.error("kTAMV: no origin set and no camera_position in "
@@ -1385,28 +1658,32 @@ class Ktamv:
     cmd_KTAMV_SIMPLE_NOZZLE_POSITION_help = ("Detect the nozzle in the camera"
                                              " image without moving")
     def cmd_KTAMV_SIMPLE_NOZZLE_POSITION(self, gcmd):
-        frames = gcmd.get_int('FRAMES', self.detection_frames, minval=1,
+        frames = gcmd.get_int('FRAMES', self.opts.detection_frames, minval=1,
                               maxval=50)
-        det = self._detect(gcmd, frames, after_move=False)
-        du, dv = self._pixel_error(det)
+        det = self.finder.detect(gcmd, frames, after_move=False)
+        du, dv = self.finder.pixel_error(det)
         msg = ("kTAMV: nozzle found at u=%.2f v=%.2f px (radius %.1f px, "
                "score %.2f, %d frames), %.2f px from the image centre."
                % (det['uv'][0], det['uv'][1], det['radius'], det['score'],
                   det['frames'], math.hypot(du, dv)))
-        if self.model is not None:
-            dx, dy = self.model.px_to_mm(du, dv)
+        model = self.finder.model
+        if model is not None:
+            dx, dy = model.px_to_mm(du, dv)
             msg += " Centring needs a move of X%+.4f Y%+.4f mm." % (dx, dy)
         gcmd.respond_info(msg)
     cmd_KTAMV_TEST_help = ("Check the vision helper and the camera: versions "
                            "and one frame")
     def cmd_KTAMV_TEST(self, gcmd):
-        info = self._call(gcmd, 'version', {'check_camera': False})
+        # The user checks the helper: try it again even after a crash loop.
+        self.helper.reset()
+        call = self.client.call
+        info = call(gcmd, 'version', {'check_camera': False})
         preview = info.get('preview') or {}
         if preview.get('error'):
             # Before the grab, so it shows even when the camera fails too.
             gcmd.respond_info("kTAMV preview error: %s" % (preview['error'],))
-        grab = self._call(gcmd, 'grab', {'timeout': self.camera_timeout},
-                          self.camera_timeout)
+        timeout = self.opts.camera_timeout
+        grab = call(gcmd, 'grab', {'timeout': timeout}, timeout)
         size = grab.get('frame_size') or [0, 0]
         if preview.get('url'):
             preview_text = "Preview: %s (stream %s, snapshot %s)." % (
@@ -1422,12 +1699,13 @@ class Ktamv:
             " old.\n%s" % (info.get('helper'), info.get('protocol'),
                            self.helper.get_pid(), info.get('python'),
                            info.get('opencv'), info.get('numpy'),
-                           info.get('skimage'), self.camera_url, size[0],
-                           size[1], float(grab.get('age', 0.)), preview_text))
+                           info.get('skimage'), self.opts.camera_url,
+                           size[0], size[1], float(grab.get('age', 0.)),
+                           preview_text))
     cmd_KTAMV_START_PREVIEW_help = "Start annotating the preview stream"
     def cmd_KTAMV_START_PREVIEW(self, gcmd):
-        res = self._call(gcmd, 'preview', {'action': 'start'})
-        self.preview_info = res
+        res = self.client.call(gcmd, 'preview', {'action': 'start'})
+        self.client.preview_info = res
         if res.get('error') or not res.get('url'):
             raise gcmd.error("kTAMV: the preview is not available: %s"
                              % (res.get('error') or "set preview_port in "
@@ -1436,55 +1714,51 @@ class Ktamv:
                           % (res.get('url'), res.get('stream_url')))
     cmd_KTAMV_STOP_PREVIEW_help = "Stop annotating the preview stream"
     def cmd_KTAMV_STOP_PREVIEW(self, gcmd):
-        res = self._call(gcmd, 'preview', {'action': 'stop'})
-        self.preview_info = res
+        res = self.client.call(gcmd, 'preview', {'action': 'stop'})
+        self.client.preview_info = res
         gcmd.respond_info("kTAMV: preview annotation stopped.")
     cmd_KTAMV_SEND_SERVER_CFG_help = ("Send the camera settings to the vision"
                                       " helper again (optional CAMERA_URL=)")
     def cmd_KTAMV_SEND_SERVER_CFG(self, gcmd):
         url = gcmd.get('CAMERA_URL', None)
-        if url is not None:
-            self.camera_url = url
-        self.detection_tolerance = gcmd.get_float(
-            'DETECTION_TOLERANCE', self.detection_tolerance, minval=0.,
+        tolerance = gcmd.get_float(
+            'DETECTION_TOLERANCE', self.opts.detection_tolerance, minval=0.,
             maxval=50.)
-        self._call(gcmd, 'version', {'check_camera': False})
+        if url is not None:
+            self.opts.camera_url = url
+        self.opts.detection_tolerance = tolerance
+        # A detection from the old camera (or settings) is not one now.
+        self.finder.forget()
+        self.client.call(gcmd, 'version', {'check_camera': False})
         try:
-            self._configure_now()
+            self.client.configure_now()
         except HelperFailure as e:
             raise gcmd.error("kTAMV: %s" % (e.message,))
         gcmd.respond_info("kTAMV: helper configured for camera %s."
-                          % (self.camera_url,))
+                          % (self.opts.camera_url,))
     # Status for macros
     def get_status(self, eventtime):
-        model = self.model
-        stats = dict((tool, offset_statistics(samples))
-                     for tool, samples in self.samples.items())
-        det = self.last_detection
-        return {
-            'last_calculated_offset': list(self.last_calculated_offset),
-            'last_tool_gcode_offset': list(self.last_tool_gcode_offset),
+        model = self.finder.model
+        det = self.finder.last_detection
+        status = self.book.get_status()
+        status.update({
             'mm_per_pixels': model.mm_per_px() if model else 0.,
             'is_calibrated': model is not None,
-            'camera_center_coordinates': (list(self.origin['position'])
-                                          if self.origin else None),
-            'travel_speed': self.move_speed,
+            'travel_speed': self.opts.move_speed,
             'last_nozzle_center_successful':
                 self.last_nozzle_center_successful,
             'helper_state': self.helper.state,
             'helper_pid': self.helper.get_pid(),
             'helper_version': self.helper.ready_info.get('helper'),
-            'helper_error': self.helper.last_error or self.configure_error,
+            'helper_error': self.client.error(),
             'last_detection': dict(det) if det else None,
             'camera_model': model.summary() if model else None,
-            'last_center_moves': self.last_center_moves,
-            'origin': dict(self.origin) if self.origin else None,
-            'offsets': dict((k, list(v)) for k, v in self.offsets.items()),
-            'camera_position': (list(self.camera_position)
-                                if self.camera_position else None),
-            'preview_url': (self.preview_info or {}).get('url'),
-            'repeat_statistics': stats,
-        }
+            'last_center_moves': self.finder.last_center_moves,
+            'camera_position': (list(self.opts.camera_position)
+                                if self.opts.camera_position else None),
+            'preview_url': (self.client.preview_info or {}).get('url'),
+        })
+        return status
 
 def load_config(config):
     return Ktamv(config)

@@ -116,8 +116,9 @@ def printer_cfg(args, url, debug_dir):
         camera_position="%.1f, %.1f" % CAMERA_POSITION,
         latency=args.latency,
         backlash_approach=args.backlash_approach,
-        # A frame must show the nozzle after the move: latency plus two frames.
-        settle_time="%.3f" % (args.latency + 2.0 / 30.0 + 0.05),
+        # The helper measures the camera's latency and adds it (the freshness
+        # rule, docs/protocol.md); settle_time covers the rest: two frames.
+        settle_time="%.3f" % (2.0 / 30.0 + 0.05),
         debug_dir=debug_dir)
 
 

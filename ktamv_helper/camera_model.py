@@ -12,9 +12,7 @@ import math
 import numpy as np
 
 from ktamv_helper.errors import HelperError
-
-MIN_MM_PER_PX = 0.001
-MAX_MM_PER_PX = 0.2
+from ktamv_helper.limits import MAX_MM_PER_PX, MIN_MM_PER_PX
 # An inlier may be this many times ``max_residual`` off the model: the RMS
 # limit still applies to the inliers afterwards.
 INLIER_FACTOR = 2.5
@@ -111,47 +109,9 @@ def fit_camera_model(xy, uv, max_residual=0.02):
         ``invalid_params`` for malformed input, ``fit_rejected`` for a model
         that cannot describe a real camera.
     """
-    xy = _as_points(xy, "machine position")
-    uv = _as_points(uv, "pixel position")
-    if len(xy) != len(uv):
-        raise HelperError("invalid_params",
-                          f"Got {len(xy)} machine positions but {len(uv)} pixel "
-                          f"positions; each pair needs both.")
-    if len(xy) < 3:
-        raise HelperError("invalid_params",
-                          f"The camera model needs at least 3 calibration pairs, "
-                          f"got {len(xy)}.")
-    try:
-        max_residual = float(max_residual)
-    except (TypeError, ValueError):
-        max_residual = float("nan")
-    if not (max_residual > 0 and math.isfinite(max_residual)):
-        raise HelperError("invalid_params", "max_residual must be a positive number of mm.")
-    _check_geometry(uv, xy, "")
-
-    from skimage.measure import ransac
-    from skimage.transform import AffineTransform
-
+    xy, uv, max_residual = _checked_input(xy, uv, max_residual)
     threshold = INLIER_FACTOR * max_residual
-    inliers = np.ones(len(uv), bool)
-    if len(uv) > 3:
-        model, found = ransac((uv, xy), AffineTransform, min_samples=3,
-                              residual_threshold=threshold, max_trials=2000, rng=0)
-        if model is not None and found is not None and found.sum() >= 3:
-            inliers = found
-    params = _least_squares(uv[inliers], xy[inliers])
-    # The refit may take back a point RANSAC's rougher model left out.
-    inliers = _residuals(params, uv, xy) <= threshold
-    if inliers.sum() < 3:
-        raise HelperError(
-            "fit_rejected",
-            f"Only {int(inliers.sum())} of {len(uv)} calibration points agree with "
-            f"one camera model; check that the camera and the nozzle do not move "
-            f"or wobble and that the detection is stable.",
-            {"used": [int(i) for i in np.flatnonzero(inliers)]})
-    params = _least_squares(uv[inliers], xy[inliers])
-    _check_geometry(uv[inliers], xy[inliers], "agreeing ")
-
+    params, inliers = _robust_fit(uv, xy, threshold)
     (a, b, c), (d, e, f) = params
     det = a * e - b * d
     mm_per_px = math.sqrt(abs(det))
@@ -190,3 +150,51 @@ def fit_camera_model(xy, uv, max_residual=0.02):
         "used": used,
         "rejected": rejected,
     }
+
+
+def _checked_input(xy, uv, max_residual):
+    """The pairs as arrays and the residual bound, or invalid_params."""
+    xy = _as_points(xy, "machine position")
+    uv = _as_points(uv, "pixel position")
+    if len(xy) != len(uv):
+        raise HelperError("invalid_params",
+                          f"Got {len(xy)} machine positions but {len(uv)} pixel "
+                          f"positions; each pair needs both.")
+    if len(xy) < 3:
+        raise HelperError("invalid_params",
+                          f"The camera model needs at least 3 calibration pairs, "
+                          f"got {len(xy)}.")
+    try:
+        max_residual = float(max_residual)
+    except (TypeError, ValueError):
+        max_residual = float("nan")
+    if not (max_residual > 0 and math.isfinite(max_residual)):
+        raise HelperError("invalid_params", "max_residual must be a positive number of mm.")
+    _check_geometry(uv, xy, "")
+    return xy, uv, max_residual
+
+
+def _robust_fit(uv, xy, threshold):
+    """RANSAC, then a least-squares refit on the inliers: (params, inliers)."""
+    from skimage.measure import ransac
+    from skimage.transform import AffineTransform
+
+    inliers = np.ones(len(uv), bool)
+    if len(uv) > 3:
+        model, found = ransac((uv, xy), AffineTransform, min_samples=3,
+                              residual_threshold=threshold, max_trials=2000, rng=0)
+        if model is not None and found is not None and found.sum() >= 3:
+            inliers = found
+    params = _least_squares(uv[inliers], xy[inliers])
+    # The refit may take back a point RANSAC's rougher model left out.
+    inliers = _residuals(params, uv, xy) <= threshold
+    if inliers.sum() < 3:
+        raise HelperError(
+            "fit_rejected",
+            f"Only {int(inliers.sum())} of {len(uv)} calibration points agree with "
+            f"one camera model; check that the camera and the nozzle do not move "
+            f"or wobble and that the detection is stable.",
+            {"used": [int(i) for i in np.flatnonzero(inliers)]})
+    params = _least_squares(uv[inliers], xy[inliers])
+    _check_geometry(uv[inliers], xy[inliers], "agreeing ")
+    return params, inliers

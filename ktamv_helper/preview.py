@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 BOUNDARY = "ktamvframe"
 JPEG_QUALITY = 80
 MAX_STREAM_CLIENTS = 32
+# Connections of every kind (streams, snapshots, pages, idle sockets) each
+# hold a thread; beyond this many a new one is answered 503 and closed.
+MAX_CONNECTIONS = 48
 # A client that does not read for this long (full socket buffer) is dropped.
 CLIENT_IO_TIMEOUT = 10.0
 # With nothing new to show, a stream re-sends its last frame this often: it
@@ -79,7 +82,197 @@ class _Published:
         self.raw = raw
 
 
-class PreviewServer:
+class _PreviewLoops:
+    """The encoder and continuous-annotation threads (part of PreviewServer)."""
+
+    def _encode_loop(self):
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    if self._demand() and \
+                            self._published_seq > self._attempted_seq:
+                        wait = self._last_encode + self._interval \
+                            - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+                record, seq = self._published, self._published_seq
+            jpeg = None
+            try:
+                jpeg = self._render(record)
+            except Exception:
+                # Once with the traceback, then rarely: a bad frame source
+                # must not flood klippy.log at max_fps.
+                self._render_failures += 1
+                if self._render_failures in (1, 10, 100) or \
+                        self._render_failures % 1000 == 0:
+                    log.exception("preview: could not annotate or encode a "
+                                  "frame (%d so far)", self._render_failures)
+            with self._cond:
+                if jpeg is not None:
+                    self._jpeg, self._jpeg_seq = jpeg, seq
+                self._attempted_seq = seq
+                self._last_encode = time.monotonic()
+                self._cond.notify_all()
+
+    @staticmethod
+    def _render(record):
+        if record.raw:
+            image = record.image
+        else:
+            lines = list(record.status_lines)
+            if record.frame_time is not None:
+                lines.append("frame age %.2f s"
+                             % (time.monotonic() - record.frame_time))
+            image = annotate(record.image, record.detection,
+                             record.tolerance_px, lines)
+        ok, buffer = cv2.imencode(".jpg", image,
+                                  [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ValueError("cv2.imencode refused a %r frame" % (image.shape,))
+        return buffer.tobytes()
+
+    def _continuous_loop(self, produce, stop):
+        while True:
+            with self._cond:
+                while not (stop.is_set() or self._closed or self._demand()):
+                    self._cond.wait()
+                if stop.is_set() or self._closed:
+                    return
+                tolerance_px, status_lines = self._overlay
+                # A command's detector is publishing: show its frames and
+                # leave it the camera and the CPU.
+                hold = self._external_at + COMMAND_HOLD - time.monotonic()
+            if hold > 0:
+                stop.wait(hold)
+                continue
+            started = time.monotonic()
+            try:
+                result = produce()
+            except Exception as exc:
+                if stop.is_set():
+                    return
+                message = getattr(exc, "message", None) or str(exc) \
+                    or type(exc).__name__
+                self._store(_Published(
+                    _error_image(self._published.image, message), raw=True))
+                stop.wait(max(PRODUCE_RETRY, self._interval))
+                continue
+            if stop.is_set():
+                return
+            if result is not None:
+                image, detection = result[0], result[1]
+                if len(result) > 2:
+                    tolerance_px = result[2]
+                if len(result) > 3:
+                    status_lines = result[3]
+                self._publish(image, detection, tolerance_px, status_lines,
+                              external=False)
+            stop.wait(max(0.0, started + self._interval - time.monotonic()))
+
+
+
+class _PreviewClients:
+    """Stream and snapshot answers, from the HTTP handler threads (part of
+    PreviewServer)."""
+
+    # Called from the HTTP handler threads.
+    def _register(self, connection):
+        with self._cond:
+            self._connections.add(connection)
+
+    def _unregister(self, connection):
+        with self._cond:
+            self._connections.discard(connection)
+
+    def _stream(self, handler, head):
+        with self._cond:
+            if self._stream_clients >= MAX_STREAM_CLIENTS:
+                full = True
+            else:
+                full = False
+                self._stream_clients += 1
+                self._cond.notify_all()
+        if full:
+            handler.send_plain(503, "Too many preview clients (%d); close a "
+                               "preview tab and retry.\n" % MAX_STREAM_CLIENTS)
+            return
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type",
+                                "multipart/x-mixed-replace;boundary=" + BOUNDARY)
+            handler.send_no_cache_headers()
+            handler.end_headers()
+            if head:
+                return
+            # Each part is followed at once by the next boundary, so browsers
+            # show a frame as soon as it is complete, not one frame late.
+            handler.wfile.write(("--%s\r\n" % BOUNDARY).encode("ascii"))
+            sent_seq = 0
+            while True:
+                with self._cond:
+                    deadline = time.monotonic() + STREAM_KEEPALIVE
+                    while not self._closed and self._jpeg_seq <= sent_seq:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    if self._closed:
+                        return
+                    jpeg, seq = self._jpeg, self._jpeg_seq
+                if _peer_closed(handler.connection):
+                    return
+                if jpeg is None:
+                    continue
+                header = ("Content-Type: image/jpeg\r\nContent-Length: %d\r\n"
+                          "\r\n" % len(jpeg)).encode("ascii")
+                trailer = ("\r\n--%s\r\n" % BOUNDARY).encode("ascii")
+                handler.wfile.write(header + jpeg + trailer)
+                sent_seq = seq
+        except OSError:
+            pass  # the client went away (or stalled past CLIENT_IO_TIMEOUT)
+        finally:
+            with self._cond:
+                self._stream_clients -= 1
+
+    def _snapshot(self, handler, head):
+        with self._cond:
+            wanted = self._published_seq
+            # _published_at is -inf for placeholders: never fresh.
+            fresh = time.monotonic() - self._published_at <= self._interval
+            if self._continuous_stop is not None and not fresh:
+                wanted += 1  # the continuous thread will produce a newer one
+            self._snapshot_waiters += 1
+            self._cond.notify_all()
+            try:
+                deadline = time.monotonic() + SNAPSHOT_TIMEOUT
+                while not self._closed and self._attempted_seq < wanted:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                jpeg = self._jpeg
+            finally:
+                self._snapshot_waiters -= 1
+        if jpeg is None:
+            handler.send_plain(503, "No preview frame yet; retry.\n")
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(len(jpeg)))
+        handler.send_no_cache_headers()
+        handler.end_headers()
+        if not head:
+            handler.wfile.write(jpeg)
+
+
+
+
+class PreviewServer(_PreviewLoops, _PreviewClients):
     """Serve annotated frames over HTTP as MJPEG, snapshots and a small page.
 
     Parameters
@@ -322,183 +515,6 @@ class PreviewServer:
                     except Exception:  # never let one request stop the server
                         log.exception("preview: accepting a connection failed")
 
-    def _encode_loop(self):
-        while True:
-            with self._cond:
-                while True:
-                    if self._closed:
-                        return
-                    if self._demand() and \
-                            self._published_seq > self._attempted_seq:
-                        wait = self._last_encode + self._interval \
-                            - time.monotonic()
-                        if wait <= 0:
-                            break
-                        self._cond.wait(wait)
-                    else:
-                        self._cond.wait()
-                record, seq = self._published, self._published_seq
-            jpeg = None
-            try:
-                jpeg = self._render(record)
-            except Exception:
-                # Once with the traceback, then rarely: a bad frame source
-                # must not flood klippy.log at max_fps.
-                self._render_failures += 1
-                if self._render_failures in (1, 10, 100) or \
-                        self._render_failures % 1000 == 0:
-                    log.exception("preview: could not annotate or encode a "
-                                  "frame (%d so far)", self._render_failures)
-            with self._cond:
-                if jpeg is not None:
-                    self._jpeg, self._jpeg_seq = jpeg, seq
-                self._attempted_seq = seq
-                self._last_encode = time.monotonic()
-                self._cond.notify_all()
-
-    @staticmethod
-    def _render(record):
-        if record.raw:
-            image = record.image
-        else:
-            lines = list(record.status_lines)
-            if record.frame_time is not None:
-                lines.append("frame age %.2f s"
-                             % (time.monotonic() - record.frame_time))
-            image = annotate(record.image, record.detection,
-                             record.tolerance_px, lines)
-        ok, buffer = cv2.imencode(".jpg", image,
-                                  [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise ValueError("cv2.imencode refused a %r frame" % (image.shape,))
-        return buffer.tobytes()
-
-    def _continuous_loop(self, produce, stop):
-        while True:
-            with self._cond:
-                while not (stop.is_set() or self._closed or self._demand()):
-                    self._cond.wait()
-                if stop.is_set() or self._closed:
-                    return
-                tolerance_px, status_lines = self._overlay
-                # A command's detector is publishing: show its frames and
-                # leave it the camera and the CPU.
-                hold = self._external_at + COMMAND_HOLD - time.monotonic()
-            if hold > 0:
-                stop.wait(hold)
-                continue
-            started = time.monotonic()
-            try:
-                result = produce()
-            except Exception as exc:
-                if stop.is_set():
-                    return
-                message = getattr(exc, "message", None) or str(exc) \
-                    or type(exc).__name__
-                self._store(_Published(
-                    _error_image(self._published.image, message), raw=True))
-                stop.wait(max(PRODUCE_RETRY, self._interval))
-                continue
-            if stop.is_set():
-                return
-            if result is not None:
-                image, detection = result[0], result[1]
-                if len(result) > 2:
-                    tolerance_px = result[2]
-                if len(result) > 3:
-                    status_lines = result[3]
-                self._publish(image, detection, tolerance_px, status_lines,
-                              external=False)
-            stop.wait(max(0.0, started + self._interval - time.monotonic()))
-
-    # Called from the HTTP handler threads.
-    def _register(self, connection):
-        with self._cond:
-            self._connections.add(connection)
-
-    def _unregister(self, connection):
-        with self._cond:
-            self._connections.discard(connection)
-
-    def _stream(self, handler, head):
-        with self._cond:
-            if self._stream_clients >= MAX_STREAM_CLIENTS:
-                full = True
-            else:
-                full = False
-                self._stream_clients += 1
-                self._cond.notify_all()
-        if full:
-            handler.send_plain(503, "Too many preview clients (%d); close a "
-                               "preview tab and retry.\n" % MAX_STREAM_CLIENTS)
-            return
-        try:
-            handler.send_response(200)
-            handler.send_header("Content-Type",
-                                "multipart/x-mixed-replace;boundary=" + BOUNDARY)
-            handler.send_no_cache_headers()
-            handler.end_headers()
-            if head:
-                return
-            # Each part is followed at once by the next boundary, so browsers
-            # show a frame as soon as it is complete, not one frame late.
-            handler.wfile.write(("--%s\r\n" % BOUNDARY).encode("ascii"))
-            sent_seq = 0
-            while True:
-                with self._cond:
-                    deadline = time.monotonic() + STREAM_KEEPALIVE
-                    while not self._closed and self._jpeg_seq <= sent_seq:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-                    if self._closed:
-                        return
-                    jpeg, seq = self._jpeg, self._jpeg_seq
-                if _peer_closed(handler.connection):
-                    return
-                if jpeg is None:
-                    continue
-                header = ("Content-Type: image/jpeg\r\nContent-Length: %d\r\n"
-                          "\r\n" % len(jpeg)).encode("ascii")
-                trailer = ("\r\n--%s\r\n" % BOUNDARY).encode("ascii")
-                handler.wfile.write(header + jpeg + trailer)
-                sent_seq = seq
-        except OSError:
-            pass  # the client went away (or stalled past CLIENT_IO_TIMEOUT)
-        finally:
-            with self._cond:
-                self._stream_clients -= 1
-
-    def _snapshot(self, handler, head):
-        with self._cond:
-            wanted = self._published_seq
-            # _published_at is -inf for placeholders: never fresh.
-            fresh = time.monotonic() - self._published_at <= self._interval
-            if self._continuous_stop is not None and not fresh:
-                wanted += 1  # the continuous thread will produce a newer one
-            self._snapshot_waiters += 1
-            self._cond.notify_all()
-            try:
-                deadline = time.monotonic() + SNAPSHOT_TIMEOUT
-                while not self._closed and self._attempted_seq < wanted:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                jpeg = self._jpeg
-            finally:
-                self._snapshot_waiters -= 1
-        if jpeg is None:
-            handler.send_plain(503, "No preview frame yet; retry.\n")
-            return
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", str(len(jpeg)))
-        handler.send_no_cache_headers()
-        handler.end_headers()
-        if not head:
-            handler.wfile.write(jpeg)
 
 
 class _HTTPServer(socketserver.ThreadingMixIn, http_server.HTTPServer):
@@ -510,7 +526,32 @@ class _HTTPServer(socketserver.ThreadingMixIn, http_server.HTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.preview = preview
+        self._active = 0
+        self._active_lock = threading.Lock()
         super().__init__(address, handler_class)
+
+    def process_request(self, request, client_address):
+        with self._active_lock:
+            full = self._active >= MAX_CONNECTIONS
+            if not full:
+                self._active += 1
+        if not full:
+            super().process_request(request, client_address)
+            return
+        try:
+            request.sendall(b"HTTP/1.0 503 Service Unavailable\r\n"
+                            b"Content-Type: text/plain\r\n\r\nToo many "
+                            b"preview connections; close some and retry.\n")
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
     def server_bind(self):
         # HTTPServer.server_bind asks DNS for our name (getfqdn), which can

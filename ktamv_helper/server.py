@@ -29,6 +29,9 @@ CLOSE_WAIT = 0.5
 # At end of input, requests already running get this long to reply (useful
 # when the helper is driven by a pipe; Klippy is usually gone by then).
 FINISH_WAIT = 0.3
+# Requests running at once; more are answered "busy" at once (the extra
+# has at most a few in flight, so this only stops a runaway sender).
+MAX_WORKERS = 16
 
 
 class ProtocolWriter:
@@ -199,7 +202,15 @@ class Server:
                                            received),
             name="ktamv-%s-%d" % (method, request_id), daemon=True)
         with self._workers_lock:
-            self._workers.add(worker)
+            busy = len(self._workers) >= MAX_WORKERS
+            if not busy:
+                self._workers.add(worker)
+        if busy:
+            self.reply_error(request_id, HelperError(
+                "busy", "The helper is already working on %d requests; "
+                "this one was refused. Wait for them to finish (or for "
+                "their timeouts) and try again." % MAX_WORKERS))
+            return None
         worker.start()
         return None
 
@@ -326,6 +337,7 @@ def main(argv=None):
             writer.send({"id": stop[1], "result": {"ok": True}})
             log.info("shutdown requested")
             server.close_service()
+            server.finish_requests(FINISH_WAIT)
             _exit_now(0)
     log.info("stdin closed; exiting")
     server.finish_requests(FINISH_WAIT)

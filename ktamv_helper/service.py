@@ -17,6 +17,7 @@ import time
 from ktamv_helper import PROTOCOL_VERSION, __version__
 from ktamv_helper.cameras import public_url
 from ktamv_helper.errors import HelperError
+from ktamv_helper.freshness import FrameRule, frame_digest, just_after
 
 log = logging.getLogger("ktamv_helper.service")
 
@@ -24,8 +25,14 @@ _REQUIRED = object()
 
 # The longest a version check waits for a frame: it must answer promptly.
 VERSION_CHECK_TIMEOUT = 2.0
-# Most machine.moves kept per request (the protocol promises at most 100).
-MAX_MOVES = 1000
+# Longest close() waits for a camera still being opened, seconds.
+CLOSE_JOIN = 0.2
+# A camera whose picture lags a move by more than this is not measured.
+LATENCY_WINDOW = 1.0
+# Most machine.moves accepted per request (the extra sends at most this).
+from ktamv_helper.limits import (LATENCY_SHIFT_PX,  # noqa: E402
+                                 MAX_CAMERA_TIMEOUT, MAX_MOVES,
+                                 MIN_CAMERA_TIMEOUT)
 
 
 # ---------------------------------------------------------------- parameters
@@ -113,28 +120,6 @@ def point_param(value, name, length=2):
         raise _bad(name, "must be a list of %d finite numbers, not %r"
                    % (length, value))
     return [float(v) for v in value]
-
-
-def earliest_frame_time(params, received):
-    """The ``not_before`` stamp a request asks for (``None``: any frame).
-
-    ``not_before`` is a helper-monotonic stamp; ``settle`` counts seconds from
-    when the request was received. With both, the later one wins.
-    """
-    not_before = number_param(params, "not_before", None)
-    settle = number_param(params, "settle", 0.0, low=0.0, high=600.0)
-    if settle > 0:
-        after_settle = received + settle
-        not_before = after_settle if not_before is None else max(not_before,
-                                                                after_settle)
-    return not_before
-
-
-def _just_after(stamp):
-    """The next representable stamp, so a frame is never used twice."""
-    if hasattr(math, "nextafter"):
-        return math.nextafter(stamp, math.inf)
-    return stamp + 1e-9
 
 
 def _position(value, name):
@@ -261,7 +246,8 @@ class Settings:
             params, "target_tolerance", self.detection_tolerance, low=0.0,
             low_open=True, high=1000.0)
         self.camera_timeout = number_param(params, "camera_timeout", 5.0,
-                                           low=0.1, high=30.0)
+                                           low=MIN_CAMERA_TIMEOUT,
+                                           high=MAX_CAMERA_TIMEOUT)
         self.min_radius = number_param(params, "min_radius", 3.0, low=1.0,
                                        high=5000.0)
         # 0: up to 0.6 of the frame height (a zoomed camera's bore may fill
@@ -294,6 +280,52 @@ class Settings:
 
 # ---------------------------------------------------------------- service
 
+class DetectRequest:
+    """Validated ``detect`` parameters and the bounds they imply."""
+
+    def __init__(self, params, received, settings, rule):
+        self.received = received
+        self.frames = int_param(params, "frames", 3, low=1, high=50)
+        self.earliest = rule.earliest(params, received)
+        self.timeout = number_param(params, "timeout",
+                                    min(60.0, settings.camera_timeout
+                                        + 2.0 * self.frames / 5.0),
+                                    low=0.1, high=60.0)
+        self.tolerance = number_param(params, "tolerance",
+                                      settings.detection_tolerance, low=0.0,
+                                      low_open=True, high=1000.0)
+        self.max_frames = int_param(params, "max_frames", 3 * self.frames + 2,
+                                    low=self.frames, high=1000)
+        self.deadline = received + self.timeout
+        # The picture before the move, so the camera's latency can be
+        # measured from the first frame that shows the move.
+        reference = params.get("reference")
+        self.reference = (None if reference is None
+                          else point_param(reference, "reference"))
+        self.moved_at = number_param(params, "moved_at", received)
+        self.unchanged_seen = False     # latency measurement (Detection)
+        self.bore = BoreExpectation(params, self.tolerance)
+
+
+class DetectRun:
+    """What one detection saw: frames with a nozzle, and why it stopped."""
+
+    def __init__(self):
+        self.detections, self.frames = [], []
+        self.seen = 0
+        self.frame_size = None
+        self.last_image = self.last_detection = None
+        self.stopped_by = None      # "timeout" or the camera's HelperError
+        self.agreed = None          # consensus (center, used, spread)
+        self.refusals = []          # frames whose bores were refused
+
+
+def _superseded():
+    return HelperError("cancelled", "This detection was cancelled by a newer "
+                       "one on the same camera (the extra stopped waiting "
+                       "for it).")
+
+
 class _Opening:
     """A camera being opened in the background."""
 
@@ -303,84 +335,11 @@ class _Opening:
         self.done = threading.Event()
         self.camera = None
         self.error = None
+        self.thread = None
 
 
-class Service:
-    """The state behind the protocol methods.
-
-    Parameters
-    ----------
-    emit_event : callable, optional
-        ``emit_event(dict)`` sends an unsolicited event line (``log``).
-    """
-
-    def __init__(self, emit_event=None):
-        self._emit_event = emit_event
-        self._lock = threading.RLock()     # settings, camera and preview refs
-        self._opening = None                # _Opening in progress
-        self._settings = None
-        self._camera = None
-        self._camera_url = None
-        self._machine = None
-        self._preview = None
-        self._preview_key = None
-        self._preview_error = None
-        self._annotating = False
-        # Shown on every preview frame: last detect result, calibrated scale.
-        self._preview_notes = {"last": None, "scale": None}
-        self._closed = False
-        self._methods = {
-            "configure": self.configure,
-            "detect": self.detect,
-            "grab": self.grab,
-            "fit_camera_model": self.fit_camera_model,
-            "preview": self.preview,
-            "version": self.version,
-            "shutdown": self.shutdown,
-            "sim_truth": self.sim_truth,
-        }
-
-    # -- dispatch
-
-    @property
-    def methods(self):
-        """Names of the methods :meth:`call` accepts."""
-        return sorted(self._methods)
-
-    def call(self, method, params=None, received=None):
-        """Run one protocol method.
-
-        Parameters
-        ----------
-        method : str
-        params : dict or None
-        received : float, optional
-            ``time.monotonic()`` when the request arrived (for ``settle``).
-
-        Returns
-        -------
-        dict
-            The method's ``result``.
-
-        Raises
-        ------
-        HelperError
-            With the protocol error code.
-        """
-        handler = self._methods.get(method)
-        if handler is None:
-            raise HelperError("unknown_method",
-                              "Unknown method %r; the helper knows %s."
-                              % (method, ", ".join(self.methods)),
-                              {"method": method})
-        params = {} if params is None else params
-        if not isinstance(params, dict):
-            raise HelperError("invalid_request", "params must be an object.")
-        if received is None:
-            received = time.monotonic()
-        if "machine" in params:
-            self._apply_machine(params["machine"])
-        return handler(params, received)
+class CameraAccess:
+    """The open camera and the machine state it hears (part of Service)."""
 
     def _apply_machine(self, machine):
         if machine is None:
@@ -409,13 +368,6 @@ class Service:
                 self._machine = (position, tool, [])
         if camera is not None:
             _tell_machine_state(camera, position, tool, moves)
-
-    def _log_event(self, level, message):
-        """Log ``message`` here and send it to klippy.log as a log event."""
-        getattr(log, level)(message)
-        if self._emit_event is not None:
-            self._emit_event({"event": "log", "level": level,
-                              "message": message})
 
     # -- state helpers
 
@@ -446,8 +398,10 @@ class Service:
             if opening is None or opening.url != settings.camera_url:
                 opening = _Opening(settings.camera_url, settings.camera_timeout)
                 self._opening = opening
-                threading.Thread(target=self._open_camera, args=(opening,),
-                                 name="ktamv-camera-open", daemon=True).start()
+                opening.thread = threading.Thread(
+                    target=self._open_camera, args=(opening,),
+                    name="ktamv-camera-open", daemon=True)
+                opening.thread.start()
         if not opening.done.wait(max(0.0, wait)):
             raise HelperError("camera_timeout",
                               "The camera at %s did not answer within %.1f s: "
@@ -509,22 +463,11 @@ class Service:
             except Exception:
                 log.exception("closing camera %s failed", camera.url)
 
-    # -- configure
 
-    def configure(self, params, received):
-        settings = Settings(params)
-        with self._lock:
-            old = self._settings
-            self._settings = settings
-            url_changed = old is None or old.camera_url != settings.camera_url
-        if url_changed:
-            self._close_camera()
-        self._configure_preview(settings)
-        status = self._preview_status()
-        return {"camera_url": public_url(settings.camera_url),
-                "preview": {"running": status["running"],
-                            "url": status["url"],
-                            "error": status["error"]}}
+
+class PreviewAccess:
+    """The preview server: (re)started by configure, fed by every frame
+    examined, annotating on request (part of Service)."""
 
     def _configure_preview(self, settings):
         key = settings.preview_key
@@ -587,8 +530,6 @@ class Service:
         status["error"] = status.get("error") or error
         return status
 
-    # -- detect
-
     def _publish(self, image, detection=None, tolerance=None, status_lines=()):
         with self._lock:
             preview = self._preview
@@ -610,138 +551,284 @@ class Service:
             notes = (self._preview_notes["last"], self._preview_notes["scale"])
         return tuple(state_lines) + tuple(note for note in notes if note)
 
+    # -- preview
+
+    def preview(self, params, received):
+        action = string_param(params, "action", "status",
+                              choices=("start", "stop", "status"))
+        with self._lock:
+            preview = self._preview
+            configured = self._preview_key is not None
+        if action == "start" and not configured:
+            status = self._preview_status()
+            status["error"] = ("The preview is off: set preview_port in "
+                               "[ktamv] to serve one.")
+            return status
+        if action == "start":
+            with self._lock:
+                self._annotating = preview is not None
+            if preview is not None:
+                self._start_annotating(preview)
+        elif action == "stop":
+            with self._lock:
+                self._annotating = False
+            if preview is not None:
+                preview.stop_continuous()
+        return self._preview_status()
+
+    def _start_annotating(self, preview):
+        state = {"earliest": None}
+
+        def produce():
+            settings = self._require_settings()
+            camera = self._get_camera(settings)
+            frame = camera.get_frame(not_before=state["earliest"],
+                                     timeout=settings.camera_timeout)
+            state["earliest"] = just_after(frame.timestamp)
+            from ktamv_helper.detection import detect_nozzle
+            detection = detect_nozzle(frame.image, settings.min_radius,
+                                      settings.max_radius or None)
+            return (frame, detection, settings.target_tolerance,
+                    self._preview_lines(("live preview",)))
+
+        preview.start_continuous(produce)
+
+
+
+class Detection:
+    """``detect`` in steps: capture fresh frames, show each on the preview,
+    run the consensus, shape the result or the error (part of Service)."""
+
     def detect(self, params, received):
+        # Heavy imports first (the first call's ~0.3 s): frames are fetched
+        # only once the detector is ready for them.
+        import ktamv_helper.consensus  # noqa: F401
+        import ktamv_helper.detection  # noqa: F401
         settings = self._require_settings()
-        frames = int_param(params, "frames", 3, low=1, high=50)
-        earliest = earliest_frame_time(params, received)
-        timeout = number_param(params, "timeout",
-                               min(60.0, settings.camera_timeout
-                                   + 2.0 * frames / 5.0),
-                               low=0.1, high=60.0)
-        tolerance = number_param(params, "tolerance",
-                                 settings.detection_tolerance, low=0.0,
-                                 low_open=True, high=1000.0)
-        max_frames = int_param(params, "max_frames", 3 * frames + 2,
-                               low=frames, high=1000)
-        bore = BoreExpectation(params, tolerance)
-        deadline = received + timeout
-        camera = self._get_camera(settings, deadline - time.monotonic())
-
-        from ktamv_helper.consensus import consensus
-
-        detections, stamps, refusals = [], [], []
-        seen = 0
-        last_image = last_detection = None
-        frame_size = None
-        stopped_by = None
-        while seen < max_frames:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                stopped_by = "timeout"
-                break
-            try:
-                frame = camera.get_frame(
-                    not_before=earliest,
-                    timeout=min(remaining, settings.camera_timeout))
-            except HelperError as exc:
-                if seen == 0:
-                    raise
-                stopped_by = exc
-                break
-            seen += 1
-            earliest = _just_after(frame.timestamp)
-            frame_size = frame.size
-            search = bore.find(frame.image, settings)
-            detection = search.detection
-            if search.refusal:
-                refusals.append(search)
-            last_image, last_detection = frame.image, detection
-            self._publish(frame, detection, settings.target_tolerance,
-                          ("detect: frame %d of at most %d, %d with a nozzle"
-                           % (seen, max_frames,
-                              len(detections) + (detection is not None)),))
-            if detection is None:
-                continue
-            detections.append(detection)
-            stamps.append(frame.timestamp)
-            agreed = consensus([tuple(d.center) for d in detections],
-                               tolerance, frames)
-            if agreed is None:
-                continue
-            center, used, spread = agreed
-            used = [int(i) for i in used]
-            self._note_for_preview(
-                "last", "last: nozzle at %.2f, %.2f px (%d of %d frames, "
-                "spread %.2f px)" % (center[0], center[1], len(used), seen,
-                                      spread))
-            return {
-                "center": [_to_float(center[0]), _to_float(center[1])],
-                "radius": _to_float(_median([detections[i].radius
-                                             for i in used])),
-                "score": _to_float(_median([detections[i].score
-                                            for i in used])),
-                "frames_used": len(used),
-                "frames_seen": seen,
-                "spread": _to_float(spread),
-                "frame_size": list(frame_size),
-                "frame_time": max(stamps[i] for i in used),
-                "elapsed": time.monotonic() - received,
-                "rings": list(detections[used[0]].rings),
-                "rms": _to_float(_median([detections[i].rms for i in used])),
-            }
-        if seen == 0 and stopped_by == "timeout":
+        request = DetectRequest(params, received, settings, self._rule)
+        camera = self._get_camera(settings,
+                                  request.deadline - time.monotonic())
+        ticket = self._take_detect_turn(request.deadline)
+        try:
+            run = self._collect(camera, settings, request, ticket)
+        finally:
+            self._end_detect_turn()
+        if run.agreed is not None:
+            return self._detect_result(run, request)
+        if run.seen == 0 and run.stopped_by == "timeout":
             raise HelperError("camera_timeout",
                               "No fresh frame from %s within %.1f s: check "
                               "that the camera is streaming."
-                              % (public_url(settings.camera_url), timeout))
-        if refusals and not detections:
-            error = bore.refused(refusals, seen)
-            if settings.debug_dir and last_image is not None:
-                paths = self._save_debug(settings, last_image, error.code,
-                                         refusals[-1].candidates[0])
-                if paths:
-                    error.details["debug_files"] = paths
-                    error.message += (" Frames saved for inspection: %s."
-                                      % ", ".join(paths))
-            raise error
-        return self._detect_failed(settings, frames, seen, detections,
-                                   tolerance, stopped_by, last_image,
-                                   last_detection)
+                              % (public_url(settings.camera_url),
+                                 request.timeout))
+        raise self._detect_failed(settings, request, run)
 
-    def _detect_failed(self, settings, needed, seen, detections, tolerance,
-                       stopped_by, last_image, last_detection):
-        details = {"frames_seen": seen, "frames_with_nozzle": len(detections)}
-        if isinstance(stopped_by, HelperError):
-            why = " The camera then failed: %s" % stopped_by.message
-            details["camera_error"] = stopped_by.code
-        elif stopped_by == "timeout":
-            why = " The request's time ran out."
-        else:
-            why = ""
-        if not detections:
+    # One detect at a time per camera: a newer request (the extra's retry
+    # after a timeout) cancels the one running, which stops between frames.
+    def _take_detect_turn(self, deadline):
+        with self._detect_cond:
+            self._detect_ticket += 1
+            ticket = self._detect_ticket
+            self._detect_cond.notify_all()
+            while self._detect_busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HelperError(
+                        "camera_timeout", "The previous detection on this "
+                        "camera did not stop in time: the camera is stalled;"
+                        " check that it is streaming.")
+                self._detect_cond.wait(remaining)
+                if self._detect_ticket != ticket:
+                    raise _superseded()
+            self._detect_busy = True
+        return ticket
+
+    def _end_detect_turn(self):
+        with self._detect_cond:
+            self._detect_busy = False
+            self._detect_cond.notify_all()
+
+    def _fresh_frame(self, camera, earliest, cursor, timeout):
+        """The next frame the freshness rule accepts (arrival after cursor)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if earliest is None:
+                return camera.get_frame(not_before=cursor, timeout=max(
+                    0.05, deadline - time.monotonic()))
+            frame = camera.get_frame(
+                not_before=cursor,
+                timeout=max(0.05, deadline - time.monotonic()))
+            if self._rule.accepts(frame, earliest):
+                return frame
+            cursor = just_after(frame.timestamp)
+            if time.monotonic() >= deadline:
+                raise HelperError("camera_timeout",
+                                  "No frame captured after the move came "
+                                  "from the camera within %.1f s." % timeout)
+
+    def _collect(self, camera, settings, request, ticket):
+        """Examine fresh frames until enough agree, or a bound is hit."""
+        run = DetectRun()
+        measuring = (request.reference is not None
+                     and self._rule.latency is None)
+        cursor = request.moved_at if measuring else request.earliest
+        while run.seen < request.max_frames:
+            if self._detect_ticket != ticket:
+                raise _superseded()
+            remaining = request.deadline - time.monotonic()
+            if remaining <= 0:
+                run.stopped_by = "timeout"
+                break
+            try:
+                # While measuring the latency, frames from the move's end on
+                # are watched; only those the rule accepts are examined.
+                frame = self._fresh_frame(
+                    camera, None if measuring else request.earliest, cursor,
+                    min(remaining, settings.camera_timeout))
+            except HelperError as exc:
+                if run.seen == 0:
+                    raise
+                run.stopped_by = exc
+                break
+            cursor = just_after(frame.timestamp)
+            if measuring:
+                measuring = self._measure_latency(frame, settings, request)
+                if measuring or not self._rule.accepts(frame,
+                                                       request.earliest):
+                    continue
+            self._examine(frame, settings, request, run)
+            if run.agreed is not None:
+                break
+        return run
+
+    def _measure_latency(self, frame, settings, request):
+        """Watch frames after a move for the first that shows it; its
+        arrival after the move's end is the camera's latency, noted once
+        per session. Only a change seen after a frame that still showed the
+        old place counts (else it is just an upper bound: the next move
+        tries again). Returns False when done (measured or given up)."""
+        from ktamv_helper.detection import detect_nozzle
+        if frame.timestamp - request.moved_at > LATENCY_WINDOW:
+            return False        # never changed: the extra's frozen check
+        detection = detect_nozzle(frame.image, settings.min_radius,
+                                  settings.max_radius or None)
+        if detection is None:
+            return True
+        shift = math.hypot(detection.center[0] - request.reference[0],
+                           detection.center[1] - request.reference[1])
+        if shift < LATENCY_SHIFT_PX:
+            request.unchanged_seen = True
+            return True
+        if not request.unchanged_seen:
+            return False
+        latency = self._rule.note_latency(frame.timestamp - request.moved_at)
+        self._log_event("info", "The camera's frames arrive %.3f s after "
+                        "what they show (measured on a move); frames are "
+                        "judged by that from now on." % latency)
+        return False
+
+    def _examine(self, frame, settings, request, run):
+        """Detect the nozzle in one frame, show it, and try the consensus."""
+        from ktamv_helper.consensus import consensus
+        run.seen += 1
+        run.frame_size = frame.size
+        search = request.bore.find(frame.image, settings)
+        detection = search.detection
+        if search.refusal:
+            run.refusals.append(search)
+        run.last_image, run.last_detection = frame.image, detection
+        self._publish(frame, detection, settings.target_tolerance,
+                      ("detect: frame %d of at most %d, %d with a nozzle"
+                       % (run.seen, request.max_frames,
+                          len(run.detections) + (detection is not None)),))
+        if detection is None:
+            return
+        run.detections.append(detection)
+        run.frames.append(frame)
+        run.agreed = consensus([tuple(d.center) for d in run.detections],
+                               request.tolerance, request.frames)
+
+    def _detect_result(self, run, request):
+        center, used, spread = run.agreed
+        used = [int(i) for i in used]
+        newest = max(used, key=lambda i: run.frames[i].timestamp)
+        self._note_for_preview(
+            "last", "last: nozzle at %.2f, %.2f px (%d of %d frames, "
+            "spread %.2f px)" % (center[0], center[1], len(used), run.seen,
+                                  spread))
+        return {
+            "center": [_to_float(center[0]), _to_float(center[1])],
+            "radius": _to_float(_median([run.detections[i].radius
+                                         for i in used])),
+            "score": _to_float(_median([run.detections[i].score
+                                        for i in used])),
+            "frames_used": len(used),
+            "frames_seen": run.seen,
+            "spread": _to_float(spread),
+            "frame_size": list(run.frame_size),
+            "frame_time": run.frames[newest].timestamp,
+            "frame_digest": frame_digest(run.frames[newest].image),
+            "latency": self._rule.latency,
+            "elapsed": time.monotonic() - request.received,
+            "rings": list(run.detections[used[0]].rings),
+            "rms": _to_float(_median([run.detections[i].rms for i in used])),
+        }
+
+    def _detect_failed(self, settings, request, run):
+        """The error of a detection without consensus; the camera leads."""
+        seen, found = run.seen, len(run.detections)
+        details = {"frames_seen": seen, "frames_with_nozzle": found}
+        plural = "" if seen == 1 else "s"
+        if not run.detections:
             code = "nozzle_not_found"
-            reason = "nozzle_not_found"
-            message = ("No nozzle found in %d frame%s from the camera.%s Make "
-                       "sure the nozzle is in view and near the image centre, "
-                       "in focus, clean (no ooze or filament on the tip), and "
-                       "evenly lit." % (seen, "" if seen == 1 else "s", why))
+            summary = ("no nozzle found in %d frame%s from the camera"
+                       % (seen, plural))
+            advice = (" Make sure the nozzle is in view and near the image "
+                      "centre, in focus, clean (no ooze or filament on the "
+                      "tip), and evenly lit.")
         else:
             code = "no_consensus"
-            reason = "no_consensus"
-            message = ("The nozzle was found in %d of %d frames but fewer "
-                       "than %d agreed within %.2g px.%s Keep the printer "
-                       "still, check focus and lighting, clean the nozzle, or "
-                       "raise detection_tolerance."
-                       % (len(detections), seen, needed, tolerance, why))
+            summary = ("the nozzle was found in %d of %d frames but fewer "
+                       "than %d agreed within %.2g px"
+                       % (found, seen, request.frames, request.tolerance))
+            advice = (" Keep the printer still, check focus and lighting, "
+                      "clean the nozzle, or raise detection_tolerance.")
+        stopped_by = run.stopped_by
+        if run.refusals and not run.detections and \
+                not isinstance(stopped_by, HelperError):
+            return self._refused(settings, request, run)
+        if isinstance(stopped_by, HelperError):
+            # The camera is the cause: its error code and sentence first.
+            code = stopped_by.code
+            details["camera_error"] = stopped_by.code
+            message = ("The camera failed after %d frame%s: %s (Before "
+                       "that, %s.)" % (seen, plural, stopped_by.message,
+                                       summary))
+        else:
+            why = " The request's time ran out." if stopped_by else ""
+            message = summary[0].upper() + summary[1:] + "." + why + advice
         self._note_for_preview("last", "last: %s after %d frame%s" % (
-            code.replace("_", " "), seen, "" if seen == 1 else "s"))
-        if settings.debug_dir and last_image is not None:
-            paths = self._save_debug(settings, last_image, reason,
-                                     last_detection)
+            code.replace("_", " "), seen, plural))
+        if settings.debug_dir and run.last_image is not None:
+            paths = self._save_debug(settings, run.last_image,
+                                     "nozzle_not_found" if not found
+                                     else "no_consensus", run.last_detection)
             if paths:
                 details["debug_files"] = paths
                 message += " Frames saved for inspection: %s." % ", ".join(paths)
-        raise HelperError(code, message, details)
+        return HelperError(code, message, details)
+
+    def _refused(self, settings, request, run):
+        """Bores were seen but none could be chosen safely: say why."""
+        error = request.bore.refused(run.refusals, run.seen)
+        if settings.debug_dir and run.last_image is not None:
+            paths = self._save_debug(settings, run.last_image, error.code,
+                                     run.refusals[-1].candidates[0])
+            if paths:
+                error.details["debug_files"] = paths
+                error.message += (" Frames saved for inspection: %s."
+                                  % ", ".join(paths))
+        return error
 
     def _save_debug(self, settings, image, reason, detection):
         try:
@@ -754,11 +841,121 @@ class Service:
                             "%s: %s" % (settings.debug_dir, exc))
             return []
 
+
+
+class Service(CameraAccess, PreviewAccess, Detection):
+    """The state behind the protocol methods.
+
+    The camera, preview and detect concerns are the mixins above; they
+    share this object's state and lock (set up here), so each stays small.
+
+    Parameters
+    ----------
+    emit_event : callable, optional
+        ``emit_event(dict)`` sends an unsolicited event line (``log``).
+    """
+
+    def __init__(self, emit_event=None):
+        self._emit_event = emit_event
+        self._lock = threading.RLock()     # settings, camera and preview refs
+        self._opening = None                # _Opening in progress
+        self._settings = None
+        self._camera = None
+        self._camera_url = None
+        self._machine = None
+        self._preview = None
+        self._preview_key = None
+        self._preview_error = None
+        self._annotating = False
+        # Shown on every preview frame: last detect result, calibrated scale.
+        self._preview_notes = {"last": None, "scale": None}
+        self._closed = False
+        self._rule = FrameRule()
+        self._detect_cond = threading.Condition()
+        self._detect_ticket = 0
+        self._detect_busy = False
+        self._methods = {
+            "configure": self.configure,
+            "detect": self.detect,
+            "grab": self.grab,
+            "fit_camera_model": self.fit_camera_model,
+            "preview": self.preview,
+            "version": self.version,
+            "shutdown": self.shutdown,
+            "sim_truth": self.sim_truth,
+        }
+
+    # -- dispatch
+
+    @property
+    def methods(self):
+        """Names of the methods :meth:`call` accepts."""
+        return sorted(self._methods)
+
+    def call(self, method, params=None, received=None):
+        """Run one protocol method.
+
+        Parameters
+        ----------
+        method : str
+        params : dict or None
+        received : float, optional
+            ``time.monotonic()`` when the request arrived (for ``settle``).
+
+        Returns
+        -------
+        dict
+            The method's ``result``.
+
+        Raises
+        ------
+        HelperError
+            With the protocol error code.
+        """
+        handler = self._methods.get(method)
+        if handler is None:
+            raise HelperError("unknown_method",
+                              "Unknown method %r; the helper knows %s."
+                              % (method, ", ".join(self.methods)),
+                              {"method": method})
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise HelperError("invalid_request", "params must be an object.")
+        if received is None:
+            received = time.monotonic()
+        if "machine" in params:
+            self._apply_machine(params["machine"])
+        return handler(params, received)
+
+    def _log_event(self, level, message):
+        """Log ``message`` here and send it to klippy.log as a log event."""
+        getattr(log, level)(message)
+        if self._emit_event is not None:
+            self._emit_event({"event": "log", "level": level,
+                              "message": message})
+
+    # -- configure
+
+    def configure(self, params, received):
+        settings = Settings(params)
+        with self._lock:
+            old = self._settings
+            self._settings = settings
+            url_changed = old is None or old.camera_url != settings.camera_url
+        if url_changed:
+            self._close_camera()
+        self._configure_preview(settings)
+        status = self._preview_status()
+        return {"camera_url": public_url(settings.camera_url),
+                "preview": {"running": status["running"],
+                            "url": status["url"],
+                            "error": status["error"]}}
+
     # -- grab
 
     def grab(self, params, received):
         settings = self._require_settings()
-        earliest = earliest_frame_time(params, received)
+        earliest = self._rule.earliest(params, received)
         timeout = number_param(params, "timeout", settings.camera_timeout,
                                low=0.1, high=60.0)
         save = params.get("save")
@@ -767,8 +964,8 @@ class Service:
         camera = self._get_camera(settings,
                                   received + timeout - time.monotonic())
         remaining = received + timeout - time.monotonic()
-        frame = camera.get_frame(not_before=earliest,
-                                 timeout=max(0.05, remaining))
+        frame = self._fresh_frame(camera, earliest, earliest,
+                                  max(0.05, remaining))
         self._publish(frame, status_lines=("grab",))
         saved = None
         if save:
@@ -821,48 +1018,6 @@ class Service:
                 % (result["mm_per_px"],
                    round(result["rotation_deg"], 1) + 0.0))  # no "-0.0"
         return result
-
-    # -- preview
-
-    def preview(self, params, received):
-        action = string_param(params, "action", "status",
-                              choices=("start", "stop", "status"))
-        with self._lock:
-            preview = self._preview
-            configured = self._preview_key is not None
-        if action == "start" and not configured:
-            status = self._preview_status()
-            status["error"] = ("The preview is off: set preview_port in "
-                               "[ktamv] to serve one.")
-            return status
-        if action == "start":
-            with self._lock:
-                self._annotating = preview is not None
-            if preview is not None:
-                self._start_annotating(preview)
-        elif action == "stop":
-            with self._lock:
-                self._annotating = False
-            if preview is not None:
-                preview.stop_continuous()
-        return self._preview_status()
-
-    def _start_annotating(self, preview):
-        state = {"earliest": None}
-
-        def produce():
-            settings = self._require_settings()
-            camera = self._get_camera(settings)
-            frame = camera.get_frame(not_before=state["earliest"],
-                                     timeout=settings.camera_timeout)
-            state["earliest"] = _just_after(frame.timestamp)
-            from ktamv_helper.detection import detect_nozzle
-            detection = detect_nozzle(frame.image, settings.min_radius,
-                                      settings.max_radius or None)
-            return (frame, detection, settings.target_tolerance,
-                    self._preview_lines(("live preview",)))
-
-        preview.start_continuous(produce)
 
     # -- version
 
@@ -931,6 +1086,10 @@ class Service:
             self._closed = True
             preview, self._preview = self._preview, None
             self._annotating = False
+            opening = self._opening
+        if opening is not None and opening.thread is not None:
+            # An HTTP probe still running: its socket timeout bounds it.
+            opening.thread.join(CLOSE_JOIN)
         if preview is not None:
             try:
                 preview.close()

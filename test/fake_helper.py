@@ -22,6 +22,10 @@ Options (all optional):
 --stubborn            ignore SIGTERM, ``shutdown`` and the end of stdin (keeps
                       running until SIGKILL), like a wedged process
 --no-ready            never announce ``ready``
+--request-log PATH    append every request, as one JSON line, to PATH
+--crash-count N PATH  with --crash-on: crash only while PATH holds fewer
+                      than N lines (one is added per crash)
+--detect-digest D     the ``frame_digest`` ``detect`` reports
 """
 
 import argparse
@@ -46,6 +50,9 @@ def parse_args(argv):
     parser.add_argument("--garbage", action="store_true")
     parser.add_argument("--stubborn", action="store_true")
     parser.add_argument("--no-ready", action="store_true")
+    parser.add_argument("--request-log")
+    parser.add_argument("--crash-count", nargs=2)
+    parser.add_argument("--detect-digest")
     return parser.parse_args(argv)
 
 
@@ -78,7 +85,22 @@ class FakeHelper:
         req_id = request.get("id")
         method = request.get("method")
         opts = self.options
-        if method == opts.crash_on:
+        if opts.request_log:
+            with open(opts.request_log, "a") as f:
+                f.write(json.dumps(request) + "\n")
+        if method == opts.crash_on and opts.crash_count:
+            limit, path = int(opts.crash_count[0]), opts.crash_count[1]
+            done = 0
+            if os.path.exists(path):
+                with open(path) as f:
+                    done = len(f.readlines())
+            if done < limit:
+                with open(path, "a") as f:
+                    f.write("crash\n")
+                sys.stderr.write("fake helper: crashing on %s\n" % method)
+                sys.stderr.flush()
+                os._exit(3)
+        elif method == opts.crash_on:
             if not opts.crash_once or not os.path.exists(opts.crash_once):
                 if opts.crash_once:
                     open(opts.crash_once, "w").close()
@@ -123,6 +145,7 @@ class FakeHelper:
         return {"center": list(self.center), "radius": 20.0, "score": 0.9,
                 "frames_used": 3, "frames_seen": 3, "spread": 0.01,
                 "frame_size": FRAME_SIZE, "frame_time": time.monotonic(),
+                "frame_digest": self.options.detect_digest,
                 "elapsed": self.options.detect_delay}
 
     def serve(self, stdin=sys.stdin):

@@ -355,3 +355,38 @@ def test_iter_mjpeg_parts_reads_the_layouts_of_common_streamers():
     for body in (mjpg_streamer, ustreamer):
         parts = list(iter_mjpeg_parts(io.BytesIO(body), "boundarydonotcross"))
         assert [p[1] for p in parts] == [one, two]
+
+
+def test_x_timestamp_becomes_the_frames_capture_time(http_camera, nozzle_jpeg):
+    # ustreamer / camera-streamer stamp each part with the capture time
+    # (here 0.25 s before it is sent, on the wall clock).
+    url = http_camera.route("/stream", parts=[nozzle_jpeg], repeat=50,
+                            part_interval=0.05)
+    import conftest
+    original = conftest._CameraHandler._stream
+
+    def stream(self, route):
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace;"
+                         "boundary=frame")
+        self.end_headers()
+        for _ in range(route.repeat):
+            part = route.parts[0]
+            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                             b"Content-Length: %d\r\nX-Timestamp: %.6f\r\n"
+                             b"\r\n" % (len(part), time.time() - 0.25)
+                             + part + b"\r\n")
+            self.wfile.flush()
+            time.sleep(route.part_interval)
+
+    conftest._CameraHandler._stream = stream
+    try:
+        camera = open_camera(url, timeout=2.0)
+        try:
+            frame = camera.get_frame(not_before=time.monotonic(), timeout=3.0)
+        finally:
+            camera.close()
+    finally:
+        conftest._CameraHandler._stream = original
+    assert frame.captured is not None
+    assert frame.timestamp - frame.captured == pytest.approx(0.25, abs=0.05)

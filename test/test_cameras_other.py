@@ -209,6 +209,8 @@ def test_capture_reader_delivers_fresh_frames_and_reopens(nozzle_video):
             not_before = time.monotonic()
             frame = camera.get_frame(not_before=not_before, timeout=5.0)
             assert frame.timestamp >= not_before
+            # A file's positions (0.033 s ...) fit no clock: arrival counts.
+            assert frame.captured is None
             assert frame.size == (640, 480)
             assert float(np.mean(np.abs(frame.image.astype(int)
                                         - draw_nozzle().astype(int)))) < 3.0
@@ -224,3 +226,18 @@ def test_capture_reader_delivers_fresh_frames_and_reopens(nozzle_video):
         camera.close()
         assert time.monotonic() - started < 2.0
     expect_error("camera_unreachable", camera.get_frame, timeout=0.2)
+
+
+def test_camera_stamps_of_either_clock_become_monotonic_capture_times():
+    from ktamv_helper.freshness import camera_stamp_to_monotonic
+    arrival = time.monotonic()
+    # V4L2 buffers and ustreamer: CLOCK_MONOTONIC seconds.
+    assert camera_stamp_to_monotonic(arrival - 0.04, arrival) == \
+        pytest.approx(arrival - 0.04)
+    # Some streamers send the wall clock.
+    assert camera_stamp_to_monotonic(time.time() - 0.1, arrival) == \
+        pytest.approx(arrival - 0.1, abs=0.01)
+    # A video file's position, a capture after arrival, or a stamp far
+    # in the past: not a capture time.
+    for stamp in (0.033, arrival + 1.0, arrival - 30.0, float("nan"), "x"):
+        assert camera_stamp_to_monotonic(stamp, arrival) is None

@@ -195,11 +195,14 @@ def test_helper_crash_mid_request_then_restart(tmp_path):
         assert "restarts the helper on the next command" in reply.error
         crashed = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert crashed["helper_state"] == "exited"
+        assert "stopped unexpectedly" in crashed["helper_error"]
         reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
         assert reply.error is None, reply
         assert "nozzle found at u=319.50 v=239.50" in reply.text
         again = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert again["helper_state"] == "ready"
+        # Healed: the old crash is no longer reported as the helper's error.
+        assert not again["helper_error"]
         assert again["helper_pid"] != first["helper_pid"]
         assert not pid_alive(first["helper_pid"])
         assert "Klipper state: Ready" in klippy.send("STATUS").text
@@ -381,13 +384,17 @@ def test_move_to_origin_uses_camera_position_until_an_origin_is_set(
 def test_helper_that_cannot_start_fails_commands_not_klipper(tmp_path):
     section = ktamv_section(helper_python=str(tmp_path / "no-such-python"))
     with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
-        errors = [klippy.send("KTAMV_TEST").error for _ in range(4)]
+        errors = [klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+                  for _ in range(4)]
         assert all(errors)
         assert "Cannot start the vision helper" in errors[0]
         assert "helper_python" in errors[0]
         assert "kTAMV stopped restarting it" in errors[-1]
         status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
         assert status["helper_state"] == "failed"
+        # KTAMV_TEST tries once more and names the real cause again.
+        assert "Cannot start the vision helper" in klippy.send(
+            "KTAMV_TEST").error
         assert "Klipper state: Ready" in klippy.send("STATUS").text
 
 
@@ -504,3 +511,197 @@ def test_emergency_stop_while_waiting_for_the_camera_stops_the_command(
         assert "centring move" not in log
         # Klippy itself is still running (shut down, not crashed).
         assert klippy.proc.poll() is None
+
+
+# -- issue 9: stale pictures, the detection cache, the helper's lifecycle ----
+
+def frozen_stream(tmp_path, mjpeg_server):
+    """A real MJPEG server (ffmpeg) repeating one JPEG of a nozzle 36 px
+    from the image centre, as a hung camera-streamer does."""
+    import cv2
+    from conftest import draw_nozzle
+    path = tmp_path / "frozen.png"
+    cv2.imwrite(str(path), draw_nozzle(center=(349.5, 259.5)))
+    return mjpeg_server(path, fps=10)
+
+
+def test_frozen_stream_stops_centring_after_one_move(tmp_path, mjpeg_server):
+    server = frozen_stream(tmp_path, mjpeg_server)
+    section = ktamv_section(url=server.url, camera_matrix="0, 0.01, 0.01, 0",
+                            settle_time=0.1, backlash_approach=0)
+    result = run_klippy(tmp_path / "k", printer_config(section),
+                        "G28\nG1 X150 Y150 F6000\nKTAMV_FIND_NOZZLE_CENTER\n"
+                        "GET_POSITION\n")
+    assert result.returncode == 255, result.tail()
+    assert re.search(r"the camera picture did not change after a 0\.36 mm "
+                     r"move \(the same frame again\): is the stream frozen\? "
+                     r"Restart the camera service", result.text), result.tail()
+    assert "did not centre" not in result.text
+    # One centring move (0.2, 0.3 mm), then the refusal: at most 2 moves.
+    pos = re.findall(r"toolhead: X:([\d.]+) Y:([\d.]+)", result.text)
+    assert [(round(float(x), 2), round(float(y), 2)) for x, y in pos] == [
+        (149.8, 149.7)]
+
+
+def test_frozen_stream_stops_calibration_at_the_first_point(tmp_path,
+                                                            mjpeg_server):
+    server = frozen_stream(tmp_path, mjpeg_server)
+    section = ktamv_section(url=server.url, settle_time=0.1)
+    result = run_klippy(tmp_path / "k", printer_config(section),
+                        "G28\nG1 X150 Y150 F6000\nKTAMV_CALIB_CAMERA\n"
+                        "KTAMV_STATUS_JSON\nGET_POSITION\n")
+    assert result.returncode == 255, result.tail()
+    assert "the camera picture did not change after a 0.50 mm move" in \
+        result.text, result.tail()
+    assert statuses(result.text)[0]["is_calibrated"] is False
+    # Back where it started, after one calibration move out.
+    assert "toolhead: X:150.000000 Y:150.000000" in result.text
+
+
+def detect_requests(log_path):
+    requests = [json.loads(line) for line in log_path.read_text().split("\n")
+                if line]
+    return [r["params"] for r in requests if r["method"] == "detect"]
+
+
+@pytest.mark.parametrize("between, detects", [
+    # The centring detection, settled, here, just now: reused.
+    (None, 1),
+    # Older than the cache's age limit (5 s): measured again.
+    (5.5, 2),
+    # The camera changed: nothing it saw before counts.
+    ("KTAMV_SEND_SERVER_CFG CAMERA_URL=http://127.0.0.1:1/other", 2),
+])
+def test_origin_reuses_only_a_recent_detection_of_the_same_camera(
+        tmp_path, between, detects):
+    requests = tmp_path / "requests.jsonl"
+    section = ktamv_section(
+        helper_command="%s --request-log %s" % (FAKE_HELPER, requests),
+        camera_matrix="0, 0.01, 0.01, 0", settle_time=0.1)
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        for line in ("G28", "G1 X150 Y150 F6000", "KTAMV_FIND_NOZZLE_CENTER"):
+            assert klippy.send(line).error is None
+        if isinstance(between, float):
+            time.sleep(between)
+        elif between:
+            assert klippy.send(between).error is None
+        reply = klippy.send("KTAMV_SET_ORIGIN")
+    assert reply.error is None, reply
+    assert "origin set to X150.0000 Y150.0000" in reply.text
+    made = detect_requests(requests)
+    assert len(made) == detects, made
+    assert all(p["settle"] == 0.1 for p in made)
+
+
+def test_an_unsettled_detection_never_becomes_the_origin(tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    section = ktamv_section(
+        helper_command="%s --request-log %s" % (FAKE_HELPER, requests),
+        camera_matrix="0, 0.01, 0.01, 0", settle_time=0.25)
+    gcode = ("G28\nG1 X150 Y150 F6000\nKTAMV_SIMPLE_NOZZLE_POSITION\n"
+             "KTAMV_SET_ORIGIN\n")
+    result = run_klippy(tmp_path / "k", printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    quick, origin = detect_requests(requests)
+    assert "settle" not in quick and "moved_at" not in quick
+    assert origin["settle"] == 0.25
+
+
+def test_a_crash_loop_stays_stopped_until_ktamv_test(tmp_path):
+    crashes = tmp_path / "crashes"
+    section = ktamv_section(helper_command="%s --crash-on detect "
+                            "--crash-count 3 %s" % (FAKE_HELPER, crashes))
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        errors = [klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+                  for _ in range(4)]
+        assert all("stopped unexpectedly" in e for e in errors[:3]), errors
+        assert "kTAMV stopped restarting it" in errors[3]
+        assert "run KTAMV_TEST or RESTART" in errors[3]
+        # Sticky: no further start without being asked.
+        again = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        assert "stopped restarting" in again
+        assert statuses(klippy.send("KTAMV_STATUS_JSON").text)[0][
+            "helper_state"] == "failed"
+        # KTAMV_TEST is the user asking: it tries again, and it works now.
+        reply = klippy.send("KTAMV_TEST")
+        assert reply.error is None, reply
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is None, reply
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["helper_state"] == "ready"
+        assert not status["helper_error"]
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+
+
+def test_reported_gcode_offset_puts_the_tool_where_the_reference_was(
+        tmp_path):
+    """Measure T1's offset, apply it with Klipper's own SET_GCODE_OFFSET,
+    send T1 to the origin: the simulated camera sees its nozzle centred."""
+    url = SIM_URL.replace("backlash=0.05", "backlash=0")
+    section = ktamv_section(url=url, settle_time=0.1,
+                            tool_status="gcode_macro _KTAMV_TOOL.current")
+    cx, cy = CAMERA_XY
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        for line in ("G28", "G1 X%.3f Y%.3f F6000" % (cx, cy),
+                     "KTAMV_CALIB_CAMERA", "KTAMV_FIND_NOZZLE_CENTER",
+                     "KTAMV_SET_ORIGIN", "T1", "KTAMV_FIND_NOZZLE_CENTER"):
+            reply = klippy.send(line)
+            assert reply.error is None, (line, reply)
+        reply = klippy.send("KTAMV_GET_OFFSET")
+        gx, gy = [float(v) for v in re.findall(
+            r"SET_GCODE_OFFSET X=([-\d.]+) Y=([-\d.]+)", reply.text)[0]]
+        origin = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0][
+            "origin"]["position"]
+        assert max(abs(gx), abs(gy)) > 0.02  # a wrong sign would show
+        assert klippy.send("SET_GCODE_OFFSET X=%.4f Y=%.4f" % (gx, gy)) \
+            .error is None
+        # T0 had no G-code offset, so the origin in G-code coordinates is
+        # its raw position; Klipper adds T1's offset to it.
+        assert klippy.send("G1 X%.4f Y%.4f F6000" % tuple(origin)).error \
+            is None
+        time.sleep(0.5)  # the camera's latency
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+    assert reply.error is None, reply
+    off = float(re.findall(r"([\d.]+) px from the image centre",
+                           reply.text)[0])
+    # Within a motor step (0.0125 mm = 1.25 px) of the reference's place.
+    assert off < 1.5, reply.text
+
+
+def test_gcode_parameter_bounds_in_real_klippy(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER,
+                            camera_matrix="0, 0.01, 0.01, 0")
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        for line, words in (
+                ("KTAMV_FIND_NOZZLE_CENTER TOLERANCE=0",
+                 "TOLERANCE must be above 0.0"),
+                ("KTAMV_CALIB_CAMERA POINTS=3", "POINTS must have minimum "
+                 "of 4"),
+                ("KTAMV_GET_OFFSET REPEAT=101", "no origin yet"),
+                ("KTAMV_SIMPLE_NOZZLE_POSITION FRAMES=51",
+                 "FRAMES must have maximum of 50")):
+            error = klippy.send(line).error
+            assert error and words in error, (line, error)
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[0]
+        assert status["last_center_moves"] == 0
+
+
+def test_a_camera_that_stalls_mid_detection_is_named_first(tmp_path,
+                                                           http_camera,
+                                                           nozzle_jpeg):
+    # One frame, then the stream goes silent (a stalled camera-streamer).
+    url = http_camera.route("/stream", parts=[nozzle_jpeg], hold=30,
+                            then_hang=True)
+    section = ktamv_section(url=url, camera_timeout=1)
+    with KlippySession(tmp_path / "k", printer_config(section)) as klippy:
+        started = time.monotonic()
+        error = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION").error
+        took = time.monotonic() - started
+        assert "Klipper state: Ready" in klippy.send("STATUS").text
+    assert error.startswith("kTAMV: The camera failed after 1 frame: "), \
+        error
+    assert "(Before that, the nozzle was found in 1 of 1 frames" in error
+    assert "\n" not in error
+    assert took < 5.0

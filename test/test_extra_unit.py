@@ -6,20 +6,35 @@ stand-ins for Klipper's toolhead and config; everything that needs Klipper's
 reactor and a helper process is tested in test_extra_klippy.py.
 """
 
+import importlib.util
 import math
 import statistics
 import sys
+import types
 
 import pytest
 
-from klippy_harness import REPO
+from klippy_harness import KLIPPY_VENV, REPO
 
 sys.path.insert(0, str(REPO))
 import ktamv  # noqa: E402
 
 
-class CommandError(Exception):
-    pass
+def _klippy_gcode_module():
+    """Klipper's own gcode.py (standard library only), so G-code parameters
+    are parsed and bounded exactly as Klippy does it."""
+    found = sorted((KLIPPY_VENV / "lib").glob(
+        "python3*/site-packages/klippy/gcode.py"))
+    if not found:
+        pytest.skip("no klippy package; run test/setup.sh")
+    spec = importlib.util.spec_from_file_location("klippy_gcode", found[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+klippy_gcode = _klippy_gcode_module()
+CommandError = klippy_gcode.CommandError
 
 
 class ConfigError(Exception):
@@ -201,30 +216,21 @@ class FakeConfig:
         return self._get(option, default, parse)
 
 
-class FakeGcmd:
-    error = CommandError
+class FakeGcmd(klippy_gcode.GCodeCommand):
+    """Klipper's real GCodeCommand (so minval/maxval/above are enforced),
+    collecting respond_info text in ``info``."""
 
     def __init__(self, **params):
-        self.params = params
         self.info = []
-
-    def respond_info(self, msg, log=True):
-        self.info.append(msg)
-
-    def get_command(self):
-        return "KTAMV_TEST_COMMAND"
-
-    def _get(self, name, default, parser, **bounds):
-        return parser(self.params.get(name, default))
-
-    def get_float(self, name, default=None, **bounds):
-        return self._get(name, default, float)
-
-    def get_int(self, name, default=None, **bounds):
-        return self._get(name, default, int)
-
-    def get(self, name, default=None):
-        return self.params.get(name, default)
+        sink = types.SimpleNamespace(
+            respond_info=lambda msg, log=True: self.info.append(msg),
+            respond_raw=lambda msg: None)
+        words = dict((key.upper(), str(value)) for key, value in
+                     params.items())
+        line = " ".join(["KTAMV_TEST_COMMAND"] + ["%s=%s" % kv for kv in
+                                                  words.items()])
+        klippy_gcode.GCodeCommand.__init__(self, sink, "KTAMV_TEST_COMMAND",
+                                           line, words, False)
 
 
 def make_ktamv(options=None, toolhead=None):
@@ -339,11 +345,11 @@ def test_travel_fence_refuses_before_any_motion():
 
 def test_defaults_and_kTAMV_compatible_options():
     extra, printer = make_ktamv({"server_url": "http://x", "move_speed": "600"})
-    assert extra.move_speed == 600.0
+    assert extra.opts.move_speed == 600.0
     assert extra.motion.speed == pytest.approx(10.0)
-    assert extra.calibration_points == 10
-    assert extra.calibration_radius == 0.5
-    assert extra.center_tolerance < 1.0
+    assert extra.opts.calibration_points == 10
+    assert extra.opts.calibration_radius == 0.5
+    assert extra.opts.center_tolerance < 1.0
     assert sorted(printer.objects["gcode"].commands) == sorted(
         "KTAMV_" + c for c in (
             "CALIB_CAMERA", "FIND_NOZZLE_CENTER", "SET_ORIGIN", "GET_OFFSET",
@@ -360,17 +366,17 @@ def test_defaults_and_kTAMV_compatible_options():
 def test_helper_command_line():
     extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python",
                            "helper_nice": "0"})
-    assert extra._helper_argv() == ["/opt/env/bin/python", "-m",
+    assert extra.opts.helper_argv() == ["/opt/env/bin/python", "-m",
                                     "ktamv_helper"]
     extra, _ = make_ktamv({"helper_python": "/opt/env/bin/python"})
-    argv = extra._helper_argv()
+    argv = extra.opts.helper_argv()
     assert argv[0].endswith("nice") and argv[1:3] == ["-n", "10"]
     assert argv[3:] == ["/opt/env/bin/python", "-m", "ktamv_helper"]
     assert extra.helper.cwd == str(REPO)
     assert extra.helper.env["PYTHONPATH"].split(":")[0] == str(REPO)
     extra, _ = make_ktamv({"helper_nice": "0", "helper_command":
                            "ssh box '~/ktamv env/bin/python' -m ktamv_helper"})
-    assert extra._helper_argv() == ["ssh", "box", "~/ktamv env/bin/python",
+    assert extra.opts.helper_argv() == ["ssh", "box", "~/ktamv env/bin/python",
                                     "-m", "ktamv_helper"]
 
 
@@ -405,7 +411,7 @@ class LinearCamera:
         self.calls = 0
         self.lose_after = lose_after
 
-    def __call__(self, gcmd, frames=None, after_move=True):
+    def __call__(self, gcmd, frames=None, after_move=True, reference=None):
         self.calls += 1
         if self.lose_after is not None and self.calls > self.lose_after:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
@@ -425,10 +431,10 @@ def centring_setup(model_matrix, true_matrix, start_offset, **kw):
     toolhead = FakeToolhead()
     extra, _ = make_ktamv({"backlash_approach": "0.5", "max_travel": "5"},
                           toolhead)
-    extra.model = ktamv.CameraModel(model_matrix)
+    extra.finder.model = ktamv.CameraModel(model_matrix)
     nozzle = (100.0 - start_offset[0], 100.0 - start_offset[1])
     camera = LinearCamera(toolhead, true_matrix, nozzle, **kw)
-    extra._detect = camera
+    extra.finder.detect = camera
     return extra, toolhead, nozzle
 
 
@@ -439,7 +445,7 @@ def test_centring_from_1mm_off_takes_at_most_3_moves():
     extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(gcmd)
-    assert 1 <= extra.last_center_moves <= 3
+    assert 1 <= extra.finder.last_center_moves <= 3
     assert extra.last_nozzle_center_successful is True
     x, y = toolhead.get_position()[:2]
     assert math.hypot(x - nozzle[0], y - nozzle[1]) <= 0.0125
@@ -450,7 +456,7 @@ def test_centring_with_a_5_percent_scale_error_still_converges():
     true = [[0.0, 0.0105], [0.0105, 0.0]]
     extra, toolhead, nozzle = centring_setup(MATRIX, true, (0.6, -0.8))
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
-    assert extra.last_center_moves <= 4
+    assert extra.finder.last_center_moves <= 4
 
 
 def test_centring_with_a_wrong_model_fails_clearly():
@@ -474,13 +480,13 @@ def test_origin_and_offset_use_the_image_for_sub_step_accuracy():
     extra, toolhead, nozzle = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
-    assert extra.origin["position"] == pytest.approx(nozzle, abs=1e-9)
+    assert extra.book.origin["position"] == pytest.approx(nozzle, abs=1e-9)
     # A "second tool" whose nozzle centres 0.1234, -0.0567 mm away.
-    extra._detect.nozzle_xy = (nozzle[0] + 0.1234, nozzle[1] - 0.0567)
+    extra.finder.detect.nozzle_xy = (nozzle[0] + 0.1234, nozzle[1] - 0.0567)
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_GET_OFFSET(gcmd)
-    assert extra.last_calculated_offset == pytest.approx([0.1234, -0.0567],
+    assert extra.book.last_calculated_offset == pytest.approx([0.1234, -0.0567],
                                                          abs=1e-9)
     assert "X=0.1234 Y=-0.0567" in gcmd.info[-1]
 
@@ -641,7 +647,7 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
     seen = []
     hints_seen = []
 
-    def detect(gcmd, frames=None, after_move=True, hints=None):
+    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
         seen.append(tuple(toolhead.get_position()[:2]))
         hints_seen.append(hints)
         if len(seen) - 1 in missing:
@@ -665,8 +671,8 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
                 "rotation_deg": 90.0, "mirrored": False, "rms_mm": 0.0001,
                 "used": list(range(len(params["pairs"]))), "rejected": []}
 
-    extra._detect = detect
-    extra._call = call
+    extra.finder.detect = detect
+    extra.client.call = call
     extra.test_hints_seen = hints_seen
     return extra, printer, toolhead, seen, sent
 
@@ -702,9 +708,9 @@ def test_calibration_points_keep_the_start_size_and_leave_the_start_pixel():
 def test_nozzle_diameter_and_scale_reach_the_helper():
     toolhead = FakeToolhead()
     extra, _ = make_ktamv({"nozzle_diameter": "0.6"}, toolhead)
-    assert extra._bore_hints(FakeGcmd()) == {"nozzle_diameter": 0.6}
-    extra.model = ktamv.CameraModel(MATRIX)
-    assert extra._bore_hints(FakeGcmd(NOZZLE_DIAMETER="0.8")) == {
+    assert extra.finder.bore_hints(FakeGcmd()) == {"nozzle_diameter": 0.6}
+    extra.finder.model = ktamv.CameraModel(MATRIX)
+    assert extra.finder.bore_hints(FakeGcmd(NOZZLE_DIAMETER="0.8")) == {
         "nozzle_diameter": 0.8, "mm_per_px": pytest.approx(0.01)}
 
 
@@ -713,7 +719,7 @@ def test_calibration_refuses_a_bad_fit_and_keeps_the_old_model():
         fit_error="kTAMV: The points are collinear; check the camera.")
     with pytest.raises(CommandError, match="collinear"):
         extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
-    assert extra.model is None
+    assert extra.finder.model is None
     assert printer.objects["configfile"].saved == {}
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
@@ -754,7 +760,7 @@ def test_calibration_stops_on_camera_trouble_instead_of_skipping():
     with pytest.raises(CommandError, match="sent no frame"):
         extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
     assert len(seen) == 5 and not sent
-    assert extra.model is None
+    assert extra.finder.model is None
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
 
@@ -866,9 +872,9 @@ def test_a_shutdown_while_the_helper_works_fails_the_command():
             printer.shutdown = True  # an M112 arrived meanwhile
             return {"center": [1, 2]}
 
-    extra.helper = Helper()
+    extra.client.helper = Helper()
     with pytest.raises(CommandError, match="shut down"):
-        extra._call(FakeGcmd(), "detect", {})
+        extra.client.call(FakeGcmd(), "detect", {})
 
 
 class StatusObject:
@@ -884,11 +890,11 @@ def test_toolchanger_names_the_tool():
     # klipper-toolchanger: 'tool' is the [tool T1] section name.
     printer.objects["toolchanger"] = StatusObject(
         {"status": "ready", "tool": "tool T1", "tool_number": 1})
-    assert extra._current_tool() == "T1"
+    assert extra.tools.current() == "T1"
     printer.objects["toolchanger"] = StatusObject(
         {"status": "ready", "tool": None, "tool_number": -1})
     with pytest.raises(CommandError, match="no selected tool"):
-        extra._current_tool()
+        extra.tools.current()
 
 
 @pytest.mark.parametrize("status, tool", [
@@ -903,7 +909,7 @@ def test_toolchanger_names_the_tool():
 def test_idex_names_the_primary_carriage(status, tool):
     extra, printer = make_ktamv()
     printer.objects["dual_carriage"] = StatusObject(status)
-    assert extra._current_tool() == tool
+    assert extra.tools.current() == tool
 
 
 def test_idex_copy_mode_is_refused():
@@ -911,16 +917,16 @@ def test_idex_copy_mode_is_refused():
     printer.objects["dual_carriage"] = StatusObject(
         {"carriage_0": "PRIMARY", "carriage_1": "COPY"})
     with pytest.raises(CommandError, match="COPY mode"):
-        extra._current_tool()
+        extra.tools.current()
 
 
 def test_tool_status_option_overrides_the_defaults():
     extra, printer = make_ktamv({"tool_status": "gcode_macro _T.current"})
     printer.objects["toolchanger"] = StatusObject({"tool": "tool T1"})
     printer.objects["gcode_macro _T"] = StatusObject({"current": 3})
-    assert extra._current_tool() == "3"
+    assert extra.tools.current() == "3"
     extra, printer = make_ktamv()
-    assert extra._current_tool() == "extruder"
+    assert extra.tools.current() == "extruder"
 
 
 def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
@@ -933,14 +939,14 @@ def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
     extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
     # T1's nozzle sits 0.3 mm further +X: its toolhead must stop 0.3 mm
     # further -X to put it where T0's was, so its raw offset is -0.3.
-    extra._detect.nozzle_xy = (nozzle[0] + 0.3, nozzle[1])
+    extra.finder.detect.nozzle_xy = (nozzle[0] + 0.3, nozzle[1])
     gcode_move.status["homing_origin"] = [0.0, 0.0, 0.0, 0.0]
     extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_GET_OFFSET(gcmd)
-    assert extra.last_calculated_offset == pytest.approx([0.3, 0.0],
+    assert extra.book.last_calculated_offset == pytest.approx([0.3, 0.0],
                                                          abs=1e-9)
-    assert extra.last_tool_gcode_offset == pytest.approx([0.5, -0.1],
+    assert extra.book.last_tool_gcode_offset == pytest.approx([0.5, -0.1],
                                                          abs=1e-9)
     assert "X=0.5000 Y=-0.1000" in gcmd.info[-1]
     assert "gcode_x_offset: 0.5000" in gcmd.info[-1]
@@ -948,25 +954,28 @@ def test_tool_gcode_offset_adds_the_reference_tools_own_offset():
     assert status["last_tool_gcode_offset"] == pytest.approx([0.5, -0.1])
 
 
-def test_gcode_offset_sign_matches_klipper():
-    """A G-code offset o moves the toolhead to (commanded + o); with the
-    reported offset, every tool's nozzle lands where the reference's did."""
-    ref_nozzle_from_toolhead = (1.7, -2.3)  # arbitrary mounting offsets
-    t1_nozzle_from_toolhead = (1.4, -2.1)
-    camera = (150.0, 150.0)
-    # Centred toolhead positions (what kTAMV measures).
-    p0 = (camera[0] - ref_nozzle_from_toolhead[0],
-          camera[1] - ref_nozzle_from_toolhead[1])
-    p1 = (camera[0] - t1_nozzle_from_toolhead[0],
-          camera[1] - t1_nozzle_from_toolhead[1])
-    offset = (p1[0] - p0[0], p1[1] - p0[1])  # kTAMV's convention
-    for commanded in [(10.0, 20.0), (200.0, 5.0)]:
-        ref_nozzle = (commanded[0] + ref_nozzle_from_toolhead[0],
-                      commanded[1] + ref_nozzle_from_toolhead[1])
-        toolhead = (commanded[0] + offset[0], commanded[1] + offset[1])
-        t1_nozzle = (toolhead[0] + t1_nozzle_from_toolhead[0],
-                     toolhead[1] + t1_nozzle_from_toolhead[1])
-        assert t1_nozzle == pytest.approx(ref_nozzle, abs=1e-12)
+@pytest.mark.parametrize("command, params, words", [
+    ("cmd_KTAMV_FIND_NOZZLE_CENTER", {"TOLERANCE": 0}, "TOLERANCE must be "
+     "above 0.0"),
+    ("cmd_KTAMV_FIND_NOZZLE_CENTER", {"MAX_MOVES": 51}, "MAX_MOVES must have"
+     " maximum of 50"),
+    ("cmd_KTAMV_CALIB_CAMERA", {"POINTS": 3}, "POINTS must have minimum of 4"),
+    ("cmd_KTAMV_CALIB_CAMERA", {"RADIUS": 11}, "RADIUS must have maximum of"
+     " 10"),
+    ("cmd_KTAMV_SIMPLE_NOZZLE_POSITION", {"FRAMES": 0}, "FRAMES must have "
+     "minimum of 1"),
+    ("cmd_KTAMV_OFFSET_STATISTICS", {"RESET": 2}, "RESET must have maximum "
+     "of 1"),
+])
+def test_gcode_parameters_are_bounded_before_anything_happens(command,
+                                                              params, words):
+    extra, _ = make_ktamv({"camera_matrix": "0, 0.01, 0.01, 0"})
+    extra.book.origin = {"tool": "extruder", "position": [0., 0.]}
+    calls = []
+    extra.client.call = lambda *args, **kwargs: calls.append(args)
+    with pytest.raises(CommandError, match=words):
+        getattr(extra, command)(FakeGcmd(**params))
+    assert calls == [] and extra.motion.toolhead.moves == []
 
 
 def test_ktamv_py_parses_as_python_3_7_and_uses_only_the_stdlib():
@@ -997,14 +1006,14 @@ def test_no_tool_selected_only_refuses_measurements():
     printer.objects["toolchanger"] = StatusObject(
         {"status": "uninitialized", "tool": None, "tool_number": -1})
     # Detections and helper requests still carry a label...
-    assert extra._current_tool(strict=False) == "unknown"
-    assert extra._machine_state()["tool"] == "unknown"
+    assert extra.tools.current(strict=False) == "unknown"
+    assert extra.client.machine_state()["tool"] == "unknown"
     # ...but an origin is refused before anything is detected.
-    extra.model = ktamv.CameraModel(MATRIX)
-    extra._detect = lambda *a, **k: pytest.fail("detected anyway")
+    extra.finder.model = ktamv.CameraModel(MATRIX)
+    extra.finder.detect = lambda *a, **k: pytest.fail("detected anyway")
     with pytest.raises(CommandError, match="no selected tool"):
         extra.cmd_KTAMV_SET_ORIGIN(FakeGcmd())
-    assert extra.origin is None
+    assert extra.book.origin is None
 
 
 def test_homing_lost_mid_command_refuses_the_next_move():
@@ -1015,3 +1024,115 @@ def test_homing_lost_mid_command_refuses_the_next_move():
     with pytest.raises(CommandError, match="G28"):
         motion.move_to(100.2, 100.2)
     assert len(toolhead.moves) == count
+
+
+# -- helper lifecycle (issue 9) ------------------------------------------------
+
+def test_a_crash_loop_is_sticky_beyond_the_restart_window():
+    reactor = PipeReactor()
+    clock = [1000.0]
+    reactor.monotonic = lambda: clock[0]
+    helper = ktamv.HelperProcess(reactor, ["/nonexistent/python", "-m",
+                                           "ktamv_helper"])
+    helper.start_times = [990.0, 995.0, 999.0]
+    for later in (0.0, ktamv.RESTART_WINDOW * 2):
+        clock[0] += later
+        with pytest.raises(ktamv.HelperFailure, match="stopped restarting"):
+            helper.start()
+        assert helper.state == "failed"
+    helper.reset()
+    with pytest.raises(ktamv.HelperFailure, match="does not exist"):
+        helper.start()  # tried again: the real cause shows
+
+
+def test_stop_holds_klippy_at_most_half_a_second_and_the_kill_is_reaped():
+    import time
+    fake = str(REPO / "test" / "fake_helper.py")
+    helper = ktamv.HelperProcess(PipeReactor(), [sys.executable, fake,
+                                                 "--stubborn"])
+    helper.start()
+    proc = helper.proc
+    time.sleep(0.5)  # it runs, ignoring SIGTERM and shutdown
+    started = time.monotonic()
+    helper.stop()
+    assert time.monotonic() - started <= 0.55
+    deadline = time.monotonic() + 5
+    while proc.poll() is None and time.monotonic() < deadline:
+        ktamv._reap_orphans()
+        time.sleep(0.05)
+    assert proc.returncode == -9
+    ktamv._reap_orphans()
+    assert proc not in ktamv._orphans
+
+
+# -- unexpected exceptions (issue 9) --------------------------------------------
+
+def test_a_bug_inside_a_command_reaches_klipper_which_shuts_down():
+    extra, printer = make_ktamv({"camera_matrix": "0, 0.01, 0.01, 0"})
+    handler = printer.objects["gcode"].commands["KTAMV_SET_ORIGIN"]
+    assert handler == extra.cmd_KTAMV_SET_ORIGIN  # no wrapper
+
+    def buggy(gcmd):
+        return {}["no such key"]
+    extra.finder.corrected_position = buggy
+    # Not turned into a command error: Klippy's dispatcher sees a non-
+    # command exception and shuts the printer down ("Internal error").
+    with pytest.raises(KeyError):
+        handler(FakeGcmd())
+
+
+@pytest.mark.parametrize("reply", [
+    {"center": "middle", "frame_size": [640, 480]},
+    {"center": [1.0, 2.0]},
+    {"center": [1.0, None], "frame_size": [640, 480]},
+])
+def test_a_malformed_helper_reply_is_a_sentence_not_a_shutdown(reply):
+    extra, printer = make_ktamv()
+    extra.client.call = lambda *args, **kwargs: dict(reply)
+    with pytest.raises(CommandError, match="the vision helper sent a "
+                       "detection this ktamv.py cannot read"):
+        printer.objects["gcode"].commands["KTAMV_SIMPLE_NOZZLE_POSITION"](
+            FakeGcmd())
+
+
+def test_the_limits_both_halves_share_come_from_one_file():
+    import ast
+    from ktamv_helper import limits
+    from ktamv_helper import camera_model, service
+    assert ktamv._LIMITS.__file__ == limits.__file__  # read, not copied
+    assert ktamv.MIN_MM_PER_PX == limits.MIN_MM_PER_PX
+    assert ktamv.MAX_MM_PER_PX == limits.MAX_MM_PER_PX
+    assert camera_model.MAX_MM_PER_PX is limits.MAX_MM_PER_PX
+    assert ktamv.MAX_MOVES == service.MAX_MOVES == limits.MAX_MOVES
+    # camera_timeout's config bounds stay literal (the docs test reads
+    # them), so they are checked against the shared ones here.
+    tree = ast.parse((REPO / "ktamv.py").read_text())
+    bounds = next(dict((k.arg, k.value.value) for k in node.keywords)
+                  for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and node.args and getattr(node.args[0], "value", None)
+                  == "camera_timeout")
+    assert bounds == {"minval": limits.MIN_CAMERA_TIMEOUT,
+                      "maxval": limits.MAX_CAMERA_TIMEOUT}
+
+
+@pytest.mark.parametrize("url, simulated", [("http://cam/stream", False),
+                                            ("sim://?seed=1", True)])
+def test_only_the_sim_camera_hears_the_machine_state(url, simulated):
+    extra, printer = make_ktamv({"nozzle_cam_url": url})
+    sent = []
+
+    class Helper:
+        def ensure_ready(self):
+            pass
+
+        def request(self, method, params, timeout):
+            sent.append(params)
+            return {"camera_url": url, "preview": None}
+
+    extra.client.helper = Helper()
+    for _ in range(2 * ktamv.MAX_MOVES):
+        extra.motion.move_to(100.5, 100.5)
+        extra.motion.move_to(100.0, 100.0)
+    extra.client.call(FakeGcmd(), "version", {})
+    assert ("machine" in sent[0]) is simulated
+    assert len(extra.motion.moves) <= ktamv.MAX_MOVES

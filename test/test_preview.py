@@ -661,3 +661,33 @@ def test_klippy_failed_detection_keeps_frames_and_says_where(tmp_path):
         assert advice in reply.error
     raw = cv2.imread(str(debug / saved[1]))
     assert raw.shape == (480, 640, 3)
+
+
+def test_connections_of_every_kind_are_capped(server):
+    # Idle sockets that never send a request hold a handler thread each
+    # (until CLIENT_IO_TIMEOUT): past MAX_CONNECTIONS they are turned away.
+    host, port = "127.0.0.1", port_of(server)
+    idle = []
+    try:
+        for _ in range(pv.MAX_CONNECTIONS):
+            idle.append(socket.create_connection((host, port), timeout=5))
+        deadline = time.monotonic() + 5
+        while server._httpd._active < pv.MAX_CONNECTIONS:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen("http://%s:%d/snapshot" % (host, port),
+                                   timeout=5)
+        assert info.value.code == 503
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+    # Once they are gone, snapshots are served again.
+    deadline = time.monotonic() + 10
+    while server._httpd._active > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with urllib.request.urlopen("http://%s:%d/snapshot" % (host, port),
+                                timeout=10) as answer:
+        assert answer.status == 200

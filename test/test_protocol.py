@@ -397,3 +397,37 @@ def test_nothing_but_protocol_reaches_the_real_stdout(tmp_path):
     assert result.stdout == b'{"event":"log","level":"info","message":"ok"}\n'
     for text in (b"python print", b"c-level write", b"a log line"):
         assert text in result.stderr
+
+
+class _Blocking:
+    """A service whose every call waits until ``release`` is set."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def call(self, method, params, received=None):
+        self.release.wait(20)
+        return {"ok": True}
+
+
+def test_requests_beyond_the_worker_cap_are_refused_at_once():
+    from ktamv_helper.server import MAX_WORKERS
+    read_fd, write_fd = os.pipe()
+    service = _Blocking()
+    try:
+        server = Server(ProtocolWriter(write_fd), service)
+        for request_id in range(1, MAX_WORKERS + 3):
+            server.handle_line(b'{"id": %d, "method": "detect"}' % request_id)
+        refused = _read_messages(read_fd, 2)
+        assert sorted(m["id"] for m in refused) == [MAX_WORKERS + 1,
+                                                    MAX_WORKERS + 2]
+        assert all(m["error"]["code"] == "busy" for m in refused)
+        assert threading.active_count() <= MAX_WORKERS + 8
+        service.release.set()
+        server.finish_requests(10)
+        done = _read_messages(read_fd, MAX_WORKERS)
+        assert all(m["result"] == {"ok": True} for m in done)
+    finally:
+        service.release.set()
+        os.close(read_fd)
+        os.close(write_fd)

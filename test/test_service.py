@@ -345,3 +345,183 @@ def test_sim_truth_refuses_real_cameras(service, nozzle_png):
     configured(service, "file:%s" % nozzle_png)
     error = expect_error("invalid_request", service, "sim_truth")
     assert "sim://" in error.message
+
+
+# ---------------------------------------------------------------- issue 9
+
+class ScriptedCamera:
+    """A camera stand-in: serves ``frames`` (Frame objects) in order, then
+    raises ``then`` (a HelperError) on every later call."""
+
+    def __init__(self, frames, then=None, delay=0.0):
+        self.frames = list(frames)
+        self.then = then
+        self.delay = delay
+        self.calls = 0
+        self.url = "http://camera.test/stream"
+
+    def get_frame(self, not_before=None, timeout=5.0):
+        self.calls += 1
+        time.sleep(self.delay)
+        while self.frames:
+            frame = self.frames.pop(0)
+            if not_before is None or frame.timestamp >= not_before:
+                return frame
+        raise self.then
+
+    def set_machine_state(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def with_camera(service, camera):
+    configured(service, "http://camera.test/stream")
+    service._camera, service._camera_url = camera, "http://camera.test/stream"
+
+
+def test_a_camera_failure_after_a_frame_leads_with_the_camera(service):
+    from ktamv_helper.cameras.base import Frame
+    stall = HelperError("camera_timeout", "No frame from http://camera.test/"
+                        "stream within 1.0 s: check that the camera is "
+                        "streaming.")
+    with_camera(service, ScriptedCamera(
+        [Frame(draw_nozzle(), time.monotonic())], then=stall))
+    error = expect_error("camera_timeout", service, "detect", {"frames": 3})
+    # The cause first, in its own words; the detection detail after it.
+    assert error.message.startswith("The camera failed after 1 frame: No "
+                                    "frame from http://camera.test/stream")
+    assert "(Before that, the nozzle was found in 1 of 1 frames" in \
+        error.message
+    assert error.details["camera_error"] == "camera_timeout"
+
+
+def test_detect_reports_a_pixel_digest_equal_for_equal_pictures(service):
+    from ktamv_helper.cameras.base import Frame
+    now = time.monotonic()
+    image = draw_nozzle()
+    moved = draw_nozzle(center=(NOZZLE_CENTER[0] + 5, NOZZLE_CENTER[1]))
+    frames = [Frame(image.copy(), now + i * 1e-3) for i in range(3)]
+    frames += [Frame(image.copy(), now + 0.1 + i * 1e-3) for i in range(3)]
+    frames += [Frame(moved, now + 0.2 + i * 1e-3) for i in range(3)]
+    with_camera(service, ScriptedCamera(frames))
+    first, second, third = (service.call("detect", {"frames": 3})
+                            for _ in range(3))
+    assert first["frame_digest"] == second["frame_digest"]
+    assert len(first["frame_digest"]) == 16
+    assert third["frame_digest"] != first["frame_digest"]
+
+
+def test_freshness_uses_the_camera_stamp_then_arrival_minus_latency():
+    from ktamv_helper.cameras.base import Frame
+    from ktamv_helper.freshness import FrameRule
+    rule = FrameRule()
+    image = np.zeros((16, 16, 3), np.uint8)
+    moved_at = 100.0
+    earliest = rule.earliest({"moved_at": moved_at, "settle": 0.3}, 100.05)
+    assert earliest == pytest.approx(100.3)
+    # Arrived after the bound, but the camera says it was captured before.
+    stamped = Frame(image, 100.35, captured=100.25)
+    assert not rule.accepts(stamped, earliest)
+    assert rule.accepts(Frame(image, 100.45, captured=100.31), earliest)
+    # No camera stamp: arrival counts until a latency is measured ...
+    plain = Frame(image, 100.35)
+    assert rule.accepts(plain, earliest)
+    # ... then arrival minus latency (the first measurement stays).
+    assert rule.note_latency(0.08) == 0.08
+    assert rule.note_latency(0.5) == 0.08
+    assert not rule.accepts(plain, earliest)
+    assert rule.accepts(Frame(image, 100.39), earliest)
+    # Without moved_at (a helper on another computer) settle counts from
+    # the request's arrival.
+    assert rule.earliest({"settle": 0.3}, 200.0) == pytest.approx(200.3)
+    assert rule.earliest({}, 200.0) is None
+
+
+class LiveCamera(ScriptedCamera):
+    """Frames made on demand, stamped now: a nozzle once ``nozzle`` is set."""
+
+    def __init__(self, delay):
+        ScriptedCamera.__init__(self, [], delay=delay)
+        self.nozzle = False
+
+    def get_frame(self, not_before=None, timeout=5.0):
+        from ktamv_helper.cameras.base import Frame
+        self.calls += 1
+        time.sleep(self.delay)
+        image = (draw_nozzle() if self.nozzle
+                 else np.full((480, 640, 3), 70, np.uint8))
+        return Frame(image, time.monotonic())
+
+
+def test_a_newer_detect_cancels_the_one_running(service):
+    import threading
+    camera = LiveCamera(delay=0.05)
+    with_camera(service, camera)
+    outcome = {}
+
+    def first():
+        try:
+            service.call("detect", {"frames": 3, "max_frames": 400,
+                                    "timeout": 20})
+        except HelperError as exc:
+            outcome["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    camera.nozzle = True
+    result = service.call("detect", {"frames": 3, "timeout": 5})
+    thread.join(5)
+    assert not thread.is_alive()
+    assert outcome["first"].code == "cancelled"
+    assert result["frames_used"] == 3
+    # The retry did not wait for the first one's 20 s.
+    assert time.monotonic() - started < 2.0
+
+
+def test_latency_is_measured_on_a_move_and_added_to_settle(service):
+    # Frames show the machine 0.3 s late; settle_time is only 0.05 s.
+    configured(service, "sim://?seed=3&noise=0&blur=0&dirt=0&glints=0"
+               "&latency=0.3&step=0&mm_per_px=0.01&rotation=0",
+               detection_tolerance=0.5)
+    cx, cy = service.call("sim_truth", {})["camera_xy"]
+    here = service.call("detect", {"frames": 2, "machine": {
+        "position": [cx, cy, 10], "tool": "extruder"}})
+    time.sleep(0.4)
+    moved_at = time.monotonic()
+    there = service.call("detect", {
+        "frames": 2, "settle": 0.05, "moved_at": moved_at,
+        "reference": here["center"],
+        "machine": {"position": [cx + 0.2, cy, 10], "tool": "extruder"}})
+    moved = np.hypot(there["center"][0] - here["center"][0],
+                     there["center"][1] - here["center"][1])
+    assert moved == pytest.approx(20.0, abs=0.5)
+    # 30 fps: the first frame showing the move is 0.30..0.34 s late.
+    assert 0.29 <= there["latency"] <= 0.35
+    # Later moves use it without a reference: 0.05 s settle is enough.
+    time.sleep(0.4)
+    back = service.call("detect", {
+        "frames": 2, "settle": 0.05, "moved_at": time.monotonic(),
+        "machine": {"position": [cx, cy, 10], "tool": "extruder"}})
+    assert np.hypot(back["center"][0] - here["center"][0],
+                    back["center"][1] - here["center"][1]) < 0.5
+
+
+def test_latency_is_measured_from_the_moves_end_not_after_settle(service):
+    # settle_time longer than the latency: the measurement still watches
+    # the frames from the move's end, so it finds 0.15 s, not the settle.
+    configured(service, "sim://?seed=3&noise=0&blur=0&dirt=0&glints=0"
+               "&latency=0.15&step=0&mm_per_px=0.01&rotation=0",
+               detection_tolerance=0.5)
+    cx, cy = service.call("sim_truth", {})["camera_xy"]
+    here = service.call("detect", {"frames": 2, "machine": {
+        "position": [cx, cy, 10], "tool": "extruder"}})
+    time.sleep(0.3)
+    there = service.call("detect", {
+        "frames": 2, "settle": 0.4, "moved_at": time.monotonic(),
+        "reference": here["center"],
+        "machine": {"position": [cx + 0.2, cy, 10], "tool": "extruder"}})
+    assert 0.14 <= there["latency"] <= 0.2

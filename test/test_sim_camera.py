@@ -454,3 +454,22 @@ def test_recording_failure_never_stops_the_frames(tmp_path):
     shutil.rmtree(folder)           # the folder vanishes (disk unmounted, cleaned up)
     second = camera.get_frame(first.timestamp + 1e-6, timeout=5)
     assert second.timestamp > first.timestamp and second.image.shape == (120, 160, 3)
+
+
+def test_the_frame_after_one_is_the_next_tick_and_the_first_state_was_always():
+    from ktamv_helper.cameras.sim import SimCamera
+    from ktamv_helper.freshness import just_after
+    camera = SimCamera("sim://?seed=3&fps=30&latency=0.08&camera_x=150"
+                       "&camera_y=150")
+    try:
+        camera.set_machine_state([151.0, 150.0, 0.0], "extruder")
+        first = camera.get_frame(timeout=2.0)
+        second = camera.get_frame(not_before=just_after(first.timestamp),
+                                  timeout=2.0)
+        # Never the same frame twice (consensus would count it again).
+        assert second.timestamp == pytest.approx(first.timestamp + 1 / 30.0)
+        # Frames right after opening show where the machine already was,
+        # not the camera's default position.
+        assert camera.shown(first)[0].commanded[0] == pytest.approx(151.0)
+    finally:
+        camera.close()

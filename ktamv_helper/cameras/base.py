@@ -16,10 +16,15 @@ class Frame:
         BGR pixels, as OpenCV decodes them.
     timestamp : float
         ``time.monotonic()`` when the frame's last byte arrived.
+    captured : float or None
+        The camera's own capture stamp, converted to ``time.monotonic()``
+        (V4L2 buffer time, an ``X-Timestamp`` header), when it sent one.
+        ``ktamv_helper.freshness`` judges frames by it.
     """
 
     image: np.ndarray
     timestamp: float
+    captured: float = None
 
     @property
     def size(self):
@@ -41,7 +46,10 @@ class CameraSource:
     url = ""
 
     def get_frame(self, not_before=None, timeout=5.0):
-        """Return the next :class:`Frame` stamped at or after ``not_before``.
+        """Return the next :class:`Frame` that arrived at or after ``not_before``.
+
+        ``not_before`` is only an arrival cursor (never a frame twice);
+        whether a frame is fresh enough is ``freshness.FrameRule``'s call.
 
         Raises
         ------

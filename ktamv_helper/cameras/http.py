@@ -29,6 +29,7 @@ import urllib.request
 from ktamv_helper.cameras import as_bgr, check_frame_size
 from ktamv_helper.cameras.base import CameraSource, Frame
 from ktamv_helper.errors import HelperError
+from ktamv_helper.freshness import camera_stamp_to_monotonic
 
 log = logging.getLogger("ktamv_helper.cameras.http")
 
@@ -357,7 +358,7 @@ def _boundary_markers(boundary):
 
 def iter_mjpeg_parts(stream, boundary=None, clock=time.monotonic,
                      max_part=MAX_BODY_BYTES):
-    """Yield ``(timestamp, body)`` for each part of a multipart stream.
+    """Yield ``(timestamp, body, camera_stamp)`` for each part of a stream.
 
     Parameters
     ----------
@@ -371,109 +372,145 @@ def iter_mjpeg_parts(stream, boundary=None, clock=time.monotonic,
     max_part : int
         Longest part accepted.
 
-    Ends at end of stream or the closing boundary. A part's own
-    ``Content-Length`` is honoured when present; otherwise the part runs to
-    the next boundary line.
+    ``camera_stamp`` is the part's ``X-Timestamp`` header (seconds, as
+    camera-streamer and ustreamer send it) or ``None``. Ends at end of
+    stream or the closing boundary. A part's own ``Content-Length`` is
+    honoured when present; otherwise the part runs to the next boundary.
 
     Raises
     ------
     HelperError
         ``camera_bad_frame`` when the stream is not multipart as announced.
     """
+    markers = _read_preamble(stream, boundary)
+    if markers is None:
+        return
+    closing = {m + b"--" for m in markers}
+    while True:
+        headers = _read_part_headers(stream, closing)
+        if headers is None:
+            return
+        length = headers.get(b"content-length")
+        sized = length is not None and length.isdigit()
+        if sized:
+            body = _read_sized_part(stream, int(length), max_part)
+            end = False
+        else:
+            body, end = _read_delimited_part(stream, max_part, markers,
+                                             closing)
+        if body is None:
+            return
+        # Handed on at once: the next boundary may come only much later.
+        yield clock(), body, _camera_stamp(headers)
+        if end or (sized and _skip_to_boundary(stream, markers, closing)):
+            return
+
+
+def _camera_stamp(headers):
+    value = headers.get(b"x-timestamp")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _read_preamble(stream, boundary):
+    """Read up to the first boundary line; its markers, or None at the end."""
     markers = _boundary_markers(boundary) if boundary else None
-    # Preamble: everything up to the first boundary line.
     for _ in range(MAX_HEADER_LINES):
         line = _readline(stream)
         if not line:
-            return
+            return None
         stripped = line.strip()
         if markers is None and stripped.startswith(b"--"):
             markers = {stripped, stripped[2:]}
         if markers and stripped in markers:
-            break
-    else:
-        raise HelperError("camera_bad_frame",
-                          "The stream announced multipart data but no "
-                          "boundary line arrived.")
-    closing = {m + b"--" for m in markers}
-    while True:
-        headers = {}
-        for _ in range(MAX_HEADER_LINES):
-            line = _readline(stream)
-            if not line:
-                return
-            stripped = line.strip()
-            if not stripped:
-                if headers:
-                    break
-                continue        # tolerate blank lines before the headers
-            if stripped in closing:
-                return
-            name, sep, value = stripped.partition(b":")
-            if not sep:
-                raise HelperError("camera_bad_frame",
-                                  "A part of the MJPEG stream has a malformed "
-                                  "header line %r." % stripped[:60])
-            headers[name.strip().lower()] = value.strip()
-        else:
+            return markers
+    raise HelperError("camera_bad_frame",
+                      "The stream announced multipart data but no boundary "
+                      "line arrived.")
+
+
+def _read_part_headers(stream, closing):
+    """A part's headers (lower-case names), or None at the stream's end."""
+    headers = {}
+    for _ in range(MAX_HEADER_LINES):
+        line = _readline(stream)
+        if not line:
+            return None
+        stripped = line.strip()
+        if not stripped:
+            if headers:
+                return headers
+            continue        # tolerate blank lines before the headers
+        if stripped in closing:
+            return None
+        name, sep, value = stripped.partition(b":")
+        if not sep:
             raise HelperError("camera_bad_frame",
-                              "A part of the MJPEG stream has too many header "
-                              "lines.")
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit():
-            size = int(length)
-            if size > max_part:
-                raise HelperError("camera_bad_frame",
-                                  "A part of the MJPEG stream claims %d bytes, "
-                                  "more than a camera frame can be." % size)
-            body = stream.read(size)
-            if len(body) < size:
-                return          # stream ended mid-part
-            yield clock(), body
-            # Skip the CRLF (and anything else) before the next boundary.
-            while True:
-                line = _readline(stream)
-                if not line:
-                    return
-                stripped = line.strip()
-                if stripped in closing:
-                    return
-                if stripped in markers:
-                    break
-        else:
-            pieces, total = [], 0
-            while True:
-                line = _readline(stream)
-                if not line:
-                    return
-                stripped = line.strip()
-                if stripped in markers or stripped in closing:
-                    break
-                total += len(line)
-                if total > max_part:
-                    raise HelperError("camera_bad_frame",
-                                      "A part of the MJPEG stream is longer "
-                                      "than %d bytes without a boundary."
-                                      % max_part)
-                pieces.append(line)
-            stamp = clock()
-            body = b"".join(pieces)
-            if body.endswith(b"\r\n"):
-                body = body[:-2]
-            elif body.endswith(b"\n"):
-                body = body[:-1]
-            yield stamp, body
-            if stripped in closing:
-                return
+                              "A part of the MJPEG stream has a malformed "
+                              "header line %r." % stripped[:60])
+        headers[name.strip().lower()] = value.strip()
+    raise HelperError("camera_bad_frame", "A part of the MJPEG stream has "
+                      "too many header lines.")
+
+
+def _read_sized_part(stream, size, max_part):
+    """The body of a part with a Content-Length, or None if cut short."""
+    if size > max_part:
+        raise HelperError("camera_bad_frame",
+                          "A part of the MJPEG stream claims %d bytes, more "
+                          "than a camera frame can be." % size)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def _skip_to_boundary(stream, markers, closing):
+    """Skip the CRLF (and anything else) before the next boundary; True
+    when the stream ended instead."""
+    while True:
+        line = _readline(stream)
+        if not line:
+            return True
+        stripped = line.strip()
+        if stripped in closing:
+            return True
+        if stripped in markers:
+            return False
+
+
+def _read_delimited_part(stream, max_part, markers, closing):
+    """``(body, stream_ended)`` of a part that runs to the next boundary."""
+    pieces, total = [], 0
+    while True:
+        line = _readline(stream)
+        if not line:
+            return None, True
+        stripped = line.strip()
+        if stripped in markers or stripped in closing:
+            break
+        total += len(line)
+        if total > max_part:
+            raise HelperError("camera_bad_frame",
+                              "A part of the MJPEG stream is longer than %d "
+                              "bytes without a boundary." % max_part)
+        pieces.append(line)
+    body = b"".join(pieces)
+    if body.endswith(b"\r\n"):
+        body = body[:-2]
+    elif body.endswith(b"\n"):
+        body = body[:-1]
+    return body, stripped in closing
 
 
 class _Part:
-    __slots__ = ("seq", "timestamp", "data")
+    __slots__ = ("seq", "timestamp", "data", "captured")
 
-    def __init__(self, seq, timestamp, data):
+    def __init__(self, seq, timestamp, data, captured=None):
         self.seq = seq
         self.timestamp = timestamp
         self.data = data
+        self.captured = captured
 
 
 def _shutdown_response(response, close=True):
@@ -567,12 +604,13 @@ class MjpegCamera(CameraSource):
                         break
                     self._response = response
                     self.connections += 1
-                for stamp, body in iter_mjpeg_parts(response, boundary):
+                for stamp, body, sent in iter_mjpeg_parts(response, boundary):
+                    captured = camera_stamp_to_monotonic(sent, stamp)
                     with self._cond:
                         if self._closed:
                             break
                         self._seq += 1
-                        self._part = _Part(self._seq, stamp, body)
+                        self._part = _Part(self._seq, stamp, body, captured)
                         self._cond.notify_all()
                     backoff = MIN_BACKOFF
                 else:
@@ -633,7 +671,8 @@ class MjpegCamera(CameraSource):
                 if cached is not None and cached[0] == part.seq:
                     return cached[1]
             try:
-                frame = Frame(decode_image(part.data, self.url), part.timestamp)
+                frame = Frame(decode_image(part.data, self.url),
+                              part.timestamp, part.captured)
             except HelperError as exc:
                 bad, skip_through = exc, part.seq
                 continue

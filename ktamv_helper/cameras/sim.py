@@ -158,6 +158,7 @@ class SimCamera(CameraSource):
         self._cache = {}       # tick -> Frame
         self._shown = {}       # frame timestamp -> (MachineState, true pixel or None)
         self._recorded = 0
+        self._heard = False
         self._record_index = None
         if s["record"]:
             try:
@@ -192,7 +193,11 @@ class SimCamera(CameraSource):
         with self._lock:
             if position is None:    # only the tool changed
                 position = self.machine.current.commanded
-            self.machine.command(self._clock(), position, tool, moves)
+            # The first state heard is where the machine already was when
+            # the camera opened, not a move made at that moment.
+            when = self._clock() if self._heard else 0.0
+            self._heard = True
+            self.machine.command(when, position, tool, moves)
 
     def state_at(self, when):
         """The simulated machine's :class:`~ktamv_helper.simulation.machine.MachineState` at ``when``."""
@@ -211,7 +216,10 @@ class SimCamera(CameraSource):
         deadline = now + max(float(timeout), 0.0)
         tick = math.floor(now * fps)
         if not_before is not None:
-            tick = max(tick, math.ceil(float(not_before) * fps - 1e-9))
+            first = math.ceil(float(not_before) * fps - 1e-9)
+            if self.tick_time(first) < not_before:
+                first += 1      # just_after(a tick's time): the next tick
+            tick = max(tick, first)
         when = self.tick_time(tick)
         if when > deadline:
             self._sleep_until(deadline)

@@ -13,6 +13,7 @@ import time
 from ktamv_helper.cameras import as_bgr
 from ktamv_helper.cameras.base import CameraSource, Frame
 from ktamv_helper.errors import HelperError
+from ktamv_helper.freshness import camera_stamp_to_monotonic
 
 log = logging.getLogger("ktamv_helper.cameras.v4l2")
 
@@ -75,6 +76,7 @@ class V4l2Camera(CameraSource):
         return capture
 
     def _run(self, capture):
+        import cv2
         backoff = MIN_BACKOFF
         failed = 0
         while not self._closed:
@@ -93,7 +95,7 @@ class V4l2Camera(CameraSource):
             # (retrieve) while a request is waiting for one.
             ok = capture.grab()
             stamp = time.monotonic()
-            image = None
+            image = captured = None
             if ok:
                 with self._cond:
                     wanted = self._waiting > 0
@@ -101,6 +103,10 @@ class V4l2Camera(CameraSource):
                     failed = 0
                     continue
                 ok, image = capture.retrieve()
+                # The driver's buffer timestamp (ms): when the sensor
+                # captured it, which the freshness rule prefers.
+                captured = camera_stamp_to_monotonic(
+                    capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, stamp)
             if not ok or image is None:
                 failed += 1
                 if failed >= MAX_FAILED_READS:
@@ -116,7 +122,7 @@ class V4l2Camera(CameraSource):
             failed = 0
             backoff = MIN_BACKOFF
             try:
-                frame = Frame(as_bgr(image, self.url), stamp)
+                frame = Frame(as_bgr(image, self.url), stamp, captured)
             except HelperError as exc:
                 self._set_error(exc)
                 continue

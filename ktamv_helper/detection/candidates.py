@@ -105,11 +105,15 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
                 cu, cv_ = x + 0.5 * (w - 1), y + 0.5 * (h - 1)
             found.append(((cu + 0.5) * sx - 0.5, (cv_ + 0.5) * sy - 0.5,
                           math.sqrt(area / math.pi) * sx))
-    # Merge the same island seen at several levels.
+    return _merge_islands(found, sx)
+
+
+def _merge_islands(found, pixel):
+    """The same island seen at several levels, once, with how often."""
     merged = []
     for u, v, r in sorted(found, key=lambda c: -c[2]):
         for m in merged:
-            if math.hypot(u - m[0], v - m[1]) < 0.5 * max(r, m[2]) + sx and \
+            if math.hypot(u - m[0], v - m[1]) < 0.5 * max(r, m[2]) + pixel and \
                     0.5 < r / m[2] < 2.0:
                 m[3] += 1
                 break

@@ -313,8 +313,55 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
         is clipped at white) and ``axis_ratio`` (1 for a circle, less when an
         ellipse fitted better); None when the candidate has no usable edge.
     """
-    # Coarse samples out to RAY_LENGTH radii for the collar's outer fall;
-    # for the measurement proper, fine smoothed samples out to 2 radii.
+    rays = _sample_rays(gray, center, radius, quick)
+    if rays is None:
+        return None
+    edge = _edge_per_ray(rays, noise, radius, quick)
+    n_view = int(edge.in_view.sum())
+    if n_view < 0.5 * rays.n or \
+            edge.good.sum() < max(6, MIN_COMPLETENESS * n_view):
+        return None
+    closure = _closure(rays, edge, radius, closed_hint)
+    if closure is None or closure < MIN_CLOSURE:
+        return None
+    # The bore is a dark disc: most of its inside lies below the edge level
+    # (a glint on the filament may light up to a quarter of it). A dark
+    # outline around brighter texture (text, foliage) is not a bore.
+    inside = rays.prof[:, rays.radii <= 0.8 * radius]
+    seen = np.isfinite(inside)
+    if not seen.any() or \
+            np.mean((inside < edge.thresholds[:, None])[seen]) < MIN_DARK_FRACTION:
+        return None
+    pts = np.column_stack([center[0] + np.cos(rays.angles) * edge.radius,
+                           center[1] + np.sin(rays.angles) * edge.radius])[edge.good]
+    fit = _fit_edge(pts, center, radius, quick)
+    if fit is None:
+        return None
+    c, r, axis_ratio, inliers, residuals = fit
+    used = np.flatnonzero(edge.good)[inliers]
+    return {
+        "center": (float(c[0]), float(c[1])),
+        "radius": r,
+        "axis_ratio": axis_ratio,
+        "completeness": len(used) / n_view,
+        "in_view": n_view / rays.n,
+        "snr": float(np.median(edge.rise[used]) / noise),
+        "closure": closure,
+        "clipped": float(np.mean(edge.collar[used] >= CLIPPED_LEVEL)),
+        "rms": float(np.sqrt(np.mean(residuals ** 2))),
+    }
+
+
+class _Rays:
+    """Grey-level samples along rays from a candidate centre."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _sample_rays(gray, center, radius, quick):
+    """Fine samples out to 2 radii for the edge; coarse ones out to
+    RAY_LENGTH radii for the face's outer fall. None if nothing is in view."""
     coarse_step = float(np.clip(radius / 12.0, 0.25, 2.0))
     far_radii = np.arange(0.0, RAY_LENGTH * radius + coarse_step, coarse_step,
                           dtype=np.float32)
@@ -333,7 +380,14 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     inner = prof[:, radii <= 0.5 * radius]
     if not np.isfinite(inner).any():
         return None
-    bore = float(np.nanmedian(inner))
+    return _Rays(n=n_rays, step=step, angles=angles, radii=radii, prof=prof,
+                 far=far, far_radii=far_radii, coarse_step=coarse_step,
+                 bore=float(np.nanmedian(inner)))
+
+
+def _edge_per_ray(rays, noise, radius, quick):
+    """Each ray's collar, half-way level and sub-pixel edge radius."""
+    prof, radii, bore, n_rays = rays.prof, rays.radii, rays.bore, rays.n
     # Collar peak: the brightest point a little beyond the expected edge.
     band_idx = np.flatnonzero((radii >= 0.7 * radius) & (radii <= 1.9 * radius))
     band = prof[:, band_idx]
@@ -364,18 +418,25 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     # does not (clipping only flattens the top).
     clipped = np.flatnonzero((collar >= CLIPPED_LEVEL) & np.isfinite(edge))
     if clipped.size:
-        edge[clipped] = _steepest_rise(prof[clipped, :stop], radii, edge[clipped], step)
+        edge[clipped] = _steepest_rise(prof[clipped, :stop], radii, edge[clipped],
+                                       rays.step)
     min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
     # Rays whose edge lies outside the frame tell nothing; at least half the
     # circle must be in view, and most of what is in view must show the edge.
-    in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.05 * radius), len(radii) - 1)])
-    n_view = int(in_view.sum())
-    if n_view < 0.5 * n_rays or good.sum() < max(6, MIN_COMPLETENESS * n_view):
-        return None
+    in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.05 * radius),
+                                      len(radii) - 1)])
+    return _Rays(radius=edge, good=good, in_view=in_view, collar=collar,
+                 rise=rise, thresholds=thresholds, peak=radii[peak_idx])
+
+
+def _closure(rays, edge, radius, closed_hint):
+    """Fraction of the edge's rays on which the face ends in a fall that
+    stays down (a collar is a ring, not a plate); None if unknowable."""
+    far, far_radii = rays.far, rays.far_radii
     # Beyond the collar the light must drop well below the collar's level.
-    beyond = far_radii[None, :] > radii[peak_idx][:, None] + coarse_step
-    drop_level = (collar - RING_DROP * rise)[:, None]
+    beyond = far_radii[None, :] > edge.peak[:, None] + rays.coarse_step
+    drop_level = (edge.collar - RING_DROP * edge.rise)[:, None]
     # Two samples in a row, so pixel noise alone does not fake a fall.
     below = far < drop_level
     fell = below.copy()
@@ -393,24 +454,15 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     # that reaches 3 radii does (most tip faces end by then).
     reach = min(int(np.searchsorted(far_radii, 3.0 * radius)), far.shape[1] - 1)
     known = closed | np.isfinite(far[:, reach])
+    good = edge.good
     if known[good].sum() < 0.25 * good.sum():
-        if not closed_hint:
-            return None
-        closure = 1.0
-    else:
-        closure = float(closed[good].sum() / known[good].sum())
-    if closure < MIN_CLOSURE:
-        return None
-    # The bore is a dark disc: most of its inside lies below the edge level
-    # (a glint on the filament may light up to a quarter of it). A dark
-    # outline around brighter texture (text, foliage) is not a bore.
-    inside = prof[:, radii <= 0.8 * radius]
-    seen = np.isfinite(inside)
-    if not seen.any() or \
-            np.mean((inside < thresholds[:, None])[seen]) < MIN_DARK_FRACTION:
-        return None
-    pts = np.column_stack([center[0] + np.cos(angles) * edge,
-                           center[1] + np.sin(angles) * edge])[good]
+        return 1.0 if closed_hint else None
+    return float(closed[good].sum() / known[good].sum())
+
+
+def _fit_edge(pts, center, radius, quick):
+    """Circle (or ellipse) through the edge points:
+    (center, radius, axis_ratio, inliers, residuals) or None."""
     tolerance = max(0.35, 0.04 * radius)
     fit = fit_circle_robust(pts, tolerance, smooth=not quick)
     if fit is None:
@@ -432,18 +484,7 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
                     rms_ellipse < ELLIPSE_GAIN * rms_circle:
                 c, (a, b), inliers, residuals = ellipse[0], ellipse[1], ellipse[3], ellipse[4]
                 r, axis_ratio = math.sqrt(a * b), b / a
-    used = np.flatnonzero(good)[inliers]
-    return {
-        "center": (float(c[0]), float(c[1])),
-        "radius": r,
-        "axis_ratio": axis_ratio,
-        "completeness": len(used) / n_view,
-        "in_view": n_view / n_rays,
-        "snr": float(np.median(rise[used]) / noise),
-        "closure": closure,
-        "clipped": float(np.mean(collar[used] >= CLIPPED_LEVEL)),
-        "rms": float(np.sqrt(np.mean(residuals ** 2))),
-    }
+    return c, r, axis_ratio, inliers, residuals
 
 
 def _ellipse_distances(points, ellipse):

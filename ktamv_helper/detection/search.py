@@ -2,8 +2,8 @@
 
 1. **Candidates**: dark round islands (:func:`.candidates.find_candidates`),
    then, unless a sure bore was found already, the peaks of gradient voting
-   (:func:`.candidates.vote_candidates`), which also find circles that run
-   past the frame's edge or whose island merges with noise.
+   (:func:`.candidates.vote_candidates`) for radii from ``VOTE_MIN_RADIUS``
+   up, which also find circles that run past the frame's edge.
 2. **Structure**: each candidate's edge is measured quickly, then the ring
    structure round the fitted centre is read out to ``FAMILY_SPAN`` times
    its radius (:func:`.rings.find_rings`). The bore is the dark core up to
@@ -35,6 +35,10 @@ FAMILY_SPAN = 10.0
 # radii differ by less than this fraction (else the candidate is moved to
 # the structure's bore and measured again).
 RADIUS_AGREEMENT = 0.25
+# Voting looks for circles from this radius up (px): below it, votes of
+# noise and texture pile up as easily as a bore's (blurred noise then shows
+# "bores"), and dark islands find small bores well.
+VOTE_MIN_RADIUS = 8.0
 # Default largest bore: a zoomed camera's bore may fill most of the frame
 # and run past its edges (fraction of the frame height).
 MAX_RADIUS_OF_HEIGHT = 0.6
@@ -186,8 +190,10 @@ def _candidate_points(gray, noise, min_radius, max_radius):
     """Candidate (u, v, r) lists, coarse search copies first, voting last."""
     for scale in search_scales(gray.shape, min_radius):
         yield [(u, v, r) for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale)]
-    yield [(u, v, math.sqrt(r_lo * r_hi))
-           for u, v, r_lo, r_hi, _ in vote_candidates(gray, noise, min_radius, max_radius)]
+    if max_radius >= VOTE_MIN_RADIUS:
+        yield [(u, v, math.sqrt(r_lo * r_hi))
+               for u, v, r_lo, r_hi, _ in vote_candidates(
+                   gray, noise, max(min_radius, VOTE_MIN_RADIUS), max_radius)]
 
 
 def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,

@@ -348,45 +348,8 @@ def render_nozzle(size, center, bore_radius, look=None, rng=None):
             gu += r0 * look.cone_ratio * 1.5
         _glint(canvas, rng, gu, gv, max(1.5, r0 * rng.uniform(0.15, 0.6)))
 
-    # Light falls off to one side and towards the corners.
-    if look.light_gradient or look.vignetting:
-        la = math.radians(look.light_angle_deg)
-        ux = (np.arange(width, dtype=np.float32)[None, :] - width / 2.0) / (0.5 * width)
-        uy = (np.arange(height, dtype=np.float32)[:, None] - height / 2.0) / (0.5 * height)
-        gain = 1.0 - 0.5 * look.light_gradient * (1.0 - (ux * math.cos(la) +
-                                                         uy * math.sin(la)))
-        gain = gain * (1.0 - look.vignetting * np.clip((ux * ux + uy * uy) / 2.0, 0, 1))
-        canvas *= gain.astype(np.float32)
-    if look.smudge > 0:
-        canvas *= _smudge_gain(width, height, look)
-    if tuple(look.light_tint) != (1.0, 1.0, 1.0):
-        canvas *= np.asarray(look.light_tint, np.float32)[:, None, None]
-    canvas *= np.float32(255.0 * look.exposure)
-    canvas = cv2.merge(list(canvas))        # planar -> interleaved BGR
-    if look.blur_sigma > 0.05:
-        cv2.GaussianBlur(canvas, (0, 0), look.blur_sigma, dst=canvas)
-    if look.noise_sigma > 0:
-        # Shot-like noise, stronger in bright areas; demosaicing correlates
-        # the channels, so most of it is shared.
-        scale = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
-        np.maximum(scale, 16.0, out=scale)
-        scale *= np.float32(look.noise_sigma ** 2 / 128.0)
-        np.sqrt(scale, out=scale)
-        common = _standard_normal(rng, canvas.shape[:2])
-        common *= np.float32(0.8)
-        grain = _standard_normal(rng, canvas.shape)
-        grain *= np.float32(0.6)
-        grain += cv2.merge([common] * 3)
-        grain *= cv2.merge([scale] * 3)
-        canvas += grain
-    canvas += np.float32(0.5)       # round, not truncate, below
-    np.clip(canvas, 0, 255, out=canvas)
-    image = canvas.astype(np.uint8)
-    if look.jpeg_quality:
-        ok, buf = cv2.imencode(".jpg", image,
-                               [cv2.IMWRITE_JPEG_QUALITY, int(look.jpeg_quality)])
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return image
+    _light(canvas, look, width, height)
+    return _sensor(canvas, look, rng)
 
 
 def _smudge_gain(width, height, look):
@@ -503,3 +466,50 @@ def _dirt_patch(canvas, rng, dx, dy, r0, look, on_collar=False):
     wobble = 1.0 + 0.25 * np.sin(3.0 * np.arctan2(dy - pv, dx - pu) + rng.uniform(0, 6))
     alpha = _coverage(d - prad * wobble) * (0.7 + 0.3 * look.dirt)
     _paint(canvas, alpha.astype(np.float32), _BURNT)
+
+
+def _light(canvas, look, width, height):
+    """Light falling off to one side and towards the corners, a smudge on
+    the lens, the LEDs' colour (in place)."""
+    if look.light_gradient or look.vignetting:
+        la = math.radians(look.light_angle_deg)
+        ux = (np.arange(width, dtype=np.float32)[None, :] - width / 2.0) / (0.5 * width)
+        uy = (np.arange(height, dtype=np.float32)[:, None] - height / 2.0) / (0.5 * height)
+        gain = 1.0 - 0.5 * look.light_gradient * (1.0 - (ux * math.cos(la) +
+                                                         uy * math.sin(la)))
+        gain = gain * (1.0 - look.vignetting * np.clip((ux * ux + uy * uy) / 2.0, 0, 1))
+        canvas *= gain.astype(np.float32)
+    if look.smudge > 0:
+        canvas *= _smudge_gain(width, height, look)
+    if tuple(look.light_tint) != (1.0, 1.0, 1.0):
+        canvas *= np.asarray(look.light_tint, np.float32)[:, None, None]
+
+
+def _sensor(canvas, look, rng):
+    """Exposure, defocus, sensor noise and JPEG: planar float -> BGR uint8."""
+    canvas *= np.float32(255.0 * look.exposure)
+    canvas = cv2.merge(list(canvas))        # planar -> interleaved BGR
+    if look.blur_sigma > 0.05:
+        cv2.GaussianBlur(canvas, (0, 0), look.blur_sigma, dst=canvas)
+    if look.noise_sigma > 0:
+        # Shot-like noise, stronger in bright areas; demosaicing correlates
+        # the channels, so most of it is shared.
+        scale = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+        np.maximum(scale, 16.0, out=scale)
+        scale *= np.float32(look.noise_sigma ** 2 / 128.0)
+        np.sqrt(scale, out=scale)
+        common = _standard_normal(rng, canvas.shape[:2])
+        common *= np.float32(0.8)
+        grain = _standard_normal(rng, canvas.shape)
+        grain *= np.float32(0.6)
+        grain += cv2.merge([common] * 3)
+        grain *= cv2.merge([scale] * 3)
+        canvas += grain
+    canvas += np.float32(0.5)       # round, not truncate, below
+    np.clip(canvas, 0, 255, out=canvas)
+    image = canvas.astype(np.uint8)
+    if look.jpeg_quality:
+        ok, buf = cv2.imencode(".jpg", image,
+                               [cv2.IMWRITE_JPEG_QUALITY, int(look.jpeg_quality)])
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return image
