@@ -1240,7 +1240,9 @@ class NozzleFinder:
                 " (e.g. sudo systemctl restart crowsnest) and check the "
                 "stream in a browser." % (dist, "the same frame again" if same
                                           else "the nozzle moved %.2f px of "
-                                          "%.1f expected" % (seen, expected)))
+                                          "%.1f expected; or the circle seen "
+                                          "is dirt on the lens, which stays "
+                                          "put" % (seen, expected)))
     def pixel_error(self, det):
         cu, cv = image_center(det['frame_size'])
         return cu - det['uv'][0], cv - det['uv'][1]
@@ -1351,7 +1353,7 @@ class CameraCalibration:
         for i, (x, y) in enumerate(targets):
             self.motion.move_to(x, y, "calibration move")
             try:
-                det = self.finder.detect(gcmd, reference=first, hints=hints)
+                det = self._detect_point(gcmd, first, hints)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise  # camera or helper trouble: stop, do not guess
@@ -1374,6 +1376,21 @@ class CameraCalibration:
                          'exclude': [det['uv']]}
             pos = self.motion.position()
             pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
+    def _detect_point(self, gcmd, first, hints):
+        """The bore at a calibration point, never the start's pixel; if
+        nothing else is there, look once more with it allowed, so a frozen
+        picture or a static feature is named as such (check_picture_moved)
+        rather than passed off as "no nozzle"."""
+        try:
+            return self.finder.detect(gcmd, reference=first, hints=hints)
+        except gcmd.error as e:
+            if hints is None or getattr(e, 'helper_code', None) \
+                    != 'nozzle_not_found':
+                raise
+            det = self.finder.detect(gcmd, reference=first, hints={
+                'expected_radius': hints['expected_radius']})
+            self.finder.check_picture_moved(gcmd, first, det)
+            return det
     def fit(self, gcmd, pairs):
         """The helper's fit of the pairs, in use and staged for SAVE_CONFIG."""
         fit = self.client.call(gcmd, 'fit_camera_model', {'pairs': pairs})

@@ -34,6 +34,12 @@ step           0.0125     microstep, mm (0 = continuous)
 kinematics     cartesian  ``corexy``: the microsteps are on A = X+Y, B = X-Y
 latency        0.08       age of what a frame shows, s
 nozzle         0.4        bore diameter, mm
+nozzles        (none)     per-tool bore diameters, mm, comma-separated
+                          (``0.4,0.6,0.8``); tools beyond the list: ``nozzle``
+looks          random     ``ring_light``: brass under a ring light with the
+                          confounders (clipped face, dark cone, coloured
+                          LEDs, vignetting, a lens smudge); ``mixed``: odd
+                          tools ring-light, even ones random
 noise          (per tool) sensor noise sigma, grey levels
 blur           (per tool) defocus blur sigma, px
 dirt           (per tool) 0..1 burnt patch on the cone
@@ -85,6 +91,8 @@ _KEYS = {
     "glints": (int, None, 0, 50),
     "jpeg": (int, None, 0, 100),
     "record": (str, None, None, None),
+    "looks": (str, "random", None, None),
+    "nozzles": (str, "", None, None),
 }
 # URL key -> NozzleLook field it overrides.
 _LOOK_KEYS = {"blur": "blur_sigma", "dirt": "dirt", "glints": "glints"}
@@ -121,10 +129,29 @@ def parse_sim_url(url):
             raise HelperError("invalid_params",
                               "sim:// camera key %s=%s is outside %s..%s." % (key, text, low, high))
         settings[key] = value
+    if settings["looks"] not in ("random", "ring_light", "mixed"):
+        raise HelperError("invalid_params", "sim:// camera key looks=%s must be "
+                          "random, ring_light or mixed." % (settings["looks"],))
+    settings["nozzles"] = _nozzle_list(settings["nozzles"])
     if settings["kinematics"] not in ("cartesian", "corexy"):
         raise HelperError("invalid_params", "sim:// camera key kinematics=%s must be "
                           "cartesian or corexy." % (settings["kinematics"],))
     return settings
+
+
+def _nozzle_list(text):
+    """Per-tool bore diameters from ``nozzles=0.4,0.6,...`` (mm)."""
+    if not text:
+        return []
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise HelperError("invalid_params", "sim:// camera key nozzles=%s must be "
+                          "diameters in mm separated by commas." % (text,))
+    if not all(0.05 <= v <= 3.0 for v in values):
+        raise HelperError("invalid_params", "sim:// camera key nozzles=%s: each "
+                          "diameter must be 0.05..3 mm." % (text,))
+    return values
 
 
 class SimCamera(CameraSource):
@@ -153,7 +180,7 @@ class SimCamera(CameraSource):
             offsets, backlash=s["backlash"], step=s["step"],
             start_xy=(s["camera_x"], s["camera_y"]),
             history=max(10.0, 4 * s["latency"]), kinematics=s["kinematics"])
-        self.bore_radius_px = 0.5 * s["nozzle"] / s["mm_per_px"]
+        self.bore_radius_px = self.bore_radius(0)
         self._looks = [None] * s["tools"]
         self._cache = {}       # tick -> Frame
         self._shown = {}       # frame timestamp -> (MachineState, true pixel or None)
@@ -264,6 +291,13 @@ class SimCamera(CameraSource):
         with self._render_lock:
             return self._shown.get(frame.timestamp)
 
+    def bore_radius(self, tool):
+        """Tool ``tool``'s bore radius in px (``nozzles``, else ``nozzle``)."""
+        s = self.settings
+        diameters = s["nozzles"]
+        diameter = diameters[tool] if tool < len(diameters) else s["nozzle"]
+        return 0.5 * diameter / s["mm_per_px"]
+
     def look(self, tool):
         """The :class:`~ktamv_helper.simulation.render.NozzleLook` of tool number ``tool``."""
         from ktamv_helper.simulation import render
@@ -275,8 +309,13 @@ class SimCamera(CameraSource):
             # Sensor noise and JPEG are added per frame in render(); the look
             # renders the steady scene.
             overrides.update(noise_sigma=0.0, jpeg_quality=0)
-            self._looks[tool] = render.random_look(
-                np.random.default_rng([self.settings["seed"], 2, tool]), **overrides)
+            rng = np.random.default_rng([self.settings["seed"], 2, tool])
+            looks = self.settings["looks"]
+            if looks == "ring_light" or (looks == "mixed" and tool % 2 == 1):
+                # A brass nozzle under a ring light: the confounders.
+                self._looks[tool] = render.ring_light_look(rng, **overrides)
+            else:
+                self._looks[tool] = render.random_look(rng, **overrides)
         return self._looks[tool]
 
     def sensor(self, tool):
@@ -308,8 +347,8 @@ class SimCamera(CameraSource):
         # The scene (background texture, glints) is fixed per tool; only the
         # sensor noise changes from frame to frame.
         scene_rng = np.random.default_rng([self.settings["seed"], 4, state.tool])
-        image = render.render_nozzle(self.camera.size, pixel, self.bore_radius_px,
-                                     look, scene_rng)
+        image = render.render_nozzle(self.camera.size, pixel,
+                                     self.bore_radius(state.tool), look, scene_rng)
         noise, quality = self.sensor(state.tool)
         if noise > 0:
             frame_rng = np.random.default_rng([self.settings["seed"], 5, tick % (2**32)])
