@@ -722,6 +722,258 @@ def offset_statistics(samples):
     return res
 
 ######################################################################
+# Progress of long commands, for screens (printer.ktamv.progress)
+######################################################################
+
+class Progress:
+    """{step, of, what} of the long command running now, one line a step.
+
+    The status dict is replaced, never changed in place, so get_status
+    can hand it out as it is and API clients see each change.
+    """
+    IDLE = {'step': 0, 'of': 0, 'what': ''}
+    def __init__(self):
+        self.status = self.IDLE
+    def step(self, gcmd, step, of, what):
+        self.status = {'step': int(step), 'of': int(of), 'what': str(what)}
+        gcmd.respond_info("kTAMV [%d/%d] %s" % (step, of, what))
+    def done(self):
+        self.status = self.IDLE
+    def get_status(self):
+        return self.status
+
+######################################################################
+# Spiral search for a nozzle that is out of view
+######################################################################
+
+# Before calibration the field of view is unknown; 2 mm is a conservative
+# guess of its short side (a 0.4 mm bore 96 px wide on a 480 px high
+# image), so the search steps 1.4 mm, small enough for nearly any camera.
+SEARCH_FOV_GUESS = 2.0
+SEARCH_PITCH = 0.7
+
+def search_pitch(model, frame_size):
+    """(pitch X, pitch Y, how) of the spiral: 70% of the field of view.
+
+    With a camera model, the field of view is the largest axis-aligned
+    rectangle of the image's shape that the image shows in machine XY;
+    without one (or without a frame size), a square of SEARCH_FOV_GUESS.
+    Any rotation then keeps each spiral cell inside the image.
+    """
+    if model is None or not frame_size:
+        p = SEARCH_PITCH * SEARCH_FOV_GUESS
+        return p, p, ("%.2f mm: 70%% of a guessed %.1f mm field of view "
+                      "(camera not calibrated)" % (p, SEARCH_FOV_GUESS))
+    (a, b), (d, e) = model.matrix
+    det = a * e - b * d
+    # mm -> px
+    ia, ib, ic, idd = e / det, -b / det, -d / det, a / det
+    width, height = float(frame_size[0]), float(frame_size[1])
+    rot = abs(model.rotation_deg()) % 180.
+    wx, wy = (height, width) if 45. < rot < 135. else (width, height)
+    t = min(width / (abs(ia) * wx + abs(ib) * wy),
+            height / (abs(ic) * wx + abs(idd) * wy))
+    px, py = SEARCH_PITCH * t * wx, SEARCH_PITCH * t * wy
+    return px, py, ("%.2f x %.2f mm: 70%% of the %.2f x %.2f mm field of "
+                    "view" % (px, py, t * wx, t * wy))
+
+def spiral_cells(rings):
+    """Grid cells (i, j) of a square spiral out to ``rings``, start excluded."""
+    cells = []
+    i = j = 0
+    di, dj = 1, 0
+    run = 1
+    while 1:
+        for _ in range(2):
+            for _ in range(run):
+                i, j = i + di, j + dj
+                if max(abs(i), abs(j)) > rings:
+                    return cells
+                cells.append((i, j))
+            di, dj = -dj, di
+        run += 1
+
+class NozzleSearch:
+    """Square spiral search: step outward until the camera sees a nozzle.
+
+    The positions are the cells of a square spiral around the start, whose
+    pitch keeps neighbouring views overlapping, visited nearest first.
+
+    Collaborators: ``motion`` (KtamvMotion: fence, checks, backlash-side
+    moves), ``detect()`` (one detection here; raises a command error whose
+    helper_code tells "no nozzle" from camera faults) and ``progress``.
+    """
+    def __init__(self, printer, motion, detect, progress):
+        self.printer = printer
+        self.motion = motion
+        self.detect = detect
+        self.progress = progress
+        self.path = []
+        self.toolhead_moves = 0
+        self.motion_time = 0.
+    def _reachable(self, start, point, reach):
+        b = self.motion.backlash
+        for px, py in (point, (point[0] - b, point[1] - b)):
+            if math.hypot(px - start[0], py - start[1]) > reach + 1e-9:
+                return False
+        try:
+            # Printer limits and max_travel, as every move checks them.
+            self.motion.check_targets(
+                [point, (point[0] - b, point[1] - b)], "search move")
+        except self.printer.command_error:
+            return False
+        return True
+    def plan(self, start, reach, pitch_x, pitch_y):
+        rings = int(math.ceil(reach / min(pitch_x, pitch_y))) + 1
+        points = []
+        for i, j in spiral_cells(rings):
+            point = (start[0] + i * pitch_x, start[1] + j * pitch_y)
+            if self._reachable(start, point, reach):
+                points.append((i * pitch_x, j * pitch_y, point))
+        # Nearest first (ties counter-clockwise from +X): a nozzle just out
+        # of view is found before the far cells are visited.
+        points.sort(key=lambda p: (round(math.hypot(p[0], p[1]), 6),
+                                   math.atan2(p[1], p[0]) % (2. * math.pi)))
+        return [p[2] for p in points]
+    def _move(self, x, y):
+        pos = self.motion.position()
+        toolhead = self.motion.toolhead
+        accel = toolhead.get_status(
+            self.printer.get_reactor().monotonic()).get('max_accel', 3000.)
+        v = self.motion.speed
+        for px, py in self.motion.waypoints(x, y):
+            dist = math.hypot(px - pos[0], py - pos[1])
+            # Trapezoid (or triangle) profile at move_speed and max_accel.
+            if dist >= v * v / accel:
+                self.motion_time += dist / v + v / accel
+            elif dist > 0.:
+                self.motion_time += 2. * math.sqrt(dist / accel)
+            pos = (px, py)
+            self.toolhead_moves += 1
+        self.motion.move_to(x, y, "search move")
+    def _look(self, gcmd):
+        try:
+            return self.detect()
+        except gcmd.error as e:
+            if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                raise  # camera or helper fault: never search blind
+            return None
+    def run(self, gcmd, reach, pitch):
+        """Search up to ``reach`` mm from here; returns the detection.
+
+        On failure the toolhead is taken back to the start and the error
+        says so; a camera fault stops the search at once.
+        """
+        reactor = self.printer.get_reactor()
+        began = reactor.monotonic()
+        start = tuple(self.motion.position()[:2])
+        det = self._look(gcmd)
+        if det is not None:
+            return det, False
+        pitch_x, pitch_y, how = pitch
+        points = self.plan(start, reach, pitch_x, pitch_y)
+        gcmd.respond_info(
+            "kTAMV: no nozzle in view at X%.3f Y%.3f; searching a square "
+            "spiral of %d positions up to %.2f mm away, pitch %s."
+            % (start[0], start[1], len(points), reach, how))
+        try:
+            for n, (x, y) in enumerate(points):
+                self.progress.step(gcmd, n + 1, len(points),
+                                   "search X%.3f Y%.3f" % (x, y))
+                self._move(x, y)
+                pos = self.motion.position()
+                self.path.append((pos[0], pos[1]))
+                det = self._look(gcmd)
+                if det is not None:
+                    break
+        except Exception as e:
+            self._back(start)
+            if isinstance(e, self.printer.command_error):
+                raise gcmd.error("%s The search stopped after %d position(s)"
+                                 "; the toolhead is back at the start "
+                                 "X%.3f Y%.3f." % (e, len(self.path),
+                                                    start[0], start[1]))
+            raise
+        finally:
+            self.progress.done()
+        camera = reactor.monotonic() - began
+        path = " -> ".join("X%.3f Y%.3f" % p for p in self.path)
+        if det is None:
+            self._back(start)
+            raise gcmd.error(
+                "kTAMV: no nozzle found within %.2f mm of X%.3f Y%.3f (%d "
+                "positions searched: %s). The toolhead is back at the start."
+                " Move the nozzle closer to the camera, or raise SEARCH "
+                "(and max_travel)." % (reach, start[0], start[1],
+                                       len(self.path), path))
+        gcmd.respond_info(
+            "kTAMV: nozzle found after %d search position(s), %d toolhead "
+            "move(s), %.1f s (%.1f s camera, %.1f s motion at move_speed). "
+            "Path: X%.3f Y%.3f -> %s" % (
+                len(self.path), self.toolhead_moves, camera + self.motion_time,
+                camera, self.motion_time, start[0], start[1], path))
+        return det, True
+    def _back(self, start):
+        try:
+            self.motion.move_to(start[0], start[1], "return to the start")
+        except Exception:
+            logging.exception("ktamv: cannot return to the search start")
+
+######################################################################
+# Verification of applied offsets
+######################################################################
+
+class OffsetVerifier:
+    """Re-centres a tool with its G-code offset active; keeps residuals.
+
+    The origin in G-code coordinates is the origin's toolhead position
+    minus the reference tool's G-code offset then; with a tool's offset g
+    in force, G-code would put that tool's nozzle at origin + g. The
+    residual is where the re-centred nozzle really is minus that, in mm.
+    """
+    def __init__(self, tolerance):
+        self.tolerance = tolerance
+        self.status = {'tolerance': tolerance, 'tools': {}, 'flagged': []}
+    def reset(self):
+        self.status = {'tolerance': self.tolerance, 'tools': {},
+                       'flagged': []}
+    def target(self, origin, gcode_offset):
+        ox, oy = origin['position']
+        ref = origin.get('gcode_offset') or [0., 0.]
+        return (ox - ref[0] + gcode_offset[0], oy - ref[1] + gcode_offset[1])
+    def verify(self, gcmd, tool, origin, gcode_offset, motion, center,
+               corrected, tolerance):
+        tx, ty = self.target(origin, gcode_offset)
+        motion.check_homed()
+        # An explicit move to where the offsets say the nozzle is; the
+        # centring after it is bound by max_travel from there.
+        motion.fence_start = None
+        motion.move_to(tx, ty, "move to the origin with %s's offset" % tool)
+        motion.begin()
+        center()
+        (x, y), _ = corrected()
+        rx, ry = x - tx, y - ty
+        dist = math.hypot(rx, ry)
+        ok = dist <= tolerance
+        tools = dict(self.status['tools'])
+        tools[tool] = {'residual': [rx, ry], 'distance': dist, 'ok': ok,
+                       'gcode_offset': list(gcode_offset),
+                       'tolerance': tolerance}
+        self.status = {'tolerance': self.tolerance, 'tools': tools,
+                       'flagged': sorted(t for t, r in tools.items()
+                                         if not r['ok'])}
+        gcmd.respond_info(
+            "kTAMV: verify %s with G-code offset X%.4f Y%.4f: residual "
+            "X%+.4f Y%+.4f mm, %.4f mm from where the offset puts it: %s"
+            % (tool, gcode_offset[0], gcode_offset[1], rx, ry, dist,
+               "OK (within %.4f mm)" % tolerance if ok else
+               "FLAGGED, more than %.4f mm: this offset is wrong or not "
+               "applied" % tolerance))
+        return tools[tool]
+    def get_status(self):
+        return self.status
+
+######################################################################
 # The [ktamv] extra
 ######################################################################
 
@@ -798,6 +1050,9 @@ class Ktamv:
             self.model = model
         self.motion = KtamvMotion(self.printer, self.move_speed / 60.,
                                   backlash, max_travel)
+        self.progress = Progress()
+        self.verifier = OffsetVerifier(config.getfloat(
+            'verify_tolerance', 0.01, above=0., maxval=1.))
         self.helper = HelperProcess(
             self.reactor, self._helper_argv(), cwd=self._repo_dir(),
             env=self._helper_env(), startup_timeout=self.helper_timeout,
@@ -814,6 +1069,7 @@ class Ktamv:
         self.origin = None
         self.offsets = {}
         self.samples = {}
+        self.last_search = None
         # Events and commands
         self.printer.register_event_handler("klippy:connect",
                                             self._handle_connect)
@@ -823,7 +1079,8 @@ class Ktamv:
         for cmd in ('CALIB_CAMERA', 'FIND_NOZZLE_CENTER', 'SET_ORIGIN',
                     'GET_OFFSET', 'MOVE_TO_ORIGIN', 'SIMPLE_NOZZLE_POSITION',
                     'TEST', 'START_PREVIEW', 'STOP_PREVIEW',
-                    'SEND_SERVER_CFG', 'OFFSET_STATISTICS'):
+                    'SEND_SERVER_CFG', 'OFFSET_STATISTICS', 'VERIFY_OFFSET',
+                    'PROGRESS'):
             gcode.register_command(
                 'KTAMV_' + cmd, self._guarded(getattr(self, 'cmd_KTAMV_' + cmd)),
                 desc=getattr(self, 'cmd_KTAMV_' + cmd + '_help'))
@@ -1119,7 +1376,11 @@ class Ktamv:
                                 maxval=10.)
         count = gcmd.get_int('POINTS', self.calibration_points, minval=4,
                              maxval=50)
+        search = gcmd.get_float('SEARCH', 0., minval=0., maxval=1000.)
+        fence = self.motion.begin()
+        searched = search > 0. and self._search(gcmd, search)
         start = self.motion.begin()
+        self.motion.fence_start = fence  # SEARCH: still bound to the start
         targets = [start] + [
             (start[0] + radius * math.cos(2. * math.pi * i / count),
              start[1] + radius * math.sin(2. * math.pi * i / count))
@@ -1136,7 +1397,9 @@ class Ktamv:
         missed = []
         try:
             self._calibration_points(gcmd, targets, pairs, missed)
+            self.progress.done()
         except Exception:
+            self.progress.done()
             # Leave the nozzle where the user put it, but report the
             # original problem, not a failure of the way back.
             try:
@@ -1168,8 +1431,13 @@ class Ktamv:
                "mirrored" if self.model.mirrored() else "not mirrored",
                float(fit.get('rms_mm', 0.)), len(used), len(rejected),
                len(missed)))
+        if searched:
+            # Found by the search, maybe far off-centre: centre it now.
+            self._center(gcmd, self.center_tolerance, self.center_max_moves)
     def _calibration_points(self, gcmd, targets, pairs, missed):
         for i, (x, y) in enumerate(targets):
+            self.progress.step(gcmd, i + 1, len(targets),
+                               "calibration point X%.3f Y%.3f" % (x, y))
             self.motion.move_to(x, y, "calibration move")
             try:
                 det = self._detect(gcmd)
@@ -1193,10 +1461,30 @@ class Ktamv:
                                    above=0., maxval=50.)
         max_moves = gcmd.get_int('MAX_MOVES', self.center_max_moves,
                                  minval=1, maxval=50)
+        search = gcmd.get_float('SEARCH', 0., minval=0., maxval=1000.)
         self.last_nozzle_center_successful = False
         self.motion.begin()
+        if search > 0.:
+            self._search(gcmd, search)
         self._center(gcmd, tolerance, max_moves)
         self.last_nozzle_center_successful = True
+    def _search(self, gcmd, reach):
+        """SEARCH=<mm>: spiral out until a nozzle is in view (True if moved)."""
+        reach = min(reach, self.motion.max_travel)
+        frame_size = None
+        if self.model is not None:
+            frame_size = (self.last_detection or {}).get('frame_size') or \
+                self._call(gcmd, 'grab', {'timeout': self.camera_timeout},
+                           self.camera_timeout).get('frame_size')
+        search = NozzleSearch(self.printer, self.motion,
+                              lambda: self._detect(gcmd), self.progress)
+        det, moved = search.run(gcmd, reach,
+                                search_pitch(self.model, frame_size))
+        self.last_search = {'positions': len(search.path),
+                            'toolhead_moves': search.toolhead_moves,
+                            'motion_time': search.motion_time,
+                            'path': [list(p) for p in search.path]}
+        return moved
     def _center(self, gcmd, tolerance, max_moves):
         det = self._detect(gcmd)
         moves = 0
@@ -1249,6 +1537,7 @@ class Ktamv:
                        'gcode_offset': self._gcode_offset()}
         self.offsets = {tool: [0., 0.]}
         self.samples = {}
+        self.verifier.reset()
         note = ("corrected from the image" if corrected else
                 "raw toolhead position: the camera is not calibrated")
         gcmd.respond_info("kTAMV: origin set to X%.4f Y%.4f for %s (%s)."
@@ -1340,6 +1629,40 @@ class Ktamv:
             gcmd.respond_info(self._statistics_text(sorted(self.samples)))
         if reset:
             self.samples = {}
+    cmd_KTAMV_VERIFY_OFFSET_help = ("Re-centre the active tool with its "
+                                    "G-code offset in force and report how "
+                                    "far off the offset is")
+    def cmd_KTAMV_VERIFY_OFFSET(self, gcmd):
+        tolerance = gcmd.get_float('TOLERANCE', self.verifier.tolerance,
+                                   above=0., maxval=1.)
+        apply_offset = gcmd.get_int('APPLY', 0, minval=0, maxval=1)
+        if self.origin is None:
+            raise gcmd.error("kTAMV: no origin yet; centre the reference "
+                             "tool and run KTAMV_SET_ORIGIN first.")
+        self._require_model(gcmd)
+        tool = self._current_tool()
+        if apply_offset:
+            if tool not in self.offsets:
+                raise gcmd.error("kTAMV: APPLY=1 but no offset of %s was "
+                                 "measured since KTAMV_SET_ORIGIN." % (tool,))
+            ref = self.origin.get('gcode_offset') or [0., 0.]
+            gx, gy = [ref[i] + self.offsets[tool][i] for i in (0, 1)]
+            self.printer.lookup_object('gcode').run_script_from_command(
+                "SET_GCODE_OFFSET X=%.4f Y=%.4f" % (gx, gy))
+        self.verifier.verify(
+            gcmd, tool, self.origin, self._gcode_offset(), self.motion,
+            lambda: self._center(gcmd, self.center_tolerance,
+                                 self.center_max_moves),
+            lambda: self._corrected_position(gcmd), tolerance)
+    cmd_KTAMV_PROGRESS_help = ("Show a step of a long macro in "
+                               "printer.ktamv.progress (DONE=1 clears it)")
+    def cmd_KTAMV_PROGRESS(self, gcmd):
+        if gcmd.get_int('DONE', 0, minval=0, maxval=1):
+            self.progress.done()
+            return
+        of = gcmd.get_int('OF', minval=1, maxval=10000)
+        step = gcmd.get_int('STEP', minval=0, maxval=of)
+        self.progress.step(gcmd, step, of, gcmd.get('WHAT', ''))
     cmd_KTAMV_MOVE_TO_ORIGIN_help = ("Move to the origin (or camera_position"
                                      " if no origin is set)")
     def cmd_KTAMV_MOVE_TO_ORIGIN(self, gcmd):
@@ -1459,6 +1782,9 @@ class Ktamv:
                                 if self.camera_position else None),
             'preview_url': (self.preview_info or {}).get('url'),
             'repeat_statistics': stats,
+            'progress': self.progress.get_status(),
+            'verification': self.verifier.get_status(),
+            'last_search': self.last_search,
         }
 
 def load_config(config):
