@@ -876,6 +876,13 @@ class NozzleSearch:
             "kTAMV: no nozzle in view at X%.3f Y%.3f; searching a square "
             "spiral of %d positions up to %.2f mm away, pitch %s."
             % (start[0], start[1], len(points), reach, how))
+        if not points:
+            raise gcmd.error(
+                "kTAMV: no nozzle in view, and no search position is within "
+                "%.2f mm of X%.3f Y%.3f (the spiral steps %.2f x %.2f mm; "
+                "max_travel and the printer's limits apply too). Nothing was"
+                " moved; raise SEARCH." % (reach, start[0], start[1],
+                                           pitch_x, pitch_y))
         try:
             for n, (x, y) in enumerate(points):
                 self.progress.step(gcmd, n + 1, len(points),

@@ -564,17 +564,25 @@ def test_search_finds_a_nozzle_4mm_outside_the_view_and_centres_it(
 def test_search_gives_up_at_its_reach_and_returns_to_the_start(tmp_path):
     section = ktamv_section(camera_matrix=SIM_MATRIX, settle_time=0.05,
                             max_travel=10)
-    gcode = "G28\nG1 X170 Y150 F6000\nKTAMV_FIND_NOZZLE_CENTER SEARCH=3\n" \
+    gcode = "G28\nG1 X170 Y150 F6000\nKTAMV_FIND_NOZZLE_CENTER SEARCH=5\n" \
         "GET_POSITION\n"
     result = run_klippy(tmp_path, printer_config(section), gcode)
     assert result.returncode == 255
-    assert "no nozzle found within 3.00 mm of X170.000 Y150.000" \
-        in result.text, result.tail()
+    assert "no nozzle found within 5.00 mm of X170.000 Y150.000 (3 " \
+        "positions searched" in result.text, result.tail()
     assert "toolhead: X:170.000000 Y:150.000000" in result.text
     visited = [(float(x), float(y)) for x, y in
                result.find(r"kTAMV \[\d+/\d+\] search X([-\d.]+) Y([-\d.]+)")]
-    assert visited and max(math.hypot(x - 170, y - 150)
-                           for x, y in visited) <= 3.0
+    # (-4.48, 0) is left out: its backlash approach point is 5.005 mm away.
+    assert len(visited) == 3 and max(math.hypot(x - 170, y - 150)
+                                     for x, y in visited) <= 5.0
+    # Shorter than one spiral step: refused without moving.
+    result = run_klippy(tmp_path / "short", printer_config(section),
+                        "G28\nG1 X170 Y150 F6000\n"
+                        "KTAMV_FIND_NOZZLE_CENTER SEARCH=3\n")
+    assert result.returncode == 255
+    assert "no search position is within 3.00 mm" in result.text
+    assert "kTAMV [1/" not in result.text
 
 
 def test_search_refuses_bad_values_and_a_camera_fault(tmp_path):
@@ -591,7 +599,7 @@ def test_search_refuses_bad_values_and_a_camera_fault(tmp_path):
                         "KTAMV_FIND_NOZZLE_CENTER SEARCH=5\nGET_POSITION\n")
     assert result.returncode == 255
     assert "127.0.0.1" in result.text
-    assert "search move" not in result.text and "[1/" not in result.text
+    assert "kTAMV [1/" not in result.text
     assert "toolhead: X:150.000000 Y:150.000000" in result.text
 
 
