@@ -349,7 +349,8 @@ def test_defaults_and_kTAMV_compatible_options():
             "CALIB_CAMERA", "FIND_NOZZLE_CENTER", "SET_ORIGIN", "GET_OFFSET",
             "MOVE_TO_ORIGIN", "SIMPLE_NOZZLE_POSITION", "TEST",
             "START_PREVIEW", "STOP_PREVIEW", "SEND_SERVER_CFG",
-            "OFFSET_STATISTICS"))
+            "OFFSET_STATISTICS", "VERIFY_OFFSET", "PROGRESS"))
+    assert extra.verifier.tolerance == 0.01
     status = extra.get_status(0.0)
     assert status["is_calibrated"] is False
     assert status["travel_speed"] == 600.0
@@ -992,3 +993,36 @@ def test_homing_lost_mid_command_refuses_the_next_move():
     with pytest.raises(CommandError, match="G28"):
         motion.move_to(100.2, 100.2)
     assert len(toolhead.moves) == count
+
+
+# -- search ------------------------------------------------------------------
+
+def test_spiral_covers_each_ring_once_and_nothing_beyond():
+    cells = ktamv.spiral_cells(3)
+    assert len(cells) == len(set(cells)) == 7 * 7 - 1
+    assert (0, 0) not in cells
+    assert max(max(abs(i), abs(j)) for i, j in cells) == 3
+    # Neighbouring cells of the walk are adjacent (a spiral, no jumps).
+    assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1
+               for a, b in zip(cells, cells[1:]))
+
+
+def test_search_pitch_is_70_percent_of_the_view_and_safe_when_rotated():
+    px, py, how = ktamv.search_pitch(None, None)
+    assert px == py == pytest.approx(1.4) and "guessed 2.0 mm" in how
+    model = ktamv.CameraModel([[0.01, 0.], [0., 0.01]])
+    px, py, _ = ktamv.search_pitch(model, (640, 480))
+    assert (px, py) == (pytest.approx(4.48), pytest.approx(3.36))
+    # Rotated by 30 degrees: every corner of a pitch cell, mapped back into
+    # the image, stays inside it (so no cell is left unseen).
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    model = ktamv.CameraModel([[0.01 * c, -0.01 * s], [0.01 * s, 0.01 * c]])
+    px, py, _ = ktamv.search_pitch(model, (640, 480))
+    assert px < 4.48 and py < 3.36
+    (a, b), (d, e) = model.matrix
+    det = a * e - b * d
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            x, y = sx * px / 2, sy * py / 2
+            du, dv = (e * x - b * y) / det, (-d * x + a * y) / det
+            assert abs(du) <= 0.7 * 320 + 1e-6 and abs(dv) <= 0.7 * 240 + 1e-6
