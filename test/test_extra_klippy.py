@@ -549,6 +549,9 @@ def test_search_finds_a_nozzle_4mm_outside_the_view_and_centres_it(
         # Never farther than SEARCH from the start.
         assert max(math.hypot(x - sx, y - sy) for x, y in path) <= 9.0
         assert status["last_search"]["positions"] == positions
+        # Search and centring together: each centring move is at most two
+        # toolhead moves (its backlash approach and the move).
+        assert moves + 2 * status["last_center_moves"] <= 20
         assert status["last_nozzle_center_successful"] is True
         assert status["progress"] == {"step": 0, "of": 0, "what": ""}
     # Centred within center_tolerance (0.3 px) on the camera's axis.
