@@ -662,3 +662,31 @@ def test_verify_offsets_reports_residuals_and_flags_a_wrong_one(tmp_path):
     assert "FLAGGED, more than 0.0100 mm" in result.text
     residuals = result.find(r"verify (T\d) .*?, ([\d.]+) mm from where")
     assert len(residuals) == 4
+
+
+@pytest.mark.parametrize("command, words", [
+    ("KTAMV_VERIFY_OFFSET", "no origin yet"),
+    ("KTAMV_VERIFY_OFFSET TOLERANCE=0", "TOLERANCE"),
+    ("KTAMV_PROGRESS STEP=5 OF=3", "STEP"),
+    ("KTAMV_PROGRESS STEP=1", "OF"),
+])
+def test_verify_and_progress_refuse_bad_use(tmp_path, command, words):
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path, printer_config(section),
+                        "G28\n%s\n" % command)
+    assert result.returncode == 255
+    assert re.search(r"(?m)^!! .*%s" % words, result.text) or \
+        words in result.text.split(command, 1)[-1], result.tail()
+
+
+def test_progress_command_sets_the_status_for_screens(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path, printer_config(section),
+                        'KTAMV_PROGRESS STEP=2 OF=5 WHAT="T1: measuring"\n'
+                        "KTAMV_STATUS_JSON\nKTAMV_PROGRESS DONE=1\n"
+                        "KTAMV_STATUS_JSON\n")
+    assert result.returncode == 0, result.tail()
+    busy, idle = statuses(result.text)
+    assert busy["progress"] == {"step": 2, "of": 5, "what": "T1: measuring"}
+    assert idle["progress"] == {"step": 0, "of": 0, "what": ""}
+    assert "kTAMV [2/5] T1: measuring" in result.text
