@@ -849,6 +849,8 @@ class KtamvOptions:
         # camera's scale is known; NOZZLE_DIAMETER= overrides it per command.
         self.nozzle_diameter = config.getfloat('nozzle_diameter', 0.4,
                                                minval=0.1, maxval=2.)
+        self.verify_tolerance = config.getfloat('verify_tolerance', 0.01,
+                                                above=0., maxval=1.)
         self.backlash = config.getfloat('backlash_approach', 0.5, minval=0.,
                                         maxval=5.)
         self.max_travel = config.getfloat('max_travel', 5., above=0.,
@@ -1313,7 +1315,8 @@ class NozzleFinder:
 ######################################################################
 
 class CameraCalibration:
-    def __init__(self, printer, opts, client, motion, finder):
+    def __init__(self, printer, opts, client, motion, finder, progress=None):
+        self.progress = progress
         self.printer = printer
         self.opts = opts
         self.client = client
@@ -1339,6 +1342,8 @@ class CameraCalibration:
         try:
             self._points(gcmd, targets, pairs, missed)
         except Exception:
+            if self.progress is not None:
+                self.progress.done()
             # Leave the nozzle where the user put it, but report the
             # original problem, not a failure of the way back.
             try:
@@ -1346,11 +1351,16 @@ class CameraCalibration:
             except Exception:
                 logging.exception("ktamv: cannot return to the start")
             raise
+        if self.progress is not None:
+            self.progress.done()
         self.motion.move_to(start[0], start[1], "return to start")
         return pairs, missed
     def _points(self, gcmd, targets, pairs, missed):
         first = hints = None
         for i, (x, y) in enumerate(targets):
+            if self.progress is not None:
+                self.progress.step(gcmd, i + 1, len(targets),
+                                   "calibration point X%.3f Y%.3f" % (x, y))
             self.motion.move_to(x, y, "calibration move")
             try:
                 det = self._detect_point(gcmd, first, hints)
@@ -1485,6 +1495,325 @@ class OffsetBook:
 # The [ktamv] extra: G-code commands wired to the parts above
 ######################################################################
 
+######################################################################
+# Progress of long commands, for screens (printer.ktamv.progress)
+######################################################################
+
+class Progress:
+    """{step, of, what} of the long command running now, one line a step.
+
+    The status dict is replaced, never changed in place, so get_status
+    can hand it out as it is and API clients see each change.
+    """
+    IDLE = {'step': 0, 'of': 0, 'what': ''}
+    def __init__(self):
+        self.status = self.IDLE
+    def step(self, gcmd, step, of, what):
+        self.status = {'step': int(step), 'of': int(of), 'what': str(what)}
+        gcmd.respond_info("kTAMV [%d/%d] %s" % (step, of, what))
+    def done(self):
+        self.status = self.IDLE
+    def get_status(self):
+        return self.status
+    def command(self, gcmd):
+        """KTAMV_PROGRESS STEP= OF= WHAT= (DONE=1 clears it)."""
+        if gcmd.get_int('DONE', 0, minval=0, maxval=1):
+            self.done()
+            return
+        of = gcmd.get_int('OF', minval=1, maxval=10000)
+        step = gcmd.get_int('STEP', minval=0, maxval=of)
+        self.step(gcmd, step, of, gcmd.get('WHAT', ''))
+
+######################################################################
+# Spiral search for a nozzle that is out of view
+######################################################################
+
+# Before calibration the field of view is unknown; 2 mm is a conservative
+# guess of its short side (a 0.4 mm bore 96 px wide on a 480 px high
+# image), so the search steps 1.4 mm, small enough for nearly any camera.
+SEARCH_FOV_GUESS = 2.0
+SEARCH_PITCH = 0.7
+
+def search_pitch(model, frame_size):
+    """(pitch X, pitch Y, how) of the spiral: 70% of the field of view.
+
+    With a camera model, the field of view is the largest axis-aligned
+    rectangle of the image's shape that the image shows in machine XY;
+    without one (or without a frame size), a square of SEARCH_FOV_GUESS.
+    Any rotation then keeps each spiral cell inside the image.
+    """
+    if model is None or not frame_size:
+        p = SEARCH_PITCH * SEARCH_FOV_GUESS
+        return p, p, ("%.2f mm: 70%% of a guessed %.1f mm field of view "
+                      "(camera not calibrated)" % (p, SEARCH_FOV_GUESS))
+    (a, b), (d, e) = model.matrix
+    det = a * e - b * d
+    # mm -> px
+    ia, ib, ic, idd = e / det, -b / det, -d / det, a / det
+    width, height = float(frame_size[0]), float(frame_size[1])
+    rot = abs(model.rotation_deg()) % 180.
+    wx, wy = (height, width) if 45. < rot < 135. else (width, height)
+    t = min(width / (abs(ia) * wx + abs(ib) * wy),
+            height / (abs(ic) * wx + abs(idd) * wy))
+    px, py = SEARCH_PITCH * t * wx, SEARCH_PITCH * t * wy
+    return px, py, ("%.2f x %.2f mm: 70%% of the %.2f x %.2f mm field of "
+                    "view" % (px, py, t * wx, t * wy))
+
+def spiral_cells(rings):
+    """Grid cells (i, j) of a square spiral out to ``rings``, start excluded."""
+    cells = []
+    i = j = 0
+    di, dj = 1, 0
+    run = 1
+    while 1:
+        for _ in range(2):
+            for _ in range(run):
+                i, j = i + di, j + dj
+                if max(abs(i), abs(j)) > rings:
+                    return cells
+                cells.append((i, j))
+            di, dj = -dj, di
+        run += 1
+
+class NozzleSearch:
+    """Square spiral search: step outward until the camera sees a nozzle.
+
+    The positions are the cells of a square spiral around the start, whose
+    pitch keeps neighbouring views overlapping, visited nearest first.
+
+    Collaborators: ``motion`` (KtamvMotion: fence, checks, backlash-side
+    moves), ``detect()`` (one detection here; raises a command error whose
+    helper_code tells "no nozzle" from camera faults) and ``progress``.
+    """
+    def __init__(self, printer, motion, detect, progress):
+        self.printer = printer
+        self.motion = motion
+        self.detect = detect
+        self.progress = progress
+        self.path = []
+        self.toolhead_moves = 0
+        self.motion_time = 0.
+    def _reachable(self, start, point, reach):
+        b = self.motion.backlash
+        for px, py in (point, (point[0] - b, point[1] - b)):
+            if math.hypot(px - start[0], py - start[1]) > reach + 1e-9:
+                return False
+        try:
+            # Printer limits and max_travel, as every move checks them.
+            self.motion.check_targets(
+                [point, (point[0] - b, point[1] - b)], "search move")
+        except self.printer.command_error:
+            return False
+        return True
+    def plan(self, start, reach, pitch_x, pitch_y):
+        rings = int(math.ceil(reach / min(pitch_x, pitch_y))) + 1
+        points = []
+        for i, j in spiral_cells(rings):
+            point = (start[0] + i * pitch_x, start[1] + j * pitch_y)
+            if self._reachable(start, point, reach):
+                points.append((i * pitch_x, j * pitch_y, point))
+        # Nearest first (ties counter-clockwise from +X): a nozzle just out
+        # of view is found before the far cells are visited.
+        points.sort(key=lambda p: (round(math.hypot(p[0], p[1]), 6),
+                                   math.atan2(p[1], p[0]) % (2. * math.pi)))
+        return [p[2] for p in points]
+    def _move(self, x, y):
+        pos = self.motion.position()
+        toolhead = self.motion.toolhead
+        accel = toolhead.get_status(
+            self.printer.get_reactor().monotonic()).get('max_accel', 3000.)
+        v = self.motion.speed
+        for px, py in self.motion.waypoints(x, y):
+            dist = math.hypot(px - pos[0], py - pos[1])
+            # Trapezoid (or triangle) profile at move_speed and max_accel.
+            if dist >= v * v / accel:
+                self.motion_time += dist / v + v / accel
+            elif dist > 0.:
+                self.motion_time += 2. * math.sqrt(dist / accel)
+            pos = (px, py)
+            self.toolhead_moves += 1
+        self.motion.move_to(x, y, "search move")
+    def _look(self, gcmd):
+        try:
+            return self.detect()
+        except gcmd.error as e:
+            if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                raise  # camera or helper fault: never search blind
+            return None
+    def run(self, gcmd, reach, pitch):
+        """Search up to ``reach`` mm from here; returns the detection.
+
+        On failure the toolhead is taken back to the start and the error
+        says so; a camera fault stops the search at once.
+        """
+        reactor = self.printer.get_reactor()
+        began = reactor.monotonic()
+        start = tuple(self.motion.position()[:2])
+        det = self._look(gcmd)
+        if det is not None:
+            return det, False
+        pitch_x, pitch_y, how = pitch
+        points = self.plan(start, reach, pitch_x, pitch_y)
+        gcmd.respond_info(
+            "kTAMV: no nozzle in view at X%.3f Y%.3f; searching a square "
+            "spiral of %d positions up to %.2f mm away, pitch %s."
+            % (start[0], start[1], len(points), reach, how))
+        if not points:
+            raise gcmd.error(
+                "kTAMV: no nozzle in view, and no search position is within "
+                "%.2f mm of X%.3f Y%.3f (the spiral steps %.2f x %.2f mm; "
+                "max_travel and the printer's limits apply too). Nothing was"
+                " moved; raise SEARCH." % (reach, start[0], start[1],
+                                           pitch_x, pitch_y))
+        try:
+            for n, (x, y) in enumerate(points):
+                self.progress.step(gcmd, n + 1, len(points),
+                                   "search X%.3f Y%.3f" % (x, y))
+                self._move(x, y)
+                pos = self.motion.position()
+                self.path.append((pos[0], pos[1]))
+                det = self._look(gcmd)
+                if det is not None:
+                    break
+        except Exception as e:
+            self._back(start)
+            if isinstance(e, self.printer.command_error):
+                raise gcmd.error("%s The search stopped after %d position(s)"
+                                 "; the toolhead is back at the start "
+                                 "X%.3f Y%.3f." % (e, len(self.path),
+                                                    start[0], start[1]))
+            raise
+        finally:
+            self.progress.done()
+        camera = reactor.monotonic() - began
+        path = " -> ".join("X%.3f Y%.3f" % p for p in self.path)
+        if det is None:
+            self._back(start)
+            raise gcmd.error(
+                "kTAMV: no nozzle found within %.2f mm of X%.3f Y%.3f (%d "
+                "positions searched: %s). The toolhead is back at the start."
+                " Move the nozzle closer to the camera, or raise SEARCH "
+                "(and max_travel)." % (reach, start[0], start[1],
+                                       len(self.path), path))
+        gcmd.respond_info(
+            "kTAMV: nozzle found after %d search position(s), %d toolhead "
+            "move(s), %.1f s (%.1f s camera, %.1f s motion at move_speed). "
+            "Path: X%.3f Y%.3f -> %s" % (
+                len(self.path), self.toolhead_moves, camera + self.motion_time,
+                camera, self.motion_time, start[0], start[1], path))
+        return det, True
+    def _back(self, start):
+        try:
+            self.motion.move_to(start[0], start[1], "return to the start")
+        except Exception:
+            logging.exception("ktamv: cannot return to the search start")
+
+def search_here(gcmd, reach, parts):
+    """SEARCH=<mm>: spiral out until a nozzle is in view; ``parts`` is the
+    Ktamv object (printer, motion, finder, client, progress, opts).
+
+    Returns (moved, summary for printer.ktamv.last_search)."""
+    printer, motion, finder = parts.printer, parts.motion, parts.finder
+    client, progress, opts = parts.client, parts.progress, parts.opts
+    reach = min(reach, motion.max_travel)
+    frame_size = None
+    if finder.model is not None:
+        frame_size = (finder.last_detection or {}).get('frame_size') or \
+            client.call(gcmd, 'grab', {'timeout': opts.camera_timeout},
+                        opts.camera_timeout).get('frame_size')
+    search = NozzleSearch(printer, motion, lambda: finder.detect(gcmd),
+                          progress)
+    det, moved = search.run(gcmd, reach, search_pitch(finder.model,
+                                                      frame_size))
+    return moved, {'positions': len(search.path),
+                   'toolhead_moves': search.toolhead_moves,
+                   'motion_time': search.motion_time,
+                   'path': [list(p) for p in search.path]}
+
+######################################################################
+# Verification of applied offsets
+######################################################################
+
+class OffsetVerifier:
+    """Re-centres a tool with its G-code offset active; keeps residuals.
+
+    The origin in G-code coordinates is the origin's toolhead position
+    minus the reference tool's G-code offset then; with a tool's offset g
+    in force, G-code would put that tool's nozzle at origin + g. The
+    residual is where the re-centred nozzle really is minus that, in mm.
+    """
+    def __init__(self, tolerance):
+        self.tolerance = tolerance
+        self.status = {'tolerance': tolerance, 'tools': {}, 'flagged': []}
+    def reset(self):
+        self.status = {'tolerance': self.tolerance, 'tools': {},
+                       'flagged': []}
+    def target(self, origin, gcode_offset):
+        ox, oy = origin['position']
+        ref = origin.get('gcode_offset') or [0., 0.]
+        return (ox - ref[0] + gcode_offset[0], oy - ref[1] + gcode_offset[1])
+    def verify(self, gcmd, tool, origin, gcode_offset, motion, center,
+               corrected, tolerance):
+        tx, ty = self.target(origin, gcode_offset)
+        motion.check_homed()
+        # An explicit move to where the offsets say the nozzle is; the
+        # centring after it is bound by max_travel from there.
+        motion.fence_start = None
+        motion.move_to(tx, ty, "move to the origin with %s's offset" % tool)
+        motion.begin()
+        center()
+        (x, y), _ = corrected()
+        rx, ry = x - tx, y - ty
+        dist = math.hypot(rx, ry)
+        ok = dist <= tolerance
+        tools = dict(self.status['tools'])
+        tools[tool] = {'residual': [rx, ry], 'distance': dist, 'ok': ok,
+                       'gcode_offset': list(gcode_offset),
+                       'tolerance': tolerance}
+        self.status = {'tolerance': self.tolerance, 'tools': tools,
+                       'flagged': sorted(t for t, r in tools.items()
+                                         if not r['ok'])}
+        gcmd.respond_info(
+            "kTAMV: verify %s with G-code offset X%.4f Y%.4f: residual "
+            "X%+.4f Y%+.4f mm, %.4f mm from where the offset puts it: %s"
+            % (tool, gcode_offset[0], gcode_offset[1], rx, ry, dist,
+               "OK (within %.4f mm)" % tolerance if ok else
+               "FLAGGED, more than %.4f mm: this offset is wrong or not "
+               "applied" % tolerance))
+        return tools[tool]
+    def get_status(self):
+        return self.status
+    def command(self, gcmd, parts):
+        """KTAMV_VERIFY_OFFSET [APPLY=1] [TOLERANCE=]; ``parts`` is the
+        Ktamv object (printer, book, tools, finder, motion, opts)."""
+        printer, book, tools = parts.printer, parts.book, parts.tools
+        finder, motion, opts = parts.finder, parts.motion, parts.opts
+        tolerance = gcmd.get_float('TOLERANCE', self.tolerance, above=0.,
+                                   maxval=1.)
+        apply_offset = gcmd.get_int('APPLY', 0, minval=0, maxval=1)
+        if book.origin is None:
+            raise gcmd.error("kTAMV: no origin yet; centre the reference "
+                             "tool and run KTAMV_SET_ORIGIN first.")
+        finder.require_model(gcmd)
+        tool = tools.current()
+        if apply_offset:
+            if tool not in book.offsets:
+                raise gcmd.error("kTAMV: APPLY=1 but no offset of %s was "
+                                 "measured since KTAMV_SET_ORIGIN." % (tool,))
+            ref = book.origin.get('gcode_offset') or [0., 0.]
+            gx, gy = [ref[i] + book.offsets[tool][i] for i in (0, 1)]
+            printer.lookup_object('gcode').run_script_from_command(
+                "SET_GCODE_OFFSET X=%.4f Y=%.4f" % (gx, gy))
+        self.verify(
+            gcmd, tool, book.origin, tools.gcode_offset(), motion,
+            lambda: finder.center(gcmd, opts.center_tolerance,
+                                  opts.center_max_moves),
+            lambda: finder.corrected_position(gcmd), tolerance)
+
+######################################################################
+# The [ktamv] extra
+######################################################################
+
 class Ktamv:
     def __init__(self, config):
         self.printer = config.get_printer()
@@ -1502,10 +1831,13 @@ class Ktamv:
         self.finder = NozzleFinder(self.printer, opts, self.client,
                                    self.motion, self.tools,
                                    opts.camera_matrix)
+        self.progress = Progress()
         self.calibration = CameraCalibration(self.printer, opts, self.client,
-                                             self.motion, self.finder)
+                                             self.motion, self.finder,
+                                             self.progress)
         self.book = OffsetBook()
-        self.last_nozzle_center_successful = False
+        self.verifier = OffsetVerifier(opts.verify_tolerance)
+        self.last_search, self.last_nozzle_center_successful = None, False
         self.printer.register_event_handler("klippy:connect",
                                             self._handle_connect)
         self.printer.register_event_handler("klippy:disconnect",
@@ -1514,36 +1846,15 @@ class Ktamv:
         # the printer down as Klipper does for its own commands; every
         # foreseeable problem is a command error with a sentence.
         gcode = self.printer.lookup_object('gcode')
-        gcode.register_command('KTAMV_CALIB_CAMERA',
-                               self.cmd_KTAMV_CALIB_CAMERA,
-                               desc=self.cmd_KTAMV_CALIB_CAMERA_help)
-        gcode.register_command('KTAMV_FIND_NOZZLE_CENTER',
-                               self.cmd_KTAMV_FIND_NOZZLE_CENTER,
-                               desc=self.cmd_KTAMV_FIND_NOZZLE_CENTER_help)
-        gcode.register_command('KTAMV_SET_ORIGIN', self.cmd_KTAMV_SET_ORIGIN,
-                               desc=self.cmd_KTAMV_SET_ORIGIN_help)
-        gcode.register_command('KTAMV_GET_OFFSET', self.cmd_KTAMV_GET_OFFSET,
-                               desc=self.cmd_KTAMV_GET_OFFSET_help)
-        gcode.register_command('KTAMV_MOVE_TO_ORIGIN',
-                               self.cmd_KTAMV_MOVE_TO_ORIGIN,
-                               desc=self.cmd_KTAMV_MOVE_TO_ORIGIN_help)
-        gcode.register_command('KTAMV_SIMPLE_NOZZLE_POSITION',
-                               self.cmd_KTAMV_SIMPLE_NOZZLE_POSITION,
-                               desc=self.cmd_KTAMV_SIMPLE_NOZZLE_POSITION_help)
-        gcode.register_command('KTAMV_TEST', self.cmd_KTAMV_TEST,
-                               desc=self.cmd_KTAMV_TEST_help)
-        gcode.register_command('KTAMV_START_PREVIEW',
-                               self.cmd_KTAMV_START_PREVIEW,
-                               desc=self.cmd_KTAMV_START_PREVIEW_help)
-        gcode.register_command('KTAMV_STOP_PREVIEW',
-                               self.cmd_KTAMV_STOP_PREVIEW,
-                               desc=self.cmd_KTAMV_STOP_PREVIEW_help)
-        gcode.register_command('KTAMV_SEND_SERVER_CFG',
-                               self.cmd_KTAMV_SEND_SERVER_CFG,
-                               desc=self.cmd_KTAMV_SEND_SERVER_CFG_help)
-        gcode.register_command('KTAMV_OFFSET_STATISTICS',
-                               self.cmd_KTAMV_OFFSET_STATISTICS,
-                               desc=self.cmd_KTAMV_OFFSET_STATISTICS_help)
+        for name in ('KTAMV_CALIB_CAMERA', 'KTAMV_FIND_NOZZLE_CENTER',
+                     'KTAMV_SET_ORIGIN', 'KTAMV_GET_OFFSET',
+                     'KTAMV_MOVE_TO_ORIGIN', 'KTAMV_SIMPLE_NOZZLE_POSITION',
+                     'KTAMV_TEST', 'KTAMV_START_PREVIEW',
+                     'KTAMV_STOP_PREVIEW', 'KTAMV_SEND_SERVER_CFG',
+                     'KTAMV_OFFSET_STATISTICS', 'KTAMV_VERIFY_OFFSET',
+                     'KTAMV_PROGRESS'):
+            gcode.register_command(name, getattr(self, 'cmd_' + name),
+                                   desc=getattr(self, 'cmd_%s_help' % name))
     # Events
     def _handle_connect(self):
         self.motion.handle_connect()
@@ -1563,7 +1874,11 @@ class Ktamv:
                                 above=0., maxval=10.)
         count = gcmd.get_int('POINTS', self.opts.calibration_points,
                              minval=4, maxval=50)
+        search = gcmd.get_float('SEARCH', 0., minval=0., maxval=1000.)
+        fence = self.motion.begin()
+        searched = search > 0. and self._search(gcmd, search)
         targets = self.calibration.plan(radius, count)
+        self.motion.fence_start = fence  # SEARCH: still bound to the start
         start = targets[0]
         gcmd.respond_info("kTAMV: calibrating the camera with %d points on "
                           "a %.3f mm circle around X%.3f Y%.3f."
@@ -1588,6 +1903,10 @@ class Ktamv:
                "mirrored" if model.mirrored() else "not mirrored",
                float(fit.get('rms_mm', 0.)), len(used), len(rejected),
                len(missed)))
+        if searched:
+            # Found by the search, maybe far off-centre: centre it now.
+            self.finder.center(gcmd, self.opts.center_tolerance,
+                               self.opts.center_max_moves)
     cmd_KTAMV_FIND_NOZZLE_CENTER_help = ("Move the nozzle to the centre of "
                                          "the camera image")
     def cmd_KTAMV_FIND_NOZZLE_CENTER(self, gcmd):
@@ -1596,16 +1915,23 @@ class Ktamv:
                                    above=0., maxval=50.)
         max_moves = gcmd.get_int('MAX_MOVES', self.opts.center_max_moves,
                                  minval=1, maxval=50)
+        search = gcmd.get_float('SEARCH', 0., minval=0., maxval=1000.)
         self.last_nozzle_center_successful = False
         self.motion.begin()
+        if search > 0.:
+            self._search(gcmd, search)
         self.finder.center(gcmd, tolerance, max_moves)
         self.last_nozzle_center_successful = True
+    def _search(self, gcmd, reach):
+        moved, self.last_search = search_here(gcmd, reach, self)
+        return moved
     cmd_KTAMV_SET_ORIGIN_help = ("Remember the centred nozzle's position as "
                                  "the origin that offsets are measured from")
     def cmd_KTAMV_SET_ORIGIN(self, gcmd):
         tool = self.tools.current()
         (x, y), corrected = self.finder.corrected_position(gcmd)
         self.book.set_origin(tool, (x, y), self.tools.gcode_offset())
+        self.verifier.reset()
         note = ("corrected from the image" if corrected else
                 "raw toolhead position: the camera is not calibrated")
         gcmd.respond_info("kTAMV: origin set to X%.4f Y%.4f for %s (%s)."
@@ -1754,6 +2080,15 @@ class Ktamv:
         gcmd.respond_info("kTAMV: helper configured for camera %s."
                           % (self.opts.camera_url,))
     # Status for macros
+    cmd_KTAMV_VERIFY_OFFSET_help = ("Re-centre the active tool with its "
+                                    "G-code offset in force and report how "
+                                    "far off the offset is")
+    def cmd_KTAMV_VERIFY_OFFSET(self, gcmd):
+        self.verifier.command(gcmd, self)
+    cmd_KTAMV_PROGRESS_help = ("Show a step of a long macro in "
+                               "printer.ktamv.progress (DONE=1 clears it)")
+    def cmd_KTAMV_PROGRESS(self, gcmd):
+        self.progress.command(gcmd)
     def get_status(self, eventtime):
         model = self.finder.model
         det = self.finder.last_detection
@@ -1774,6 +2109,9 @@ class Ktamv:
             'camera_position': (list(self.opts.camera_position)
                                 if self.opts.camera_position else None),
             'preview_url': (self.client.preview_info or {}).get('url'),
+            'progress': self.progress.get_status(),
+            'verification': self.verifier.get_status(),
+            'last_search': self.last_search,
         })
         return status
 

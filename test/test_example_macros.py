@@ -74,7 +74,7 @@ def test_align_all_tools_stores_and_applies_offsets(tmp_path):
     # toolhead: the applied offset.
     gcode = "\n".join([
         "G28",
-        "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1,2",
+        "KTAMV_ALIGN_ALL_TOOLS TOOLS=0,1,2 VERIFY=1",
         "T1",
         "GET_POSITION",
     ]) + "\n"
@@ -92,12 +92,31 @@ def test_align_all_tools_stores_and_applies_offsets(tmp_path):
         assert abs(stored[0] - expected[0]) < 0.005, (name, stored, expected)
         assert abs(stored[1] - expected[1]) < 0.005, (name, stored, expected)
 
+    # VERIFY=1: each tool re-centred with the offset its T macro applied.
+    assert_verified(result, ["extruder", "extruder1", "extruder2"])
+    assert result.find(r"kTAMV \[(\d)/6\] T\d: ") == [
+        "1", "2", "3", "4", "5", "6"]
+
     # _KTAMV_APPLY_TOOL_OFFSET in T1 set T1's stored offset.
     status = [line for line in result.lines if "gcode homing:" in line]
     assert status, result.tail()
     x, y = [float(v.split(":")[1]) for v in status[-1].split("gcode homing:")[1].split()[:2]]
     assert abs(x - saved["ktamv_offset_extruder1"][0]) < 1e-3
     assert abs(y - saved["ktamv_offset_extruder1"][1]) < 1e-3
+
+
+def assert_verified(result, tools):
+    """The VERIFY table lists ``tools``, each within 0.005 mm and ok."""
+    rows = result.find(r"^  (\S+): X[-+][\d.]+ Y[-+][\d.]+ = ([\d.]+) "
+                       r"(ok|FLAGGED)$")
+    assert sorted(r[0] for r in rows) == sorted(tools), result.tail()
+    for tool, distance, verdict in rows:
+        assert float(distance) <= 0.005 and verdict == "ok", (tool, distance)
+    assert "kTAMV: every offset verified." in result.text
+    # The non-reference tools really had an offset in force.
+    offsets = result.find(r"verify (\S+) with G-code offset X([-\d.]+) "
+                          r"Y([-\d.]+):")
+    assert max(abs(float(x)) + abs(float(y)) for _, x, y in offsets) > 0.02
 
 
 def test_macros_explain_missing_tools_and_homing(tmp_path):
@@ -217,9 +236,10 @@ filename: %s
 [include %s]
 %s
 """ % (SIM_URL, HELPER_PYTHON, tmp_path / "variables.cfg", MACROS, macros))
-    gcode = "G28\nKTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\nT1\nGET_POSITION\n"
+    gcode = "G28\nKTAMV_ALIGN_ALL_TOOLS TOOLS=0,1 VERIFY=1\nT1\nGET_POSITION\n"
     result = run_klippy(tmp_path / "run", config, gcode, timeout=300)
     assert result.returncode == 0, result.tail()
+    assert_verified(result, ["carriage_0", "carriage_1"])
     saved = saved_variables(tmp_path / "variables.cfg")
     assert saved["ktamv_offset_carriage_0"] == [0.0, 0.0]
     expected = truth_offsets()
@@ -229,3 +249,23 @@ filename: %s
     status = [line for line in result.lines if "gcode homing:" in line]
     x, y = [float(v.split(":")[1]) for v in status[-1].split("gcode homing:")[1].split()[:2]]
     assert abs(x - stored[0]) < 1e-3 and abs(y - stored[1]) < 1e-3
+
+
+def test_verify_all_tools_after_a_restart_checks_the_stored_offsets(tmp_path):
+    """Align and store, SAVE_CONFIG (Klipper restarts: origin gone), then
+    KTAMV_VERIFY_ALL_TOOLS sets a new origin and re-centres each tool with
+    the offset its T macro applies from [save_variables]."""
+    macros = "".join(tool_macro(n) for n in range(2))
+    gcode = ["G28\nKTAMV_ALIGN_ALL_TOOLS TOOLS=0,1\nSAVE_CONFIG",
+             # KTAMV_TEST first waits for the new helper: moves made before
+             # it is ready reach the sim:// camera without their backlash
+             # (a simulation bookkeeping issue, reported; not kTAMV's
+             # measurement), which would fake a 0.035 mm residual.
+             "KTAMV_TEST\nG28\nKTAMV_VERIFY_ALL_TOOLS TOOLS=0,1\n"]
+    result = run_klippy(tmp_path / "run", ktamv_config(tmp_path, macros), gcode,
+                        timeout=300)
+    assert result.returncode == 0, result.tail()
+    after = result.text[result.text.rindex("Restarting printer"):] \
+        if "Restarting printer" in result.text else result.text
+    assert "origin set to" in after  # a new origin after the restart
+    assert_verified(result, ["extruder", "extruder1"])

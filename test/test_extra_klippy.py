@@ -705,3 +705,188 @@ def test_a_camera_that_stalls_mid_detection_is_named_first(tmp_path,
     assert "(Before that, the nozzle was found in 1 of 1 frames" in error
     assert "\n" not in error
     assert took < 5.0
+
+# The sim camera's own model (0.01 mm/px, seen from below, not rotated), so
+# the search tests start calibrated without a calibration run.
+SIM_MATRIX = "0.01, 0, 0, 0.01"
+
+
+def search_report(text):
+    """(positions, toolhead moves, total s, path [(x, y)]) of each search."""
+    found = []
+    for m in re.finditer(
+            r"nozzle found after (\d+) search position\(s\), (\d+) toolhead "
+            r"move\(s\), ([\d.]+) s .*?Path: (.*)", text):
+        path = [(float(x), float(y)) for x, y in
+                re.findall(r"X([-\d.]+) Y([-\d.]+)", m.group(4))]
+        found.append((int(m.group(1)), int(m.group(2)), float(m.group(3)),
+                      path))
+    return found
+
+
+def test_search_finds_a_nozzle_4mm_outside_the_view_and_centres_it(
+        tmp_path):
+    # The view is 6.4 x 4.8 mm; each start puts the nozzle 4 mm beyond an
+    # edge: X +3.2 + 4, then Y +2.4 + 4.
+    section = ktamv_section(camera_matrix=SIM_MATRIX, settle_time=0.1,
+                            max_travel=10)
+    cx, cy = CAMERA_XY
+    starts = [(cx + 7.2, cy), (cx, cy + 6.4)]
+    gcode = ["G28"]
+    for x, y in starts:
+        gcode += ["G1 X%.3f Y%.3f F6000" % (x, y),
+                  "KTAMV_FIND_NOZZLE_CENTER SEARCH=9", "KTAMV_STATUS_JSON"]
+    result = run_klippy(tmp_path, printer_config(section),
+                        "\n".join(gcode) + "\n")
+    assert result.returncode == 0, result.tail()
+    reports = search_report(result.text)
+    assert len(reports) == 2, result.tail()
+    for (positions, moves, seconds, path), (sx, sy), status in zip(
+            reports, starts, statuses(result.text)):
+        assert path[0] == (sx, sy)
+        assert 1 <= positions <= 20 and moves <= 20, (positions, moves)
+        assert seconds <= 30.0
+        # Never farther than SEARCH from the start.
+        assert max(math.hypot(x - sx, y - sy) for x, y in path) <= 9.0
+        assert status["last_search"]["positions"] == positions
+        # Search and centring together: each centring move is at most two
+        # toolhead moves (its backlash approach and the move).
+        assert moves + 2 * status["last_center_moves"] <= 20
+        assert status["last_nozzle_center_successful"] is True
+        assert status["progress"] == {"step": 0, "of": 0, "what": ""}
+    # Centred within center_tolerance (0.3 px) on the camera's axis.
+    errors = [float(v) for v in
+              result.find(r"nozzle centred after \d+ move\(s\) at "
+                          r"X[-\d.]+ Y[-\d.]+, ([\d.]+) px")]
+    assert len(errors) == 2 and max(errors) <= 0.3, errors
+    # One progress line per search position.
+    assert len(result.find(r"kTAMV \[\d+/\d+\] search X")) == sum(
+        r[0] for r in reports)
+
+
+def test_search_gives_up_at_its_reach_and_returns_to_the_start(tmp_path):
+    section = ktamv_section(camera_matrix=SIM_MATRIX, settle_time=0.05,
+                            max_travel=10)
+    gcode = "G28\nG1 X170 Y150 F6000\nKTAMV_FIND_NOZZLE_CENTER SEARCH=5\n" \
+        "GET_POSITION\n"
+    result = run_klippy(tmp_path, printer_config(section), gcode)
+    assert result.returncode == 255
+    assert "no nozzle found within 5.00 mm of X170.000 Y150.000 (3 " \
+        "positions searched" in result.text, result.tail()
+    assert "toolhead: X:170.000000 Y:150.000000" in result.text
+    visited = [(float(x), float(y)) for x, y in
+               result.find(r"kTAMV \[\d+/\d+\] search X([-\d.]+) Y([-\d.]+)")]
+    # (-4.48, 0) is left out: its backlash approach point is 5.005 mm away.
+    assert len(visited) == 3 and max(math.hypot(x - 170, y - 150)
+                                     for x, y in visited) <= 5.0
+    # Shorter than one spiral step: refused without moving.
+    result = run_klippy(tmp_path / "short", printer_config(section),
+                        "G28\nG1 X170 Y150 F6000\n"
+                        "KTAMV_FIND_NOZZLE_CENTER SEARCH=3\n")
+    assert result.returncode == 255
+    assert "no search position is within 3.00 mm" in result.text
+    assert "kTAMV [1/" not in result.text
+
+
+def test_search_refuses_bad_values_and_a_camera_fault(tmp_path):
+    section = ktamv_section(camera_matrix=SIM_MATRIX)
+    result = run_klippy(tmp_path / "bad", printer_config(section),
+                        "G28\nKTAMV_FIND_NOZZLE_CENTER SEARCH=-1\n")
+    assert result.returncode == 255
+    assert "SEARCH" in result.text and "-1" in result.text
+    url = "http://127.0.0.1:%d/stream" % free_port()
+    section = ktamv_section(url=url, camera_timeout=1,
+                            camera_matrix=SIM_MATRIX)
+    result = run_klippy(tmp_path / "fault", printer_config(section),
+                        "G28\nG1 X150 Y150 F6000\n"
+                        "KTAMV_FIND_NOZZLE_CENTER SEARCH=5\nGET_POSITION\n")
+    assert result.returncode == 255
+    assert "127.0.0.1" in result.text
+    assert "kTAMV [1/" not in result.text
+    assert "toolhead: X:150.000000 Y:150.000000" in result.text
+
+
+def test_calibration_searches_then_reports_progress(tmp_path):
+    section = ktamv_section(settle_time=0.1, max_travel=6)
+    cx, cy = CAMERA_XY
+    # 1 mm beyond the top edge of the view; no camera model yet.
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx, cy + 3.4),
+                       "KTAMV_CALIB_CAMERA SEARCH=5", "KTAMV_STATUS_JSON"])
+    result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
+    assert result.returncode == 0, result.tail()
+    assert "pitch 1.40 mm: 70% of a guessed 2.0 mm field of view" \
+        in result.text
+    assert search_report(result.text), result.tail()
+    status = statuses(result.text)[0]
+    assert status["is_calibrated"] and 0.0095 < status["mm_per_pixels"] \
+        < 0.0105
+    steps = result.find(r"kTAMV \[(\d+)/11\] calibration point")
+    assert steps == [str(i) for i in range(1, 12)]
+    assert status["progress"]["of"] == 0  # cleared at the end
+    assert status["last_nozzle_center_successful"] is False
+    assert "nozzle centred after" in result.text
+
+
+def test_verify_offsets_reports_residuals_and_flags_a_wrong_one(tmp_path):
+    section = ktamv_section(tool_status="gcode_macro _KTAMV_TOOL.current",
+                            settle_time=0.1, max_travel=3)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join([
+        "G28", "G1 X%.3f Y%.3f F6000" % (cx, cy),
+        "KTAMV_CALIB_CAMERA", "KTAMV_FIND_NOZZLE_CENTER", "KTAMV_SET_ORIGIN",
+        "T1", "KTAMV_FIND_NOZZLE_CENTER", "KTAMV_GET_OFFSET",
+        "T2", "KTAMV_FIND_NOZZLE_CENTER", "KTAMV_GET_OFFSET",
+        # Plain G-code offsets, as printed by KTAMV_GET_OFFSET.
+        "T0", "KTAMV_VERIFY_OFFSET APPLY=1",
+        "T1", "KTAMV_VERIFY_OFFSET APPLY=1",
+        "T2", "KTAMV_VERIFY_OFFSET APPLY=1",
+        "KTAMV_STATUS_JSON",
+        # T2's offset applied 0.05 mm wrong in X: flagged.
+        "SET_GCODE_OFFSET X_ADJUST=0.05", "KTAMV_VERIFY_OFFSET",
+        "KTAMV_STATUS_JSON"]) + "\n"
+    result = run_klippy(tmp_path, printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    good, bad = statuses(result.text)
+    assert sorted(good["verification"]["tools"]) == ["T0", "T1", "T2"]
+    assert good["verification"]["tolerance"] == 0.01
+    for tool, res in good["verification"]["tools"].items():
+        assert res["distance"] <= 0.005, (tool, res)
+        assert res["ok"] is True
+    assert good["verification"]["flagged"] == []
+    # T1/T2 really had an offset in force (a wrong sign would fail).
+    assert max(abs(v) for v in
+               good["verification"]["tools"]["T1"]["gcode_offset"]) > 0.02
+    wrong = bad["verification"]["tools"]["T2"]
+    assert wrong["ok"] is False and bad["verification"]["flagged"] == ["T2"]
+    assert abs(wrong["residual"][0] + 0.05) < 0.005, wrong
+    assert "FLAGGED, more than 0.0100 mm" in result.text
+    residuals = result.find(r"verify (T\d) .*?, ([\d.]+) mm from where")
+    assert len(residuals) == 4
+
+
+@pytest.mark.parametrize("command, words", [
+    ("KTAMV_VERIFY_OFFSET", "no origin yet"),
+    ("KTAMV_VERIFY_OFFSET TOLERANCE=0", "TOLERANCE"),
+    ("KTAMV_PROGRESS STEP=5 OF=3", "STEP"),
+    ("KTAMV_PROGRESS STEP=1", "OF"),
+])
+def test_verify_and_progress_refuse_bad_use(tmp_path, command, words):
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path, printer_config(section),
+                        "G28\n%s\n" % command)
+    assert result.returncode == 255
+    assert re.search(r"(?m)^!! .*%s" % words, result.text) or \
+        words in result.text.split(command, 1)[-1], result.tail()
+
+
+def test_progress_command_sets_the_status_for_screens(tmp_path):
+    section = ktamv_section(helper_command=FAKE_HELPER)
+    result = run_klippy(tmp_path, printer_config(section),
+                        'KTAMV_PROGRESS STEP=2 OF=5 WHAT="T1: measuring"\n'
+                        "KTAMV_STATUS_JSON\nKTAMV_PROGRESS DONE=1\n"
+                        "KTAMV_STATUS_JSON\n")
+    assert result.returncode == 0, result.tail()
+    busy, idle = statuses(result.text)
+    assert busy["progress"] == {"step": 2, "of": 5, "what": "T1: measuring"}
+    assert idle["progress"] == {"step": 0, "of": 0, "what": ""}
+    assert "kTAMV [2/5] T1: measuring" in result.text

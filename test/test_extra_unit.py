@@ -355,7 +355,8 @@ def test_defaults_and_kTAMV_compatible_options():
             "CALIB_CAMERA", "FIND_NOZZLE_CENTER", "SET_ORIGIN", "GET_OFFSET",
             "MOVE_TO_ORIGIN", "SIMPLE_NOZZLE_POSITION", "TEST",
             "START_PREVIEW", "STOP_PREVIEW", "SEND_SERVER_CFG",
-            "OFFSET_STATISTICS"))
+            "OFFSET_STATISTICS", "VERIFY_OFFSET", "PROGRESS"))
+    assert extra.verifier.tolerance == 0.01
     status = extra.get_status(0.0)
     assert status["is_calibrated"] is False
     assert status["travel_speed"] == 600.0
@@ -645,12 +646,16 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
     printer.objects["configfile"] = FakeConfigfile()
     camera = LinearCamera(toolhead, MATRIX, (100.0, 100.0))
     seen = []
+    points = []     # distinct positions: a point is looked at once more
     hints_seen = []
 
     def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
-        seen.append(tuple(toolhead.get_position()[:2]))
+        here = tuple(toolhead.get_position()[:2])
+        if not seen or seen[-1] != here:
+            points.append(here)
+        seen.append(here)
         hints_seen.append(hints)
-        if len(seen) - 1 in missing:
+        if len(points) - 1 in missing:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
             error.helper_code = "nozzle_not_found"
             raise error
@@ -681,8 +686,12 @@ def test_calibration_skips_points_without_a_nozzle_and_saves_the_model():
     extra, printer, toolhead, seen, sent = calibration_setup(missing=(3, 7))
     gcmd = FakeGcmd()
     extra.cmd_KTAMV_CALIB_CAMERA(gcmd)
-    assert len(seen) == 11  # the start and 10 points on the circle
-    radii = [math.hypot(x - 100.0, y - 100.0) for x, y in seen[1:]]
+    # The start and 10 points on the circle; the two without a nozzle are
+    # looked at once more with the start pixel allowed.
+    assert len(seen) == 13
+    assert len(set(seen)) == 11
+    radii = [math.hypot(x - 100.0, y - 100.0) for x, y in sorted(set(seen))
+             if (x, y) != (100.0, 100.0)]
     assert radii == pytest.approx([0.5] * 10, abs=0.0125)
     assert len(sent["pairs"]) == 9
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
@@ -1136,3 +1145,35 @@ def test_only_the_sim_camera_hears_the_machine_state(url, simulated):
     extra.client.call(FakeGcmd(), "version", {})
     assert ("machine" in sent[0]) is simulated
     assert len(extra.motion.moves) <= ktamv.MAX_MOVES
+
+# -- search ------------------------------------------------------------------
+
+def test_spiral_covers_each_ring_once_and_nothing_beyond():
+    cells = ktamv.spiral_cells(3)
+    assert len(cells) == len(set(cells)) == 7 * 7 - 1
+    assert (0, 0) not in cells
+    assert max(max(abs(i), abs(j)) for i, j in cells) == 3
+    # Neighbouring cells of the walk are adjacent (a spiral, no jumps).
+    assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1
+               for a, b in zip(cells, cells[1:]))
+
+
+def test_search_pitch_is_70_percent_of_the_view_and_safe_when_rotated():
+    px, py, how = ktamv.search_pitch(None, None)
+    assert px == py == pytest.approx(1.4) and "guessed 2.0 mm" in how
+    model = ktamv.CameraModel([[0.01, 0.], [0., 0.01]])
+    px, py, _ = ktamv.search_pitch(model, (640, 480))
+    assert (px, py) == (pytest.approx(4.48), pytest.approx(3.36))
+    # Rotated by 30 degrees: every corner of a pitch cell, mapped back into
+    # the image, stays inside it (so no cell is left unseen).
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    model = ktamv.CameraModel([[0.01 * c, -0.01 * s], [0.01 * s, 0.01 * c]])
+    px, py, _ = ktamv.search_pitch(model, (640, 480))
+    assert px < 4.48 and py < 3.36
+    (a, b), (d, e) = model.matrix
+    det = a * e - b * d
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            x, y = sx * px / 2, sy * py / 2
+            du, dv = (e * x - b * y) / det, (-d * x + a * y) / det
+            assert abs(du) <= 0.7 * 320 + 1e-6 and abs(dv) <= 0.7 * 240 + 1e-6
