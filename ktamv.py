@@ -1028,6 +1028,34 @@ class HelperClient:
 ######################################################################
 # Which tool is active, and its G-code offset
 ######################################################################
+    def self_test(self, gcmd):
+        """KTAMV_TEST: versions, preview and one frame."""
+        call = self.call
+        info = call(gcmd, 'version', {'check_camera': False})
+        preview = info.get('preview') or {}
+        if preview.get('error'):
+            # Before the grab, so it shows even when the camera fails too.
+            gcmd.respond_info("kTAMV preview error: %s" % (preview['error'],))
+        timeout = self.opts.camera_timeout
+        grab = call(gcmd, 'grab', {'timeout': timeout}, timeout)
+        size = grab.get('frame_size') or [0, 0]
+        if preview.get('url'):
+            preview_text = "Preview: %s (stream %s, snapshot %s)." % (
+                preview['url'], preview.get('stream_url'),
+                preview.get('snapshot_url'))
+        elif preview.get('error'):
+            preview_text = "Preview: off (error above)."
+        else:
+            preview_text = "Preview: off (set preview_port in [ktamv])."
+        gcmd.respond_info(
+            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
+            "NumPy %s, scikit-image %s.\nCamera %s: got a %dx%d frame, %.3f s"
+            " old.\n%s" % (info.get('helper'), info.get('protocol'),
+                           self.helper.get_pid(), info.get('python'),
+                           info.get('opencv'), info.get('numpy'),
+                           info.get('skimage'), self.opts.camera_url,
+                           size[0], size[1], float(grab.get('age', 0.)),
+                           preview_text))
 
 class ToolIdentity:
     def __init__(self, printer, tool_status):
@@ -1846,15 +1874,41 @@ class Ktamv:
         # the printer down as Klipper does for its own commands; every
         # foreseeable problem is a command error with a sentence.
         gcode = self.printer.lookup_object('gcode')
-        for name in ('KTAMV_CALIB_CAMERA', 'KTAMV_FIND_NOZZLE_CENTER',
-                     'KTAMV_SET_ORIGIN', 'KTAMV_GET_OFFSET',
-                     'KTAMV_MOVE_TO_ORIGIN', 'KTAMV_SIMPLE_NOZZLE_POSITION',
-                     'KTAMV_TEST', 'KTAMV_START_PREVIEW',
-                     'KTAMV_STOP_PREVIEW', 'KTAMV_SEND_SERVER_CFG',
-                     'KTAMV_OFFSET_STATISTICS', 'KTAMV_VERIFY_OFFSET',
-                     'KTAMV_PROGRESS'):
-            gcode.register_command(name, getattr(self, 'cmd_' + name),
-                                   desc=getattr(self, 'cmd_%s_help' % name))
+        gcode.register_command('KTAMV_CALIB_CAMERA',
+                               self.cmd_KTAMV_CALIB_CAMERA,
+                               desc=self.cmd_KTAMV_CALIB_CAMERA_help)
+        gcode.register_command('KTAMV_FIND_NOZZLE_CENTER',
+                               self.cmd_KTAMV_FIND_NOZZLE_CENTER,
+                               desc=self.cmd_KTAMV_FIND_NOZZLE_CENTER_help)
+        gcode.register_command('KTAMV_SET_ORIGIN', self.cmd_KTAMV_SET_ORIGIN,
+                               desc=self.cmd_KTAMV_SET_ORIGIN_help)
+        gcode.register_command('KTAMV_GET_OFFSET', self.cmd_KTAMV_GET_OFFSET,
+                               desc=self.cmd_KTAMV_GET_OFFSET_help)
+        gcode.register_command('KTAMV_MOVE_TO_ORIGIN',
+                               self.cmd_KTAMV_MOVE_TO_ORIGIN,
+                               desc=self.cmd_KTAMV_MOVE_TO_ORIGIN_help)
+        gcode.register_command('KTAMV_SIMPLE_NOZZLE_POSITION',
+                               self.cmd_KTAMV_SIMPLE_NOZZLE_POSITION,
+                               desc=self.cmd_KTAMV_SIMPLE_NOZZLE_POSITION_help)
+        gcode.register_command('KTAMV_TEST', self.cmd_KTAMV_TEST,
+                               desc=self.cmd_KTAMV_TEST_help)
+        gcode.register_command('KTAMV_START_PREVIEW',
+                               self.cmd_KTAMV_START_PREVIEW,
+                               desc=self.cmd_KTAMV_START_PREVIEW_help)
+        gcode.register_command('KTAMV_STOP_PREVIEW',
+                               self.cmd_KTAMV_STOP_PREVIEW,
+                               desc=self.cmd_KTAMV_STOP_PREVIEW_help)
+        gcode.register_command('KTAMV_SEND_SERVER_CFG',
+                               self.cmd_KTAMV_SEND_SERVER_CFG,
+                               desc=self.cmd_KTAMV_SEND_SERVER_CFG_help)
+        gcode.register_command('KTAMV_OFFSET_STATISTICS',
+                               self.cmd_KTAMV_OFFSET_STATISTICS,
+                               desc=self.cmd_KTAMV_OFFSET_STATISTICS_help)
+        gcode.register_command('KTAMV_VERIFY_OFFSET',
+                               self.cmd_KTAMV_VERIFY_OFFSET,
+                               desc=self.cmd_KTAMV_VERIFY_OFFSET_help)
+        gcode.register_command('KTAMV_PROGRESS', self.cmd_KTAMV_PROGRESS,
+                               desc=self.cmd_KTAMV_PROGRESS_help)
     # Events
     def _handle_connect(self):
         self.motion.handle_connect()
@@ -2019,32 +2073,7 @@ class Ktamv:
     def cmd_KTAMV_TEST(self, gcmd):
         # The user checks the helper: try it again even after a crash loop.
         self.helper.reset()
-        call = self.client.call
-        info = call(gcmd, 'version', {'check_camera': False})
-        preview = info.get('preview') or {}
-        if preview.get('error'):
-            # Before the grab, so it shows even when the camera fails too.
-            gcmd.respond_info("kTAMV preview error: %s" % (preview['error'],))
-        timeout = self.opts.camera_timeout
-        grab = call(gcmd, 'grab', {'timeout': timeout}, timeout)
-        size = grab.get('frame_size') or [0, 0]
-        if preview.get('url'):
-            preview_text = "Preview: %s (stream %s, snapshot %s)." % (
-                preview['url'], preview.get('stream_url'),
-                preview.get('snapshot_url'))
-        elif preview.get('error'):
-            preview_text = "Preview: off (error above)."
-        else:
-            preview_text = "Preview: off (set preview_port in [ktamv])."
-        gcmd.respond_info(
-            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
-            "NumPy %s, scikit-image %s.\nCamera %s: got a %dx%d frame, %.3f s"
-            " old.\n%s" % (info.get('helper'), info.get('protocol'),
-                           self.helper.get_pid(), info.get('python'),
-                           info.get('opencv'), info.get('numpy'),
-                           info.get('skimage'), self.opts.camera_url,
-                           size[0], size[1], float(grab.get('age', 0.)),
-                           preview_text))
+        self.client.self_test(gcmd)
     cmd_KTAMV_START_PREVIEW_help = "Start annotating the preview stream"
     def cmd_KTAMV_START_PREVIEW(self, gcmd):
         res = self.client.call(gcmd, 'preview', {'action': 'start'})
@@ -2081,12 +2110,10 @@ class Ktamv:
                           % (self.opts.camera_url,))
     # Status for macros
     cmd_KTAMV_VERIFY_OFFSET_help = ("Re-centre the active tool with its "
-                                    "G-code offset in force and report how "
-                                    "far off the offset is")
+                                    "G-code offset in force; report the error")
     def cmd_KTAMV_VERIFY_OFFSET(self, gcmd):
         self.verifier.command(gcmd, self)
-    cmd_KTAMV_PROGRESS_help = ("Show a step of a long macro in "
-                               "printer.ktamv.progress (DONE=1 clears it)")
+    cmd_KTAMV_PROGRESS_help = "Show a macro's step in printer.ktamv.progress"
     def cmd_KTAMV_PROGRESS(self, gcmd):
         self.progress.command(gcmd)
     def get_status(self, eventtime):

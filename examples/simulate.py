@@ -59,6 +59,15 @@ def parse_args(argv):
     parser.add_argument("--backlash-approach", type=float, default=0.5,
                         help="[ktamv] backlash_approach, mm; 0 shows what backlash "
                              "does without it (default 0.5)")
+    parser.add_argument("--looks", choices=["random", "ring_light", "mixed"],
+                        default="mixed",
+                        help="nozzle looks: mixed (default) gives odd tools a brass "
+                             "nozzle under a ring light with the confounders of "
+                             "real ones (clipped tip face, dark cone, coloured "
+                             "light, a lens smudge)")
+    parser.add_argument("--nozzles", default="0.4,0.6,0.8",
+                        help="bore diameters in mm, one per tool, repeated "
+                             "for more tools (default 0.4,0.6,0.8)")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
                              "an earlier run's files there are replaced)")
@@ -67,6 +76,14 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds before Klippy is stopped (default 180)")
     args = parser.parse_args(argv)
+    try:
+        args.nozzle_list = [float(v) for v in args.nozzles.split(",")]
+    except ValueError:
+        parser.error("--nozzles must be diameters in mm separated by commas")
+    if not all(0.1 <= v <= 2.0 for v in args.nozzle_list):
+        parser.error("--nozzles: each diameter must be 0.1..2 mm")
+    args.nozzle_list = [args.nozzle_list[t % len(args.nozzle_list)]
+                        for t in range(args.tools)]
     if not 2 <= args.tools <= 10:
         parser.error("--tools must be 2..10")
     if not 0 <= args.backlash <= 0.4:
@@ -87,6 +104,8 @@ def camera_settings(args, record_dir):
     return {
         "seed": args.seed,
         "tools": args.tools,
+        "looks": args.looks,
+        "nozzles": ",".join("%g" % d for d in args.nozzle_list),
         "offset_range": args.offset_range,
         "backlash": args.backlash,
         "latency": args.latency,
@@ -134,16 +153,19 @@ def tool_macros(count):
     return "\n".join(macros)
 
 
-def alignment_gcode(count):
-    """The whole alignment, as a user would run it from the console."""
+def alignment_gcode(count, nozzles=None):
+    """The whole alignment, as a user would run it from the console; each
+    tool's detecting commands name its nozzle (NOZZLE_DIAMETER=)."""
+    nozzles = nozzles or [0.4] * count
+    d = ["NOZZLE_DIAMETER=%g" % n for n in nozzles]
     lines = [
         "_SIM_STEP NAME=home", "G28",
         '_SIM_STEP NAME="move over the camera"', "T0",
         "G1 X%.3f Y%.3f Z%.1f F6000" % (CAMERA_POSITION + (Z_OVER_CAMERA,)),
-        '_SIM_STEP NAME="calibrate the camera"', "KTAMV_CALIB_CAMERA",
+        '_SIM_STEP NAME="calibrate the camera"', "KTAMV_CALIB_CAMERA " + d[0],
         "_SIM_REPORT_CAMERA",
-        '_SIM_STEP NAME="T0: centre the nozzle"', "KTAMV_FIND_NOZZLE_CENTER",
-        '_SIM_STEP NAME="T0: set the origin"', "KTAMV_SET_ORIGIN",
+        '_SIM_STEP NAME="T0: centre the nozzle"', "KTAMV_FIND_NOZZLE_CENTER " + d[0],
+        '_SIM_STEP NAME="T0: set the origin"', "KTAMV_SET_ORIGIN " + d[0],
         "_SIM_REPORT TOOL=T0",
     ]
     for tool in range(1, count):
@@ -151,8 +173,9 @@ def alignment_gcode(count):
         lines += [
             '_SIM_STEP NAME="%s: select"' % name, name,
             '_SIM_STEP NAME="%s: move to the origin"' % name, "KTAMV_MOVE_TO_ORIGIN",
-            '_SIM_STEP NAME="%s: centre the nozzle"' % name, "KTAMV_FIND_NOZZLE_CENTER",
-            '_SIM_STEP NAME="%s: get the offset"' % name, "KTAMV_GET_OFFSET",
+            '_SIM_STEP NAME="%s: centre the nozzle"' % name,
+            "KTAMV_FIND_NOZZLE_CENTER " + d[tool],
+            '_SIM_STEP NAME="%s: get the offset"' % name, "KTAMV_GET_OFFSET " + d[tool],
             "_SIM_REPORT TOOL=%s" % name,
         ]
     lines += ['_SIM_STEP NAME="done"']
@@ -400,7 +423,7 @@ def main(argv=None):
     (workdir / "printer.cfg").write_text(
         printer_cfg(args, url, debug_dir) + "\n" + tool_macros(args.tools) + "\n")
     shutil.copy(SIM_DIR / "sim-macros.cfg", workdir / "sim-macros.cfg")
-    (workdir / "run.gcode").write_text(alignment_gcode(args.tools))
+    (workdir / "run.gcode").write_text(alignment_gcode(args.tools, args.nozzle_list))
     print("kTAMV simulation: %d tools, seed %d, backlash %.3f mm, latency %.3f s; "
           "real Klippy in batch mode (%s)" % (args.tools, args.seed, args.backlash,
                                              args.latency, workdir), flush=True)

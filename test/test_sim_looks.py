@@ -1,0 +1,43 @@
+"""The sim:// camera's nozzle looks and per-tool nozzle sizes."""
+
+import pytest
+
+from ktamv_helper.cameras.sim import SimCamera, parse_sim_url
+from ktamv_helper.detection import find_bore
+from ktamv_helper.errors import HelperError
+from ktamv_helper.simulation.machine import MachineState
+
+
+def test_mixed_looks_and_per_tool_nozzles():
+    camera = SimCamera("sim://?tools=3&looks=mixed&nozzles=0.4,0.6,0.8&mm_per_px=0.01"
+                       "&noise=0&jpeg=0")
+    try:
+        assert [camera.bore_radius(t) for t in range(3)] == pytest.approx([20, 30, 40])
+        # Odd tools are the ring-light brass look: a wide clipped tip face.
+        assert camera.look(1).collar_ratio >= 3.0 and camera.look(1).exposure > 1.0
+        assert camera.look(1).smudge > 0
+        for tool in range(3):
+            image, pixel = camera.render(_state(camera, tool), 0)
+            found = find_bore(image).detection
+            assert found is not None, tool
+            assert found.radius == pytest.approx(camera.bore_radius(tool), rel=0.1)
+            assert abs(found.center[0] - pixel[0]) < 0.3
+            assert abs(found.center[1] - pixel[1]) < 0.3
+    finally:
+        camera.close()
+
+
+def _state(camera, tool):
+    """The machine with tool ``tool`` selected over the camera's centre."""
+    xy = (camera.settings["camera_x"], camera.settings["camera_y"])
+    return MachineState(0.0, xy, xy, tool, camera.machine._nozzle(xy, tool))
+
+
+@pytest.mark.parametrize("query, word", [
+    ("looks=pretty", "looks"),
+    ("nozzles=0.4,x", "nozzles"),
+    ("nozzles=0.4,9", "nozzles"),
+])
+def test_bad_look_keys_are_named(query, word):
+    with pytest.raises(HelperError, match=word):
+        parse_sim_url("sim://?" + query)
