@@ -319,8 +319,10 @@ edit_printer_cfg() {
     {
         printf '%s\n' "$BEGIN_MARK" "$INCLUDE_LINE"
         if [ "$has_section" -eq 0 ]; then
-            printf '%s\n' "# Uncomment [ktamv] and set nozzle_cam_url to enable kTAMV." \
-                "# Every option: $REPO_DIR/README.md (Configuration)"
+            # "##": these stay comments when the whole block is uncommented.
+            printf '%s\n' "## To enable kTAMV: uncomment every line from #[ktamv] to #debug_keep" \
+                "## (select them, Ctrl+/ in Mainsail or Fluidd), set nozzle_cam_url, restart." \
+                "## Every option: $(tilde_path "$REPO_DIR")/README.md (Configuration)"
             ktamv_template
         fi
         printf '%s\n' "$END_MARK"

@@ -14,6 +14,7 @@ creating a venv from nothing.
 
 import configparser
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -435,3 +436,53 @@ def test_uninstall_warns_about_a_saved_calibration(seeded_home):
     assert_ok(result)
     assert printer_cfg.read_text() == saved
     assert "SAVE_CONFIG block" in result.stderr and "'#*#' lines" in result.stderr
+
+
+def uncomment_template(text):
+    """What Mainsail's or Fluidd's editor does to the selected lines from
+    ``#[ktamv]`` to ``#debug_keep`` (and the ``##`` lines above them) with
+    Ctrl+/: it removes the first ``#`` of every line."""
+    lines = text.split("\n")
+    start = lines.index(BEGIN_MARK)
+    end = lines.index(END_MARK, start)
+    for i in range(start + 1, end):
+        if lines[i].startswith("#"):
+            lines[i] = lines[i][1:]
+    return "\n".join(lines)
+
+
+def test_whole_template_uncommented_loads_in_real_klippy(seeded_home, tmp_path):
+    """The user uncomments the whole template in one go: Klippy loads it with
+    every option at its template value, and no explanation leaks into one."""
+    from klippy_harness import KLIPPY, printer_config, run_klippy
+    if not KLIPPY.exists():
+        pytest.skip("no .venv-klippy; run test/setup.sh")
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    assert_ok(run_install(home))
+    block = block_of(uncomment_template(printer_cfg.read_text()))
+    # Every explanation is still a comment; every option line is active.
+    assert [l for l in block if l.startswith("#") and not l.startswith("# ")] == []
+    active = [l for l in block[1:-1] if l and not l.startswith("#")]
+    assert active[:2] == [INCLUDE, "[ktamv]"]
+    assert "nozzle_cam_url: http://localhost/webcam2/?action=snapshot" in active
+    example = (REPO / "examples" / "printer.cfg").read_text()
+    options = re.findall(r"^#?(\w+):", example, re.M)
+    assert len(options) == 23
+    assert [l.split(":")[0] for l in active[2:]] == options
+
+    workdir = tmp_path / "klippy"
+    workdir.mkdir()
+    (workdir / "ktamv_macros.cfg").write_bytes(macros.read_bytes())
+    section = "\n".join(block) + """
+[gcode_macro SHOW_KTAMV]
+gcode:
+  {action_respond_info("ktamv-config speed=%s position=%s state=%s" % (
+      printer.ktamv.travel_speed, printer.ktamv.camera_position,
+      printer.ktamv.helper_state))}
+"""
+    result = run_klippy(workdir, printer_config(section), "SHOW_KTAMV\n")
+    assert result.returncode == 0, result.tail()
+    assert "Unable to parse option" not in result.log
+    shown = result.find(r"ktamv-config (.*)")
+    assert shown and shown[0].startswith("speed=1800.0 position=[150.0, 150.0]"), result.tail()
