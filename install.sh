@@ -24,9 +24,15 @@ BEGIN_MARK="# >>> kTAMV (added by kTAMV's install.sh; 'install.sh --uninstall' r
 END_MARK="# <<< kTAMV"
 INCLUDE_LINE="[include ktamv_macros.cfg]"
 INCLUDE_RE='^[[:space:]]*\[include[[:space:]]+([^]]*/)?ktamv_macros\.cfg[[:space:]]*\]'
+# The old kTAMV's installer included its macros under this name; both files
+# define the same macros, so only one of them may be included.
+OLD_INCLUDE_RE='^[[:space:]]*\[include[[:space:]]+([^]]*/)?ktamv-macros\.cfg[[:space:]]*\]'
 SECTION_RE='^\[ktamv\]'
 UPDATE_SECTION="[update_manager ktamv]"
 UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\][[:space:]]*$'
+# ... and wrote this header (sic), which Moonraker reads as a client named
+# "ktamv]" for the old ~/kTAMV clone and its server.
+OLD_UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\]\][[:space:]]*$'
 SAVE_CONFIG_RE='^#\*# <-+ SAVE_CONFIG -+>'
 
 usage() {
@@ -296,6 +302,7 @@ find_in_config() {
 # An active [ktamv] section (old kTAMV users often keep it in an included file).
 find_ktamv_section() { find_in_config "$SECTION_RE"; }
 find_include() { find_in_config "$INCLUDE_RE"; }
+find_old_include() { find_in_config "$OLD_INCLUDE_RE"; }
 
 # Writes $2 into $1 in place (keeps a symlinked printer.cfg a symlink and
 # keeps its permissions).
@@ -308,16 +315,32 @@ edit_printer_cfg() {
     local cfg="$CONFIG_DIR/printer.cfg" found section_file block tmp
     if found=$(find_include); then
         say "printer.cfg: ktamv_macros.cfg already included (in $found)"
+        if found=$(find_old_include); then
+            warn "$found also includes the old kTAMV's ktamv-macros.cfg, which defines the same macros; delete that [include ktamv-macros.cfg] line"
+        fi
         return
     fi
-    local has_section=0
+    local has_section=0 old_include=0
     if section_file=$(find_ktamv_section); then
         has_section=1
         say "printer.cfg: keeping your existing [ktamv] section in $section_file"
     fi
+    if found=$(find_old_include); then
+        old_include=1
+        warn "$found includes the old kTAMV's ktamv-macros.cfg; not adding $INCLUDE_LINE, because both files define the same macros. To use the new macros, replace that line with $INCLUDE_LINE"
+        if [ "$has_section" -eq 1 ]; then
+            say "printer.cfg: nothing to add"
+            return
+        fi
+    fi
+    if grep -qxF "$BEGIN_MARK" "$cfg"; then
+        say "printer.cfg: kTAMV's block already added"
+        return
+    fi
     block=$(mktemp)
     {
-        printf '%s\n' "$BEGIN_MARK" "$INCLUDE_LINE"
+        printf '%s\n' "$BEGIN_MARK"
+        [ "$old_include" -eq 1 ] || printf '%s\n' "$INCLUDE_LINE"
         if [ "$has_section" -eq 0 ]; then
             # "##": these stay comments when the whole block is uncommented.
             printf '%s\n' "## To enable kTAMV: uncomment every line from #[ktamv] to #debug_keep" \
@@ -353,6 +376,8 @@ edit_printer_cfg() {
     replace_contents "$cfg" "$tmp"
     if [ "$has_section" -eq 1 ]; then
         say "printer.cfg: added $INCLUDE_LINE"
+    elif [ "$old_include" -eq 1 ]; then
+        say "printer.cfg: added a commented [ktamv] template"
     else
         say "printer.cfg: added $INCLUDE_LINE and a commented [ktamv] template"
     fi
@@ -390,10 +415,41 @@ same_path() {
     [ -n "$1" ] && [ "$(realpath -m -- "${1/#\~/$HOME}")" = "$REPO_DIR" ]
 }
 
+# The old installer's "[update_manager ktamv]]" entry updates the old kTAMV
+# clone and would sit next to ours: save moonraker.conf, then remove that
+# section (its header up to the next section, minus trailing blank lines, and
+# the two blank lines the old installer wrote before it).
+replace_old_update_entry() {
+    local backup="$MOONRAKER_CONF.before-ktamv" tmp
+    [ -e "$backup" ] || cp -p -- "$MOONRAKER_CONF" "$backup"
+    tmp=$(mktemp)
+    RE="$OLD_UPDATE_SECTION_RE" awk '
+        { lines[NR] = $0 }
+        END {
+            n = NR
+            for (i = 1; i <= n; i++) keep[i] = 1
+            for (i = 1; i <= n; i++) {
+                if (lines[i] !~ ENVIRON["RE"]) continue
+                for (e = i + 1; e <= n && lines[e] !~ /^\[/; e++) ;
+                e = e - 1
+                while (e > i && lines[e] ~ /^[[:space:]]*$/) e--
+                for (k = i; k <= e; k++) keep[k] = 0
+                for (s = i - 1; s >= 1 && lines[s] ~ /^[[:space:]]*$/; s--) keep[s] = 0
+                i = e
+            }
+            for (i = 1; i <= n; i++) if (keep[i]) print lines[i]
+        }' "$MOONRAKER_CONF" >"$tmp"
+    replace_contents "$MOONRAKER_CONF" "$tmp"
+    warn "moonraker.conf: removed the old kTAMV's [update_manager ktamv]] entry (its header has a stray ']' and it updates the old clone); the file as it was is saved as $backup"
+}
+
 edit_moonraker_conf() {
     if [ ! -f "$MOONRAKER_CONF" ]; then
         warn "no $MOONRAKER_CONF: skipping Moonraker's update_manager entry (pass -m FILE if it lives elsewhere)"
         return
+    fi
+    if grep -qE "$OLD_UPDATE_SECTION_RE" "$MOONRAKER_CONF"; then
+        replace_old_update_entry
     fi
     if grep -qE "$UPDATE_SECTION_RE" "$MOONRAKER_CONF"; then
         local path

@@ -252,7 +252,7 @@ def test_uninstall_keeps_a_ktamv_section_the_user_enabled(seeded_home):
     assert_ok(run_install(home))
     # The user enables the template and edits the macros.
     text = printer_cfg.read_text()
-    text = text.replace("#[ktamv]", "[ktamv]", 1)
+    text = text.replace("\n#[ktamv]\n", "\n[ktamv]\n", 1)
     text = "\n".join(
         line[1:] if line.startswith("#nozzle_cam_url:") else line
         for line in text.split("\n"))
@@ -486,3 +486,82 @@ gcode:
     assert "Unable to parse option" not in result.log
     shown = result.find(r"ktamv-config (.*)")
     assert shown and shown[0].startswith("speed=1800.0 position=[150.0, 150.0]"), result.tail()
+
+
+# printer.cfg and moonraker.conf as the old kTAMV's installer (with its
+# server) leaves them: [ktamv] and its macros include appended, and an update
+# entry whose header has a stray "]".
+OLD_KTAMV_PRINTER_CFG = PRINTER_CFG.replace("\n#*# <--", """
+
+[ktamv]
+nozzle_cam_url: http://localhost/webcam/snapshot?max_delay=0
+server_url: http://localhost:8085
+move_speed: 1800
+send_frame_to_cloud: false
+
+
+[include ktamv-macros.cfg]
+
+#*# <--""", 1)
+OLD_KTAMV_ENTRY = """
+
+[update_manager ktamv]]
+type: git_repo
+path: ~/kTAMV
+origin: https://github.com/TypQxQ/kTAMV.git
+primary_branch: main
+install_script: install.sh
+managed_services: klipper
+"""
+
+
+def test_migration_from_the_old_installers_config(seeded_home, tmp_path):
+    home = seeded_home
+    printer_cfg, moonraker_conf, macros = config_paths(home)
+    config = printer_cfg.parent
+    printer_cfg.write_text(OLD_KTAMV_PRINTER_CFG)
+    (config / "ktamv-macros.cfg").write_text(
+        "[gcode_macro KTAMV_CALIB]\ngcode:\n  KTAMV_CALIB_CAMERA\n")
+    moonraker_conf.write_text(MOONRAKER_CONF + OLD_KTAMV_ENTRY)
+
+    result = run_install(home)
+    assert_ok(result)
+    # One macros include (the old one, named precisely), no template.
+    assert printer_cfg.read_text() == OLD_KTAMV_PRINTER_CFG
+    assert ("%s includes the old kTAMV's ktamv-macros.cfg; not adding %s"
+            % (printer_cfg, INCLUDE)) in result.stderr
+    # One update entry, ours; the old file saved.
+    conf_text = moonraker_conf.read_text()
+    assert "ktamv]]" not in conf_text
+    parser = configparser.ConfigParser()
+    parser.read_string(conf_text)
+    assert [s for s in parser.sections() if "ktamv" in s] == ["update_manager ktamv"]
+    assert Path(parser["update_manager ktamv"]["path"]).expanduser() == REPO
+    assert conf_text.startswith(MOONRAKER_CONF)
+    backup = config / "moonraker.conf.before-ktamv"
+    assert backup.read_text() == MOONRAKER_CONF + OLD_KTAMV_ENTRY
+    assert "removed the old kTAMV's [update_manager ktamv]] entry" in result.stderr
+    assert "saved as %s" % backup in result.stderr
+
+    # Idempotent.
+    before = snapshot(home)
+    again = run_install(home)
+    assert_ok(again)
+    assert snapshot(home) == before
+
+    # Klippy loads it: one [ktamv], the macros defined once.
+    from klippy_harness import KLIPPY, printer_config, run_klippy
+    if not KLIPPY.exists():
+        pytest.skip("no .venv-klippy; run test/setup.sh")
+    workdir = tmp_path / "klippy"
+    workdir.mkdir()
+    (workdir / "ktamv-macros.cfg").write_text((config / "ktamv-macros.cfg").read_text())
+    user = printer_cfg.read_text().split("[gcode_macro T0]")[1].split("#*#")[0]
+    section = user.split("[ktamv]", 1)[1]
+    klippy_cfg = ("[ktamv]" + section.replace(
+        "move_speed: 1800", "move_speed: 1800\nhelper_python: %s" % sys.executable))
+    result = run_klippy(workdir, printer_config(klippy_cfg), "KTAMV_CALIB_CAMERA RADIUS=99\n")
+    # Reaching the command's own range check proves the config loaded.
+    assert ("Error on 'KTAMV_CALIB_CAMERA RADIUS=99': RADIUS must have maximum"
+            " of 10.0") in result.log, result.tail()
+    assert "option(s) server_url, send_frame_to_cloud are ignored" in result.log
