@@ -265,17 +265,22 @@ ktamv_template() {
 }
 
 # Prints printer.cfg and every file it includes, recursively, the way Klipper
-# resolves [include] (relative to the including file, globs allowed). Only
+# resolves [include] (relative to the including file's folder, globs allowed). Only
 # these count: a config folder also holds Klipper's SAVE_CONFIG backups
 # (printer-20240101_120000.cfg) and unused files.
 config_files() {
     "$PYTHON" - "$CONFIG_DIR/printer.cfg" <<'PY'
 import glob, os, re, sys
-seen = []
+# Like Klipper, resolve an include relative to the folder of the including
+# file as named (a symlinked printer.cfg: the link's folder, not its
+# target's); the real path only tells files already read.
+seen, real_seen = [], set()
 def walk(path):
-    path = os.path.realpath(path)
-    if path in seen or not os.path.isfile(path):
+    path = os.path.abspath(path)
+    real = os.path.realpath(path)
+    if real in real_seen or not os.path.isfile(path):
         return
+    real_seen.add(real)
     seen.append(path)
     with open(path, errors="replace") as f:
         for line in f:

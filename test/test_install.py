@@ -565,3 +565,29 @@ def test_migration_from_the_old_installers_config(seeded_home, tmp_path):
     assert ("Error on 'KTAMV_CALIB_CAMERA RADIUS=99': RADIUS must have maximum"
             " of 10.0") in result.log, result.tail()
     assert "option(s) server_url, send_frame_to_cloud are ignored" in result.log
+
+
+def test_symlinked_printer_cfg_includes_resolve_from_the_links_folder(seeded_home):
+    """printer.cfg is a link into another folder (as KIAUH and MainsailOS set
+    up) and includes ktamv.cfg, which lies next to the link: Klipper reads
+    that file, so install.sh must find its [ktamv] and add no template."""
+    home = seeded_home
+    printer_cfg, _, _ = config_paths(home)
+    config = printer_cfg.parent
+    elsewhere = home / "printer-configs"
+    elsewhere.mkdir()
+    user_cfg = PRINTER_CFG.replace("[include mainsail.cfg]", "[include mainsail.cfg]\n[include ktamv.cfg]")
+    (elsewhere / "printer.cfg").write_text(user_cfg)
+    printer_cfg.unlink()
+    printer_cfg.symlink_to(elsewhere / "printer.cfg")
+    (config / "ktamv.cfg").write_text("[ktamv]\nnozzle_cam_url: http://localhost/webcam/?action=snapshot\n")
+
+    result = run_install(home)
+    assert_ok(result)
+    text = printer_cfg.read_text()
+    assert "#[ktamv]" not in text and text.count(INCLUDE) == 1
+    assert "keeping your existing [ktamv] section in %s" % (config / "ktamv.cfg") in result.stdout
+    assert printer_cfg.is_symlink()
+    assert os.readlink(printer_cfg) == str(elsewhere / "printer.cfg")
+    assert_ok(run_install(home, "--uninstall"))
+    assert (elsewhere / "printer.cfg").read_text() == user_cfg
