@@ -240,17 +240,64 @@ link_extra() {
     fi
 }
 
+# What install.sh copied last is remembered by its checksum, so a later run
+# can tell an untouched old copy (updated after a `git pull` changed the
+# example) from one the user edited (kept, with the differences named).
+macros_sum_file() { printf '%s' "$CONFIG_DIR/.ktamv_macros.cfg.sha256"; }
+sha_of() { sha256sum -- "$1" | cut -d' ' -f1; }
+record_macros_sum() { sha_of "$CONFIG_DIR/ktamv_macros.cfg" >"$(macros_sum_file)"; }
+macros_unchanged_since_install() {
+    [ -f "$(macros_sum_file)" ] && [ "$(cat -- "$(macros_sum_file)")" = "$(sha_of "$CONFIG_DIR/ktamv_macros.cfg")" ]
+}
+
+# Names the [sections] in which file $1 and file $2 differ, one per line:
+# "[gcode_macro X] (changed)", "(only in <$2's name>)", "(only in yours)".
+macro_differences() {
+    "$PYTHON" - "$1" "$2" <<'PY'
+import re, sys
+def sections(path):
+    out, name = {}, None
+    for line in open(path, errors="replace"):
+        m = re.match(r"\[([^\]]+)\]", line)
+        if m:
+            name = m.group(1).strip()
+        if name is not None:
+            out.setdefault(name, []).append(line.rstrip())
+    return {k: [l for l in v if l.strip() and not l.lstrip().startswith("#")] for k, v in out.items()}
+yours, example = sections(sys.argv[1]), sections(sys.argv[2])
+for name in list(example) + [n for n in yours if n not in example]:
+    if name not in yours:
+        print("[%s] (only in examples/ktamv_macros.cfg)" % name)
+    elif name not in example:
+        print("[%s] (only in yours)" % name)
+    elif yours[name] != example[name]:
+        print("[%s] (changed)" % name)
+PY
+}
+
 copy_macros() {
-    local dest="$CONFIG_DIR/ktamv_macros.cfg"
+    local dest="$CONFIG_DIR/ktamv_macros.cfg" example="$REPO_DIR/examples/ktamv_macros.cfg" diffs
     if [ -e "$dest" ]; then
-        if cmp -s "$REPO_DIR/examples/ktamv_macros.cfg" "$dest"; then
+        if cmp -s "$example" "$dest"; then
             say "macros present: $dest"
+            [ -f "$(macros_sum_file)" ] || record_macros_sum
+        elif macros_unchanged_since_install; then
+            diffs=$(macro_differences "$dest" "$example" | paste -sd ',' | sed 's/,/, /g')
+            cp -- "$example" "$dest"
+            record_macros_sum
+            say "updated $dest to the new examples/ktamv_macros.cfg (you had not changed it): ${diffs:-comments only}"
         else
-            say "keeping your own $dest (differs from examples/ktamv_macros.cfg)"
+            diffs=$(macro_differences "$dest" "$example" | paste -sd ',' | sed 's/,/, /g')
+            if [ -f "$(macros_sum_file)" ]; then
+                say "keeping your own $dest: you edited it. It differs from examples/ktamv_macros.cfg in: ${diffs:-comments only}; merge what you want from $example"
+            else
+                say "keeping your own $dest (install.sh did not record what it copied, so it may be yours). It differs from examples/ktamv_macros.cfg in: ${diffs:-comments only}; merge what you want from $example"
+            fi
         fi
         return
     fi
-    cp -- "$REPO_DIR/examples/ktamv_macros.cfg" "$dest"
+    cp -- "$example" "$dest"
+    record_macros_sum
     say "copied the example macros to $dest"
 }
 
@@ -571,13 +618,27 @@ clean_printer_cfg() {
 
 remove_macros() {
     local dest="$CONFIG_DIR/ktamv_macros.cfg"
-    [ -e "$dest" ] || return 0
-    if cmp -s "$REPO_DIR/examples/ktamv_macros.cfg" "$dest"; then
-        rm -f -- "$dest"
-        say "removed $dest"
-    else
-        say "left $dest in place: you changed it (delete it yourself if you no longer need it)"
+    if [ -e "$dest" ]; then
+        if cmp -s "$REPO_DIR/examples/ktamv_macros.cfg" "$dest" || macros_unchanged_since_install; then
+            rm -f -- "$dest"
+            say "removed $dest"
+        else
+            say "left $dest in place: you changed it (delete it yourself if you no longer need it)"
+        fi
     fi
+    rm -f -- "$(macros_sum_file)"
+}
+
+# T macros (in any config file in use but the macros file itself) that still
+# call _KTAMV_APPLY_TOOL_OFFSET would fail with "Unknown command" once it is gone.
+warn_about_offset_calls() {
+    local f hits
+    while IFS= read -r f; do
+        [ -n "$f" ] || continue
+        [ "$(realpath -- "$f")" != "$(realpath -m -- "$CONFIG_DIR/ktamv_macros.cfg")" ] || continue
+        hits=$(grep -nE '^[[:space:]]+_KTAMV_APPLY_TOOL_OFFSET([[:space:]]|$)' -- "$f" | cut -d: -f1 | paste -sd ',' || true)
+        [ -z "$hits" ] || warn "$f still calls _KTAMV_APPLY_TOOL_OFFSET (line ${hits//,/, }), which came with ktamv_macros.cfg; remove those lines, or those tool changes will stop with \"Unknown command\""
+    done < <(config_files)
 }
 
 clean_moonraker_conf() {
@@ -627,6 +688,7 @@ remove_venv() {
 }
 
 do_uninstall() {
+    warn_about_offset_calls
     unlink_extra
     clean_printer_cfg
     remove_macros

@@ -13,6 +13,7 @@ creating a venv from nothing.
 """
 
 import configparser
+import hashlib
 import os
 import re
 import subprocess
@@ -591,3 +592,63 @@ def test_symlinked_printer_cfg_includes_resolve_from_the_links_folder(seeded_hom
     assert os.readlink(printer_cfg) == str(elsewhere / "printer.cfg")
     assert_ok(run_install(home, "--uninstall"))
     assert (elsewhere / "printer.cfg").read_text() == user_cfg
+
+
+def test_macros_follow_the_example_unless_the_user_edited_them(seeded_home):
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    config = printer_cfg.parent
+    example = (REPO / "examples" / "ktamv_macros.cfg").read_text()
+    assert_ok(run_install(home))
+    sums = config / ".ktamv_macros.cfg.sha256"
+    assert sums.read_text().strip() == hashlib.sha256(example.encode()).hexdigest()
+
+    # An older example as a previous install.sh copied (and recorded) it; a
+    # `git pull` has since changed KTAMV_SAVE_OFFSETS and added nothing else.
+    old = example.replace("[gcode_macro KTAMV_SAVE_OFFSETS]\n",
+                          "[gcode_macro KTAMV_SAVE_OFFSETS]\n# old\n", 1)
+    old = old.replace("description: Store the measured", "description: Save the measured", 1)
+    assert old != example
+    macros.write_text(old)
+    sums.write_text(hashlib.sha256(old.encode()).hexdigest() + "\n")
+    result = run_install(home)
+    assert_ok(result)
+    assert macros.read_text() == example
+    assert ("updated %s to the new examples/ktamv_macros.cfg (you had not changed it): "
+            "[gcode_macro KTAMV_SAVE_OFFSETS] (changed)" % macros) in result.stdout
+
+    # The user's own edit: kept, and the differing macros are named.
+    mine = example.replace("[gcode_macro _KTAMV_APPLY_TOOL_OFFSET]\n",
+                           "[gcode_macro MY_WIPE]\ngcode:\n    G1 X10\n\n"
+                           "[gcode_macro _KTAMV_APPLY_TOOL_OFFSET]\n", 1)
+    mine = mine.replace("KTAMV_GET_OFFSET", "KTAMV_GET_OFFSET REPEAT=3", 1)
+    macros.write_text(mine)
+    result = run_install(home)
+    assert_ok(result)
+    assert macros.read_text() == mine
+    assert ("keeping your own %s: you edited it. It differs from "
+            "examples/ktamv_macros.cfg in: [gcode_macro KTAMV_ALIGN_ALL_TOOLS] (changed), "
+            "[gcode_macro MY_WIPE] (only in yours)" % macros) in result.stdout
+
+    # Uninstall keeps the edited file and removes the checksum.
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    assert macros.read_text() == mine and not sums.exists()
+
+
+def test_uninstall_warns_about_t_macros_that_apply_offsets(seeded_home):
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    user_cfg = PRINTER_CFG.replace(
+        "    ACTIVATE_EXTRUDER EXTRUDER=extruder\n",
+        "    ACTIVATE_EXTRUDER EXTRUDER=extruder\n    _KTAMV_APPLY_TOOL_OFFSET\n")
+    printer_cfg.write_text(user_cfg)
+    assert_ok(run_install(home))
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    line = user_cfg.splitlines().index("    _KTAMV_APPLY_TOOL_OFFSET") + 1
+    assert ("%s still calls _KTAMV_APPLY_TOOL_OFFSET (line %d), which came with "
+            "ktamv_macros.cfg" % (printer_cfg, line)) in result.stderr
+    assert "ktamv_macros.cfg" in result.stderr and "Unknown command" in result.stderr
+    assert printer_cfg.read_text() == user_cfg
+    assert not macros.exists()
