@@ -652,3 +652,18 @@ def test_uninstall_warns_about_t_macros_that_apply_offsets(seeded_home):
     assert "ktamv_macros.cfg" in result.stderr and "Unknown command" in result.stderr
     assert printer_cfg.read_text() == user_cfg
     assert not macros.exists()
+
+
+def test_requirements_are_bounded_and_hold_what_the_suite_runs_on():
+    """Every runtime requirement has an upper bound (Moonraker's update
+    manager installs with -U), and the versions this suite runs on are inside."""
+    from importlib.metadata import version
+    from packaging.requirements import Requirement
+    lines = [l for l in (REPO / "requirements.txt").read_text().splitlines()
+             if l and not l.startswith(("#", "-"))]
+    assert len(lines) == 3
+    for line in lines:
+        req = Requirement(line)
+        assert any(spec.operator == "<" for spec in req.specifier), line
+        installed = version(req.name)
+        assert req.specifier.contains(installed), (line, installed)
