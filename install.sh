@@ -39,7 +39,8 @@ usage() {
     cat <<EOF
 Usage: ./install.sh [options]
 
-Installs kTAMV for the current user (sudo is used only for apt-get).
+Installs kTAMV for the current user. sudo is used only for apt-get (when
+Debian packages are missing) and, with --restart, systemctl restart klipper.
 
   -k DIR                 Klipper directory (default: ~/klipper)
   -c DIR                 Klipper config directory with printer.cfg
@@ -111,7 +112,7 @@ parse_args() {
 # leaves the machine exactly as it was.
 check_environment() {
     if [ "$(id -u)" -eq 0 ] && [ "$ALLOW_ROOT" -eq 0 ]; then
-        die "run this as the user that runs Klipper, not as root (sudo is used only for apt-get); --allow-root overrides"
+        die "run this as the user that runs Klipper, not as root (install.sh uses sudo itself where needed); --allow-root overrides"
     fi
     if [ "$UNINSTALL" -eq 0 ]; then
         local f

@@ -1376,6 +1376,13 @@ class Ktamv:
                            "and one frame")
     def cmd_KTAMV_TEST(self, gcmd):
         info = self._call(gcmd, 'version', {'check_camera': False})
+        # The versions first, so they show even when the camera fails.
+        gcmd.respond_info(
+            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
+            "NumPy %s, scikit-image %s." % (
+                info.get('helper'), info.get('protocol'),
+                self.helper.get_pid(), info.get('python'),
+                info.get('opencv'), info.get('numpy'), info.get('skimage')))
         preview = info.get('preview') or {}
         if preview.get('error'):
             # Before the grab, so it shows even when the camera fails too.
@@ -1392,13 +1399,9 @@ class Ktamv:
         else:
             preview_text = "Preview: off (set preview_port in [ktamv])."
         gcmd.respond_info(
-            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
-            "NumPy %s, scikit-image %s.\nCamera %s: got a %dx%d frame, %.3f s"
-            " old.\n%s" % (info.get('helper'), info.get('protocol'),
-                           self.helper.get_pid(), info.get('python'),
-                           info.get('opencv'), info.get('numpy'),
-                           info.get('skimage'), self.camera_url, size[0],
-                           size[1], float(grab.get('age', 0.)), preview_text))
+            "Camera %s: got a %dx%d frame, %.3f s old.\n%s" % (
+                self.camera_url, size[0], size[1], float(grab.get('age', 0.)),
+                preview_text))
     cmd_KTAMV_START_PREVIEW_help = "Start annotating the preview stream"
     def cmd_KTAMV_START_PREVIEW(self, gcmd):
         res = self._call(gcmd, 'preview', {'action': 'start'})
