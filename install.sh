@@ -34,6 +34,8 @@ UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\][[:space:]]*$'
 # "ktamv]" for the old ~/kTAMV clone and its server.
 OLD_UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\]\][[:space:]]*$'
 SAVE_CONFIG_RE='^#\*# <-+ SAVE_CONFIG -+>'
+WEBCAM_SECTION="[webcam ktamv]"
+WEBCAM_SECTION_RE='^\[webcam[[:space:]]+ktamv\][[:space:]]*$'
 
 usage() {
     cat <<EOF
@@ -530,6 +532,108 @@ edit_moonraker_conf() {
         || warn "moonraker.conf has no [update_manager] section, so Moonraker's update manager is off; add one to get kTAMV updates"
 }
 
+# Prints "HOST PORT" of the active [ktamv] section's preview (the last value
+# of each option wins, as in Klipper), or nothing when the preview is off.
+preview_setting() {
+    "$PYTHON" - <<'PY' "$@"
+import re, sys
+host, port, inside = "127.0.0.1", 0, False
+for path in sys.argv[1:]:
+    for line in open(path, errors="replace"):
+        line = line.split("#")[0].rstrip()
+        m = re.match(r"\[([^\]]+)\]", line)
+        if m:
+            inside = m.group(1).strip() == "ktamv"
+            continue
+        m = re.match(r"(preview_host|preview_port)\s*[:=]\s*(\S*)", line)
+        if inside and m:
+            if m.group(1) == "preview_host":
+                host = m.group(2) or host
+            else:
+                try:
+                    port = int(m.group(2) or 0)
+                except ValueError:
+                    port = 0
+if port > 0:
+    print(host, port)
+PY
+}
+
+# With preview_port set, a [webcam ktamv] entry in moonraker.conf makes
+# Mainsail and Fluidd list the annotated preview. Ports 8080-8083 are the
+# ones Mainsail's nginx (MainsailOS, KIAUH) forwards /webcam/../webcam4/ to;
+# any other port is only reachable directly, with preview_host: 0.0.0.0.
+edit_moonraker_webcam() {
+    [ -f "$MOONRAKER_CONF" ] || return 0
+    local files=() f setting host port prefix stream snapshot
+    while IFS= read -r f; do [ -n "$f" ] && files+=("$f"); done < <(config_files)
+    setting=$(preview_setting "${files[@]}")
+    if [ -z "$setting" ]; then
+        say "moonraker.conf: no $WEBCAM_SECTION (preview_port is not set in [ktamv]; set it and run install.sh again to list the preview in Mainsail/Fluidd)"
+        return 0
+    fi
+    if grep -qE "$WEBCAM_SECTION_RE" "$MOONRAKER_CONF"; then
+        say "moonraker.conf: $WEBCAM_SECTION already present"
+        return 0
+    fi
+    read -r host port <<<"$setting"
+    case "$port" in
+        8080) prefix="/webcam/" ;;
+        8081) prefix="/webcam2/" ;;
+        8082) prefix="/webcam3/" ;;
+        8083) prefix="/webcam4/" ;;
+        *) prefix="" ;;
+    esac
+    if [ -n "$prefix" ]; then
+        stream="${prefix}?action=stream"; snapshot="${prefix}?action=snapshot"
+    elif [ "$host" = "0.0.0.0" ]; then
+        stream="http://$(hostname).local:$port/stream"; snapshot="http://$(hostname).local:$port/snapshot"
+    else
+        warn "moonraker.conf: no $WEBCAM_SECTION added: preview_port $port is not one nginx forwards (8080-8083) and preview_host $host is not reachable from other computers; use preview_port: 8083, or preview_host: 0.0.0.0"
+        return 0
+    fi
+    if [ -s "$MOONRAKER_CONF" ] && [ -n "$(tail -c 1 -- "$MOONRAKER_CONF")" ]; then
+        printf '\n' >>"$MOONRAKER_CONF"
+    fi
+    {
+        printf '\n'
+        printf '%s\n' "$BEGIN_MARK" "$WEBCAM_SECTION" \
+            "# The annotated kTAMV preview (preview_port $port in [ktamv])." \
+            "location: printer" "service: mjpegstreamer" "target_fps: 10" \
+            "stream_url: $stream" "snapshot_url: $snapshot" "$END_MARK"
+    } >>"$MOONRAKER_CONF"
+    say "moonraker.conf: added $WEBCAM_SECTION ($stream); restart Moonraker and Mainsail/Fluidd list it as a webcam"
+}
+
+clean_moonraker_webcam() {
+    [ -f "$MOONRAKER_CONF" ] || return 0
+    grep -qE "$WEBCAM_SECTION_RE" "$MOONRAKER_CONF" || return 0
+    local tmp
+    tmp=$(mktemp)
+    # Only our marked entry: a [webcam ktamv] written by hand stays.
+    RE="$WEBCAM_SECTION_RE" awk -v begin="$BEGIN_MARK" -v end="$END_MARK" '
+        { lines[NR] = $0 }
+        END {
+            n = NR
+            for (i = 1; i <= n; i++) keep[i] = 1
+            for (i = 2; i <= n; i++) {
+                if (lines[i] !~ ENVIRON["RE"] || lines[i - 1] != begin) continue
+                for (e = i + 1; e <= n && lines[e] != end && lines[e] !~ /^\[/; e++) ;
+                if (e > n || lines[e] != end) continue
+                for (k = i - 1; k <= e; k++) keep[k] = 0
+                if (i > 2 && lines[i - 2] == "") keep[i - 2] = 0
+            }
+            for (i = 1; i <= n; i++) if (keep[i]) print lines[i]
+        }' "$MOONRAKER_CONF" >"$tmp"
+    if cmp -s "$MOONRAKER_CONF" "$tmp"; then
+        rm -f -- "$tmp"
+        say "moonraker.conf: left your own $WEBCAM_SECTION in place"
+    else
+        replace_contents "$MOONRAKER_CONF" "$tmp"
+        say "moonraker.conf: removed $WEBCAM_SECTION"
+    fi
+}
+
 restart_klipper() {
     if [ "$RESTART" -eq 1 ]; then
         say "restarting Klipper"
@@ -548,6 +652,7 @@ do_install() {
     copy_macros
     edit_printer_cfg
     edit_moonraker_conf
+    edit_moonraker_webcam
     restart_klipper
     say "done. Next: set nozzle_cam_url in the [ktamv] section of printer.cfg, restart, then run KTAMV_TEST"
 }
@@ -694,6 +799,7 @@ do_uninstall() {
     clean_printer_cfg
     remove_macros
     clean_moonraker_conf
+    clean_moonraker_webcam
     remove_venv
     restart_klipper
     say "uninstalled"

@@ -667,3 +667,91 @@ def test_requirements_are_bounded_and_hold_what_the_suite_runs_on():
         assert any(spec.operator == "<" for spec in req.specifier), line
         installed = version(req.name)
         assert req.specifier.contains(installed), (line, installed)
+
+
+MOONRAKER = REPO / ".venv-moonraker" / "bin" / "moonraker"
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def moonraker_webcams(conf_text, workdir):
+    """Run real Moonraker (PyPI moonraker, .venv-moonraker) on conf_text, on a
+    free local port, and return what its /server/webcams/list answers."""
+    import json
+    import time
+    import urllib.request
+    port = free_port()
+    data = workdir / "moonraker-data"
+    (data / "config").mkdir(parents=True)
+    conf = data / "config" / "moonraker.conf"
+    conf_text = conf_text.replace("host: 0.0.0.0\nport: 7125", "host: 127.0.0.1\nport: %d" % port)
+    conf.write_text(conf_text + "\n[authorization]\ntrusted_clients:\n  127.0.0.0/8\n")
+    proc = subprocess.Popen([str(MOONRAKER), "-d", str(data), "-c", str(conf), "-n"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/server/webcams/list" % port, timeout=5) as r:
+                    return json.load(r)["result"]["webcams"]
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "Moonraker did not answer"
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_preview_port_adds_a_webcam_real_moonraker_lists(seeded_home, tmp_path):
+    if not MOONRAKER.exists():
+        pytest.skip("no .venv-moonraker (pip install moonraker); run test/setup.sh")
+    home = seeded_home
+    printer_cfg, moonraker_conf, _ = config_paths(home)
+    config = printer_cfg.parent
+    (config / "ktamv.cfg").write_text(
+        "[ktamv]\nnozzle_cam_url: http://localhost/webcam/?action=snapshot\n"
+        "preview_port: 8083\n")
+    user_cfg = PRINTER_CFG.replace("[include mainsail.cfg]", "[include mainsail.cfg]\n[include ktamv.cfg]")
+    printer_cfg.write_text(user_cfg)
+
+    result = run_install(home)
+    assert_ok(result)
+    assert "added [webcam ktamv] (/webcam4/?action=stream)" in result.stdout
+    conf_text = moonraker_conf.read_text()
+    assert conf_text.count("[webcam ktamv]") == 1
+    # Idempotent.
+    assert_ok(run_install(home))
+    assert moonraker_conf.read_text() == conf_text
+
+    cams = moonraker_webcams(conf_text, tmp_path)
+    ours = [c for c in cams if c["name"] == "ktamv"]
+    assert len(ours) == 1, cams
+    cam = ours[0]
+    assert cam["stream_url"] == "/webcam4/?action=stream"
+    assert cam["snapshot_url"] == "/webcam4/?action=snapshot"
+    assert cam["service"] == "mjpegstreamer"
+    assert cam["target_fps"] == 10
+    assert cam["location"] == "printer"
+    assert cam["source"] == "config"
+
+    # Uninstall takes it out again, byte for byte.
+    assert_ok(run_install(home, "--uninstall"))
+    assert moonraker_conf.read_text() == MOONRAKER_CONF
+
+
+def test_preview_on_an_unforwarded_local_port_gets_a_reason_not_a_webcam(seeded_home):
+    home = seeded_home
+    printer_cfg, moonraker_conf, _ = config_paths(home)
+    printer_cfg.write_text(PRINTER_CFG.replace(
+        "\n#*# <--", "\n[ktamv]\nnozzle_cam_url: http://x/\npreview_port: 9000\n\n#*# <--", 1))
+    result = run_install(home)
+    assert_ok(result)
+    assert "[webcam" not in moonraker_conf.read_text()
+    assert ("preview_port 9000 is not one nginx forwards (8080-8083) and preview_host "
+            "127.0.0.1 is not reachable from other computers") in result.stderr
