@@ -24,16 +24,25 @@ BEGIN_MARK="# >>> kTAMV (added by kTAMV's install.sh; 'install.sh --uninstall' r
 END_MARK="# <<< kTAMV"
 INCLUDE_LINE="[include ktamv_macros.cfg]"
 INCLUDE_RE='^[[:space:]]*\[include[[:space:]]+([^]]*/)?ktamv_macros\.cfg[[:space:]]*\]'
+# The old kTAMV's installer included its macros under this name; both files
+# define the same macros, so only one of them may be included.
+OLD_INCLUDE_RE='^[[:space:]]*\[include[[:space:]]+([^]]*/)?ktamv-macros\.cfg[[:space:]]*\]'
 SECTION_RE='^\[ktamv\]'
 UPDATE_SECTION="[update_manager ktamv]"
 UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\][[:space:]]*$'
+# ... and wrote this header (sic), which Moonraker reads as a client named
+# "ktamv]" for the old ~/kTAMV clone and its server.
+OLD_UPDATE_SECTION_RE='^\[update_manager[[:space:]]+ktamv\]\][[:space:]]*$'
 SAVE_CONFIG_RE='^#\*# <-+ SAVE_CONFIG -+>'
+WEBCAM_SECTION="[webcam ktamv]"
+WEBCAM_SECTION_RE='^\[webcam[[:space:]]+ktamv\][[:space:]]*$'
 
 usage() {
     cat <<EOF
 Usage: ./install.sh [options]
 
-Installs kTAMV for the current user (sudo is used only for apt-get).
+Installs kTAMV for the current user. sudo is used only for apt-get (when
+Debian packages are missing) and, with --restart, systemctl restart klipper.
 
   -k DIR                 Klipper directory (default: ~/klipper)
   -c DIR                 Klipper config directory with printer.cfg
@@ -105,7 +114,7 @@ parse_args() {
 # leaves the machine exactly as it was.
 check_environment() {
     if [ "$(id -u)" -eq 0 ] && [ "$ALLOW_ROOT" -eq 0 ]; then
-        die "run this as the user that runs Klipper, not as root (sudo is used only for apt-get); --allow-root overrides"
+        die "run this as the user that runs Klipper, not as root (install.sh uses sudo itself where needed); --allow-root overrides"
     fi
     if [ "$UNINSTALL" -eq 0 ]; then
         local f
@@ -234,17 +243,64 @@ link_extra() {
     fi
 }
 
+# What install.sh copied last is remembered by its checksum, so a later run
+# can tell an untouched old copy (updated after a `git pull` changed the
+# example) from one the user edited (kept, with the differences named).
+macros_sum_file() { printf '%s' "$CONFIG_DIR/.ktamv_macros.cfg.sha256"; }
+sha_of() { sha256sum -- "$1" | cut -d' ' -f1; }
+record_macros_sum() { sha_of "$CONFIG_DIR/ktamv_macros.cfg" >"$(macros_sum_file)"; }
+macros_unchanged_since_install() {
+    [ -f "$(macros_sum_file)" ] && [ "$(cat -- "$(macros_sum_file)")" = "$(sha_of "$CONFIG_DIR/ktamv_macros.cfg")" ]
+}
+
+# Names the [sections] in which file $1 and file $2 differ, one per line:
+# "[gcode_macro X] (changed)", "(only in <$2's name>)", "(only in yours)".
+macro_differences() {
+    "$PYTHON" - "$1" "$2" <<'PY'
+import re, sys
+def sections(path):
+    out, name = {}, None
+    for line in open(path, errors="replace"):
+        m = re.match(r"\[([^\]]+)\]", line)
+        if m:
+            name = m.group(1).strip()
+        if name is not None:
+            out.setdefault(name, []).append(line.rstrip())
+    return {k: [l for l in v if l.strip() and not l.lstrip().startswith("#")] for k, v in out.items()}
+yours, example = sections(sys.argv[1]), sections(sys.argv[2])
+for name in list(example) + [n for n in yours if n not in example]:
+    if name not in yours:
+        print("[%s] (only in examples/ktamv_macros.cfg)" % name)
+    elif name not in example:
+        print("[%s] (only in yours)" % name)
+    elif yours[name] != example[name]:
+        print("[%s] (changed)" % name)
+PY
+}
+
 copy_macros() {
-    local dest="$CONFIG_DIR/ktamv_macros.cfg"
+    local dest="$CONFIG_DIR/ktamv_macros.cfg" example="$REPO_DIR/examples/ktamv_macros.cfg" diffs
     if [ -e "$dest" ]; then
-        if cmp -s "$REPO_DIR/examples/ktamv_macros.cfg" "$dest"; then
+        if cmp -s "$example" "$dest"; then
             say "macros present: $dest"
+            [ -f "$(macros_sum_file)" ] || record_macros_sum
+        elif macros_unchanged_since_install; then
+            diffs=$(macro_differences "$dest" "$example" | paste -sd ',' | sed 's/,/, /g')
+            cp -- "$example" "$dest"
+            record_macros_sum
+            say "updated $dest to the new examples/ktamv_macros.cfg (you had not changed it): ${diffs:-comments only}"
         else
-            say "keeping your own $dest (differs from examples/ktamv_macros.cfg)"
+            diffs=$(macro_differences "$dest" "$example" | paste -sd ',' | sed 's/,/, /g')
+            if [ -f "$(macros_sum_file)" ]; then
+                say "keeping your own $dest: you edited it. It differs from examples/ktamv_macros.cfg in: ${diffs:-comments only}; merge what you want from $example"
+            else
+                say "keeping your own $dest (install.sh did not record what it copied, so it may be yours). It differs from examples/ktamv_macros.cfg in: ${diffs:-comments only}; merge what you want from $example"
+            fi
         fi
         return
     fi
-    cp -- "$REPO_DIR/examples/ktamv_macros.cfg" "$dest"
+    cp -- "$example" "$dest"
+    record_macros_sum
     say "copied the example macros to $dest"
 }
 
@@ -259,17 +315,22 @@ ktamv_template() {
 }
 
 # Prints printer.cfg and every file it includes, recursively, the way Klipper
-# resolves [include] (relative to the including file, globs allowed). Only
+# resolves [include] (relative to the including file's folder, globs allowed). Only
 # these count: a config folder also holds Klipper's SAVE_CONFIG backups
 # (printer-20240101_120000.cfg) and unused files.
 config_files() {
     "$PYTHON" - "$CONFIG_DIR/printer.cfg" <<'PY'
 import glob, os, re, sys
-seen = []
+# Like Klipper, resolve an include relative to the folder of the including
+# file as named (a symlinked printer.cfg: the link's folder, not its
+# target's); the real path only tells files already read.
+seen, real_seen = [], set()
 def walk(path):
-    path = os.path.realpath(path)
-    if path in seen or not os.path.isfile(path):
+    path = os.path.abspath(path)
+    real = os.path.realpath(path)
+    if real in real_seen or not os.path.isfile(path):
         return
+    real_seen.add(real)
     seen.append(path)
     with open(path, errors="replace") as f:
         for line in f:
@@ -296,6 +357,7 @@ find_in_config() {
 # An active [ktamv] section (old kTAMV users often keep it in an included file).
 find_ktamv_section() { find_in_config "$SECTION_RE"; }
 find_include() { find_in_config "$INCLUDE_RE"; }
+find_old_include() { find_in_config "$OLD_INCLUDE_RE"; }
 
 # Writes $2 into $1 in place (keeps a symlinked printer.cfg a symlink and
 # keeps its permissions).
@@ -308,19 +370,37 @@ edit_printer_cfg() {
     local cfg="$CONFIG_DIR/printer.cfg" found section_file block tmp
     if found=$(find_include); then
         say "printer.cfg: ktamv_macros.cfg already included (in $found)"
+        if found=$(find_old_include); then
+            warn "$found also includes the old kTAMV's ktamv-macros.cfg, which defines the same macros; delete that [include ktamv-macros.cfg] line"
+        fi
         return
     fi
-    local has_section=0
+    local has_section=0 old_include=0
     if section_file=$(find_ktamv_section); then
         has_section=1
         say "printer.cfg: keeping your existing [ktamv] section in $section_file"
     fi
+    if found=$(find_old_include); then
+        old_include=1
+        warn "$found includes the old kTAMV's ktamv-macros.cfg; not adding $INCLUDE_LINE, because both files define the same macros. To use the new macros, replace that line with $INCLUDE_LINE"
+        if [ "$has_section" -eq 1 ]; then
+            say "printer.cfg: nothing to add"
+            return
+        fi
+    fi
+    if grep -qxF "$BEGIN_MARK" "$cfg"; then
+        say "printer.cfg: kTAMV's block already added"
+        return
+    fi
     block=$(mktemp)
     {
-        printf '%s\n' "$BEGIN_MARK" "$INCLUDE_LINE"
+        printf '%s\n' "$BEGIN_MARK"
+        [ "$old_include" -eq 1 ] || printf '%s\n' "$INCLUDE_LINE"
         if [ "$has_section" -eq 0 ]; then
-            printf '%s\n' "# Uncomment [ktamv] and set nozzle_cam_url to enable kTAMV." \
-                "# Every option: $REPO_DIR/README.md (Configuration)"
+            # "##": these stay comments when the whole block is uncommented.
+            printf '%s\n' "## To enable kTAMV: uncomment every line from #[ktamv] to #debug_keep" \
+                "## (select them, Ctrl+/ in Mainsail or Fluidd), set nozzle_cam_url, restart." \
+                "## Every option: $(tilde_path "$REPO_DIR")/README.md (Configuration)"
             ktamv_template
         fi
         printf '%s\n' "$END_MARK"
@@ -351,6 +431,8 @@ edit_printer_cfg() {
     replace_contents "$cfg" "$tmp"
     if [ "$has_section" -eq 1 ]; then
         say "printer.cfg: added $INCLUDE_LINE"
+    elif [ "$old_include" -eq 1 ]; then
+        say "printer.cfg: added a commented [ktamv] template"
     else
         say "printer.cfg: added $INCLUDE_LINE and a commented [ktamv] template"
     fi
@@ -388,10 +470,41 @@ same_path() {
     [ -n "$1" ] && [ "$(realpath -m -- "${1/#\~/$HOME}")" = "$REPO_DIR" ]
 }
 
+# The old installer's "[update_manager ktamv]]" entry updates the old kTAMV
+# clone and would sit next to ours: save moonraker.conf, then remove that
+# section (its header up to the next section, minus trailing blank lines, and
+# the two blank lines the old installer wrote before it).
+replace_old_update_entry() {
+    local backup="$MOONRAKER_CONF.before-ktamv" tmp
+    [ -e "$backup" ] || cp -p -- "$MOONRAKER_CONF" "$backup"
+    tmp=$(mktemp)
+    RE="$OLD_UPDATE_SECTION_RE" awk '
+        { lines[NR] = $0 }
+        END {
+            n = NR
+            for (i = 1; i <= n; i++) keep[i] = 1
+            for (i = 1; i <= n; i++) {
+                if (lines[i] !~ ENVIRON["RE"]) continue
+                for (e = i + 1; e <= n && lines[e] !~ /^\[/; e++) ;
+                e = e - 1
+                while (e > i && lines[e] ~ /^[[:space:]]*$/) e--
+                for (k = i; k <= e; k++) keep[k] = 0
+                for (s = i - 1; s >= 1 && lines[s] ~ /^[[:space:]]*$/; s--) keep[s] = 0
+                i = e
+            }
+            for (i = 1; i <= n; i++) if (keep[i]) print lines[i]
+        }' "$MOONRAKER_CONF" >"$tmp"
+    replace_contents "$MOONRAKER_CONF" "$tmp"
+    warn "moonraker.conf: removed the old kTAMV's [update_manager ktamv]] entry (its header has a stray ']' and it updates the old clone); the file as it was is saved as $backup"
+}
+
 edit_moonraker_conf() {
     if [ ! -f "$MOONRAKER_CONF" ]; then
         warn "no $MOONRAKER_CONF: skipping Moonraker's update_manager entry (pass -m FILE if it lives elsewhere)"
         return
+    fi
+    if grep -qE "$OLD_UPDATE_SECTION_RE" "$MOONRAKER_CONF"; then
+        replace_old_update_entry
     fi
     if grep -qE "$UPDATE_SECTION_RE" "$MOONRAKER_CONF"; then
         local path
@@ -419,6 +532,108 @@ edit_moonraker_conf() {
         || warn "moonraker.conf has no [update_manager] section, so Moonraker's update manager is off; add one to get kTAMV updates"
 }
 
+# Prints "HOST PORT" of the active [ktamv] section's preview (the last value
+# of each option wins, as in Klipper), or nothing when the preview is off.
+preview_setting() {
+    "$PYTHON" - <<'PY' "$@"
+import re, sys
+host, port, inside = "127.0.0.1", 0, False
+for path in sys.argv[1:]:
+    for line in open(path, errors="replace"):
+        line = line.split("#")[0].rstrip()
+        m = re.match(r"\[([^\]]+)\]", line)
+        if m:
+            inside = m.group(1).strip() == "ktamv"
+            continue
+        m = re.match(r"(preview_host|preview_port)\s*[:=]\s*(\S*)", line)
+        if inside and m:
+            if m.group(1) == "preview_host":
+                host = m.group(2) or host
+            else:
+                try:
+                    port = int(m.group(2) or 0)
+                except ValueError:
+                    port = 0
+if port > 0:
+    print(host, port)
+PY
+}
+
+# With preview_port set, a [webcam ktamv] entry in moonraker.conf makes
+# Mainsail and Fluidd list the annotated preview. Ports 8080-8083 are the
+# ones Mainsail's nginx (MainsailOS, KIAUH) forwards /webcam/../webcam4/ to;
+# any other port is only reachable directly, with preview_host: 0.0.0.0.
+edit_moonraker_webcam() {
+    [ -f "$MOONRAKER_CONF" ] || return 0
+    local files=() f setting host port prefix stream snapshot
+    while IFS= read -r f; do [ -n "$f" ] && files+=("$f"); done < <(config_files)
+    setting=$(preview_setting "${files[@]}")
+    if [ -z "$setting" ]; then
+        say "moonraker.conf: no $WEBCAM_SECTION (preview_port is not set in [ktamv]; set it and run install.sh again to list the preview in Mainsail/Fluidd)"
+        return 0
+    fi
+    if grep -qE "$WEBCAM_SECTION_RE" "$MOONRAKER_CONF"; then
+        say "moonraker.conf: $WEBCAM_SECTION already present"
+        return 0
+    fi
+    read -r host port <<<"$setting"
+    case "$port" in
+        8080) prefix="/webcam/" ;;
+        8081) prefix="/webcam2/" ;;
+        8082) prefix="/webcam3/" ;;
+        8083) prefix="/webcam4/" ;;
+        *) prefix="" ;;
+    esac
+    if [ -n "$prefix" ]; then
+        stream="${prefix}?action=stream"; snapshot="${prefix}?action=snapshot"
+    elif [ "$host" = "0.0.0.0" ]; then
+        stream="http://$(hostname).local:$port/stream"; snapshot="http://$(hostname).local:$port/snapshot"
+    else
+        warn "moonraker.conf: no $WEBCAM_SECTION added: preview_port $port is not one nginx forwards (8080-8083) and preview_host $host is not reachable from other computers; use preview_port: 8083, or preview_host: 0.0.0.0"
+        return 0
+    fi
+    if [ -s "$MOONRAKER_CONF" ] && [ -n "$(tail -c 1 -- "$MOONRAKER_CONF")" ]; then
+        printf '\n' >>"$MOONRAKER_CONF"
+    fi
+    {
+        printf '\n'
+        printf '%s\n' "$BEGIN_MARK" "$WEBCAM_SECTION" \
+            "# The annotated kTAMV preview (preview_port $port in [ktamv])." \
+            "location: printer" "service: mjpegstreamer" "target_fps: 10" \
+            "stream_url: $stream" "snapshot_url: $snapshot" "$END_MARK"
+    } >>"$MOONRAKER_CONF"
+    say "moonraker.conf: added $WEBCAM_SECTION ($stream); restart Moonraker and Mainsail/Fluidd list it as a webcam"
+}
+
+clean_moonraker_webcam() {
+    [ -f "$MOONRAKER_CONF" ] || return 0
+    grep -qE "$WEBCAM_SECTION_RE" "$MOONRAKER_CONF" || return 0
+    local tmp
+    tmp=$(mktemp)
+    # Only our marked entry: a [webcam ktamv] written by hand stays.
+    RE="$WEBCAM_SECTION_RE" awk -v begin="$BEGIN_MARK" -v end="$END_MARK" '
+        { lines[NR] = $0 }
+        END {
+            n = NR
+            for (i = 1; i <= n; i++) keep[i] = 1
+            for (i = 2; i <= n; i++) {
+                if (lines[i] !~ ENVIRON["RE"] || lines[i - 1] != begin) continue
+                for (e = i + 1; e <= n && lines[e] != end && lines[e] !~ /^\[/; e++) ;
+                if (e > n || lines[e] != end) continue
+                for (k = i - 1; k <= e; k++) keep[k] = 0
+                if (i > 2 && lines[i - 2] == "") keep[i - 2] = 0
+            }
+            for (i = 1; i <= n; i++) if (keep[i]) print lines[i]
+        }' "$MOONRAKER_CONF" >"$tmp"
+    if cmp -s "$MOONRAKER_CONF" "$tmp"; then
+        rm -f -- "$tmp"
+        say "moonraker.conf: left your own $WEBCAM_SECTION in place"
+    else
+        replace_contents "$MOONRAKER_CONF" "$tmp"
+        say "moonraker.conf: removed $WEBCAM_SECTION"
+    fi
+}
+
 restart_klipper() {
     if [ "$RESTART" -eq 1 ]; then
         say "restarting Klipper"
@@ -437,6 +652,7 @@ do_install() {
     copy_macros
     edit_printer_cfg
     edit_moonraker_conf
+    edit_moonraker_webcam
     restart_klipper
     say "done. Next: set nozzle_cam_url in the [ktamv] section of printer.cfg, restart, then run KTAMV_TEST"
 }
@@ -508,13 +724,27 @@ clean_printer_cfg() {
 
 remove_macros() {
     local dest="$CONFIG_DIR/ktamv_macros.cfg"
-    [ -e "$dest" ] || return 0
-    if cmp -s "$REPO_DIR/examples/ktamv_macros.cfg" "$dest"; then
-        rm -f -- "$dest"
-        say "removed $dest"
-    else
-        say "left $dest in place: you changed it (delete it yourself if you no longer need it)"
+    if [ -e "$dest" ]; then
+        if cmp -s "$REPO_DIR/examples/ktamv_macros.cfg" "$dest" || macros_unchanged_since_install; then
+            rm -f -- "$dest"
+            say "removed $dest"
+        else
+            say "left $dest in place: you changed it (delete it yourself if you no longer need it)"
+        fi
     fi
+    rm -f -- "$(macros_sum_file)"
+}
+
+# T macros (in any config file in use but the macros file itself) that still
+# call _KTAMV_APPLY_TOOL_OFFSET would fail with "Unknown command" once it is gone.
+warn_about_offset_calls() {
+    local f hits
+    while IFS= read -r f; do
+        [ -n "$f" ] || continue
+        [ "$(realpath -- "$f")" != "$(realpath -m -- "$CONFIG_DIR/ktamv_macros.cfg")" ] || continue
+        hits=$(grep -nE '^[[:space:]]+_KTAMV_APPLY_TOOL_OFFSET([[:space:]]|$)' -- "$f" | cut -d: -f1 | paste -sd ',' || true)
+        [ -z "$hits" ] || warn "$f still calls _KTAMV_APPLY_TOOL_OFFSET (line ${hits//,/, }), which came with ktamv_macros.cfg; remove those lines, or those tool changes will stop with \"Unknown command\""
+    done < <(config_files)
 }
 
 clean_moonraker_conf() {
@@ -564,10 +794,12 @@ remove_venv() {
 }
 
 do_uninstall() {
+    warn_about_offset_calls
     unlink_extra
     clean_printer_cfg
     remove_macros
     clean_moonraker_conf
+    clean_moonraker_webcam
     remove_venv
     restart_klipper
     say "uninstalled"

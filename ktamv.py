@@ -1032,6 +1032,13 @@ class HelperClient:
         """KTAMV_TEST: versions, preview and one frame."""
         call = self.call
         info = call(gcmd, 'version', {'check_camera': False})
+        # The versions first, so they show even when the camera fails.
+        gcmd.respond_info(
+            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
+            "NumPy %s, scikit-image %s." % (
+                info.get('helper'), info.get('protocol'),
+                self.helper.get_pid(), info.get('python'),
+                info.get('opencv'), info.get('numpy'), info.get('skimage')))
         preview = info.get('preview') or {}
         if preview.get('error'):
             # Before the grab, so it shows even when the camera fails too.
@@ -1048,14 +1055,9 @@ class HelperClient:
         else:
             preview_text = "Preview: off (set preview_port in [ktamv])."
         gcmd.respond_info(
-            "kTAMV helper %s (protocol %s, pid %s): Python %s, OpenCV %s, "
-            "NumPy %s, scikit-image %s.\nCamera %s: got a %dx%d frame, %.3f s"
-            " old.\n%s" % (info.get('helper'), info.get('protocol'),
-                           self.helper.get_pid(), info.get('python'),
-                           info.get('opencv'), info.get('numpy'),
-                           info.get('skimage'), self.opts.camera_url,
-                           size[0], size[1], float(grab.get('age', 0.)),
-                           preview_text))
+            "Camera %s: got a %dx%d frame, %.3f s old.\n%s" % (
+                self.opts.camera_url, size[0], size[1],
+                float(grab.get('age', 0.)), preview_text))
 
 class ToolIdentity:
     def __init__(self, printer, tool_status):

@@ -7,8 +7,23 @@ which is how ``ktamv.py`` starts it.
 import sys
 
 
+USAGE = """\
+usage: python -m ktamv_helper [serve | detect IMAGE... [--json] [--annotate DIR] |
+                               bench [--photos DIR]]
+
+  serve     (the default) the JSON-lines protocol on stdin/stdout, as ktamv.py
+            starts it
+  detect    find the nozzle in your own pictures (detect --help for options)
+  bench     time the detector (bench --help for options); with --photos DIR,
+            score it on your own nozzle photos under known warps
+"""
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        sys.stdout.write(USAGE)
+        return 0
     command = argv.pop(0) if argv and not argv[0].startswith("-") else "serve"
     if command == "serve":
         from ktamv_helper import server
@@ -23,8 +38,7 @@ def main(argv=None):
     if command == "bench":
         from ktamv_helper import bench
         return bench.main(argv)
-    sys.stderr.write("usage: python -m ktamv_helper [serve | detect IMAGE... "
-                     "[--json] [--annotate DIR] | bench [--photos DIR]]\n")
+    sys.stderr.write("unknown command %r\n%s" % (command, USAGE))
     return 2
 
 

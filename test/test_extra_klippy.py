@@ -251,6 +251,10 @@ def test_camera_offline_fails_the_command_and_klipper_keeps_running(
         reply = klippy.send("KTAMV_TEST")
         assert reply.error and reply.error.startswith("kTAMV: ")
         assert "127.0.0.1" in reply.error
+        # The versions came before the camera failed.
+        assert re.search(r"kTAMV helper \S+ \(protocol \d+, pid \d+\): Python 3\.\d+"
+                         r"\.\d+, OpenCV \d+\.\d+\.\d+, NumPy \d+\.\d+\.\d+, "
+                         r"scikit-image \d+\.\d+\.\d+\.", reply.text), reply.text
         reply = klippy.send("G28")
         assert reply.error is None
         reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")

@@ -13,7 +13,9 @@ creating a venv from nothing.
 """
 
 import configparser
+import hashlib
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -251,7 +253,7 @@ def test_uninstall_keeps_a_ktamv_section_the_user_enabled(seeded_home):
     assert_ok(run_install(home))
     # The user enables the template and edits the macros.
     text = printer_cfg.read_text()
-    text = text.replace("#[ktamv]", "[ktamv]", 1)
+    text = text.replace("\n#[ktamv]\n", "\n[ktamv]\n", 1)
     text = "\n".join(
         line[1:] if line.startswith("#nozzle_cam_url:") else line
         for line in text.split("\n"))
@@ -435,3 +437,321 @@ def test_uninstall_warns_about_a_saved_calibration(seeded_home):
     assert_ok(result)
     assert printer_cfg.read_text() == saved
     assert "SAVE_CONFIG block" in result.stderr and "'#*#' lines" in result.stderr
+
+
+def uncomment_template(text):
+    """What Mainsail's or Fluidd's editor does to the selected lines from
+    ``#[ktamv]`` to ``#debug_keep`` (and the ``##`` lines above them) with
+    Ctrl+/: it removes the first ``#`` of every line."""
+    lines = text.split("\n")
+    start = lines.index(BEGIN_MARK)
+    end = lines.index(END_MARK, start)
+    for i in range(start + 1, end):
+        if lines[i].startswith("#"):
+            lines[i] = lines[i][1:]
+    return "\n".join(lines)
+
+
+def test_whole_template_uncommented_loads_in_real_klippy(seeded_home, tmp_path):
+    """The user uncomments the whole template in one go: Klippy loads it with
+    every option at its template value, and no explanation leaks into one."""
+    from klippy_harness import KLIPPY, printer_config, run_klippy
+    if not KLIPPY.exists():
+        pytest.skip("no .venv-klippy; run test/setup.sh")
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    assert_ok(run_install(home))
+    block = block_of(uncomment_template(printer_cfg.read_text()))
+    # Every explanation is still a comment; every option line is active.
+    assert [l for l in block if l.startswith("#") and not l.startswith("# ")] == []
+    active = [l for l in block[1:-1] if l and not l.startswith("#")]
+    assert active[:2] == [INCLUDE, "[ktamv]"]
+    assert "nozzle_cam_url: http://localhost/webcam2/?action=snapshot" in active
+    example = (REPO / "examples" / "printer.cfg").read_text()
+    options = re.findall(r"^#?(\w+):", example, re.M)
+    assert len(options) == 23
+    assert [l.split(":")[0] for l in active[2:]] == options
+
+    workdir = tmp_path / "klippy"
+    workdir.mkdir()
+    (workdir / "ktamv_macros.cfg").write_bytes(macros.read_bytes())
+    section = "\n".join(block) + """
+[gcode_macro SHOW_KTAMV]
+gcode:
+  {action_respond_info("ktamv-config speed=%s position=%s state=%s" % (
+      printer.ktamv.travel_speed, printer.ktamv.camera_position,
+      printer.ktamv.helper_state))}
+"""
+    result = run_klippy(workdir, printer_config(section), "SHOW_KTAMV\n")
+    assert result.returncode == 0, result.tail()
+    assert "Unable to parse option" not in result.log
+    shown = result.find(r"ktamv-config (.*)")
+    assert shown and shown[0].startswith("speed=1800.0 position=[150.0, 150.0]"), result.tail()
+
+
+# printer.cfg and moonraker.conf as the old kTAMV's installer (with its
+# server) leaves them: [ktamv] and its macros include appended, and an update
+# entry whose header has a stray "]".
+OLD_KTAMV_PRINTER_CFG = PRINTER_CFG.replace("\n#*# <--", """
+
+[ktamv]
+nozzle_cam_url: http://localhost/webcam/snapshot?max_delay=0
+server_url: http://localhost:8085
+move_speed: 1800
+send_frame_to_cloud: false
+
+
+[include ktamv-macros.cfg]
+
+#*# <--""", 1)
+OLD_KTAMV_ENTRY = """
+
+[update_manager ktamv]]
+type: git_repo
+path: ~/kTAMV
+origin: https://github.com/TypQxQ/kTAMV.git
+primary_branch: main
+install_script: install.sh
+managed_services: klipper
+"""
+
+
+def test_migration_from_the_old_installers_config(seeded_home, tmp_path):
+    home = seeded_home
+    printer_cfg, moonraker_conf, macros = config_paths(home)
+    config = printer_cfg.parent
+    printer_cfg.write_text(OLD_KTAMV_PRINTER_CFG)
+    (config / "ktamv-macros.cfg").write_text(
+        "[gcode_macro KTAMV_CALIB]\ngcode:\n  KTAMV_CALIB_CAMERA\n")
+    moonraker_conf.write_text(MOONRAKER_CONF + OLD_KTAMV_ENTRY)
+
+    result = run_install(home)
+    assert_ok(result)
+    # One macros include (the old one, named precisely), no template.
+    assert printer_cfg.read_text() == OLD_KTAMV_PRINTER_CFG
+    assert ("%s includes the old kTAMV's ktamv-macros.cfg; not adding %s"
+            % (printer_cfg, INCLUDE)) in result.stderr
+    # One update entry, ours; the old file saved.
+    conf_text = moonraker_conf.read_text()
+    assert "ktamv]]" not in conf_text
+    parser = configparser.ConfigParser()
+    parser.read_string(conf_text)
+    assert [s for s in parser.sections() if "ktamv" in s] == ["update_manager ktamv"]
+    assert Path(parser["update_manager ktamv"]["path"]).expanduser() == REPO
+    assert conf_text.startswith(MOONRAKER_CONF)
+    backup = config / "moonraker.conf.before-ktamv"
+    assert backup.read_text() == MOONRAKER_CONF + OLD_KTAMV_ENTRY
+    assert "removed the old kTAMV's [update_manager ktamv]] entry" in result.stderr
+    assert "saved as %s" % backup in result.stderr
+
+    # Idempotent.
+    before = snapshot(home)
+    again = run_install(home)
+    assert_ok(again)
+    assert snapshot(home) == before
+
+    # Klippy loads it: one [ktamv], the macros defined once.
+    from klippy_harness import KLIPPY, printer_config, run_klippy
+    if not KLIPPY.exists():
+        pytest.skip("no .venv-klippy; run test/setup.sh")
+    workdir = tmp_path / "klippy"
+    workdir.mkdir()
+    (workdir / "ktamv-macros.cfg").write_text((config / "ktamv-macros.cfg").read_text())
+    user = printer_cfg.read_text().split("[gcode_macro T0]")[1].split("#*#")[0]
+    section = user.split("[ktamv]", 1)[1]
+    klippy_cfg = ("[ktamv]" + section.replace(
+        "move_speed: 1800", "move_speed: 1800\nhelper_python: %s" % sys.executable))
+    result = run_klippy(workdir, printer_config(klippy_cfg), "KTAMV_CALIB_CAMERA RADIUS=99\n")
+    # Reaching the command's own range check proves the config loaded.
+    assert ("Error on 'KTAMV_CALIB_CAMERA RADIUS=99': RADIUS must have maximum"
+            " of 10.0") in result.log, result.tail()
+    assert "option(s) server_url, send_frame_to_cloud are ignored" in result.log
+
+
+def test_symlinked_printer_cfg_includes_resolve_from_the_links_folder(seeded_home):
+    """printer.cfg is a link into another folder (as KIAUH and MainsailOS set
+    up) and includes ktamv.cfg, which lies next to the link: Klipper reads
+    that file, so install.sh must find its [ktamv] and add no template."""
+    home = seeded_home
+    printer_cfg, _, _ = config_paths(home)
+    config = printer_cfg.parent
+    elsewhere = home / "printer-configs"
+    elsewhere.mkdir()
+    user_cfg = PRINTER_CFG.replace("[include mainsail.cfg]", "[include mainsail.cfg]\n[include ktamv.cfg]")
+    (elsewhere / "printer.cfg").write_text(user_cfg)
+    printer_cfg.unlink()
+    printer_cfg.symlink_to(elsewhere / "printer.cfg")
+    (config / "ktamv.cfg").write_text("[ktamv]\nnozzle_cam_url: http://localhost/webcam/?action=snapshot\n")
+
+    result = run_install(home)
+    assert_ok(result)
+    text = printer_cfg.read_text()
+    assert "#[ktamv]" not in text and text.count(INCLUDE) == 1
+    assert "keeping your existing [ktamv] section in %s" % (config / "ktamv.cfg") in result.stdout
+    assert printer_cfg.is_symlink()
+    assert os.readlink(printer_cfg) == str(elsewhere / "printer.cfg")
+    assert_ok(run_install(home, "--uninstall"))
+    assert (elsewhere / "printer.cfg").read_text() == user_cfg
+
+
+def test_macros_follow_the_example_unless_the_user_edited_them(seeded_home):
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    config = printer_cfg.parent
+    example = (REPO / "examples" / "ktamv_macros.cfg").read_text()
+    assert_ok(run_install(home))
+    sums = config / ".ktamv_macros.cfg.sha256"
+    assert sums.read_text().strip() == hashlib.sha256(example.encode()).hexdigest()
+
+    # An older example as a previous install.sh copied (and recorded) it; a
+    # `git pull` has since changed KTAMV_SAVE_OFFSETS and added nothing else.
+    old = example.replace("[gcode_macro KTAMV_SAVE_OFFSETS]\n",
+                          "[gcode_macro KTAMV_SAVE_OFFSETS]\n# old\n", 1)
+    old = old.replace("description: Store the measured", "description: Save the measured", 1)
+    assert old != example
+    macros.write_text(old)
+    sums.write_text(hashlib.sha256(old.encode()).hexdigest() + "\n")
+    result = run_install(home)
+    assert_ok(result)
+    assert macros.read_text() == example
+    assert ("updated %s to the new examples/ktamv_macros.cfg (you had not changed it): "
+            "[gcode_macro KTAMV_SAVE_OFFSETS] (changed)" % macros) in result.stdout
+
+    # The user's own edit: kept, and the differing macros are named.
+    mine = example.replace("[gcode_macro _KTAMV_APPLY_TOOL_OFFSET]\n",
+                           "[gcode_macro MY_WIPE]\ngcode:\n    G1 X10\n\n"
+                           "[gcode_macro _KTAMV_APPLY_TOOL_OFFSET]\n", 1)
+    mine = mine.replace("KTAMV_GET_OFFSET", "KTAMV_GET_OFFSET REPEAT=3", 1)
+    macros.write_text(mine)
+    result = run_install(home)
+    assert_ok(result)
+    assert macros.read_text() == mine
+    assert ("keeping your own %s: you edited it. It differs from "
+            "examples/ktamv_macros.cfg in: [gcode_macro KTAMV_ALIGN_ALL_TOOLS] (changed), "
+            "[gcode_macro MY_WIPE] (only in yours)" % macros) in result.stdout
+
+    # Uninstall keeps the edited file and removes the checksum.
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    assert macros.read_text() == mine and not sums.exists()
+
+
+def test_uninstall_warns_about_t_macros_that_apply_offsets(seeded_home):
+    home = seeded_home
+    printer_cfg, _, macros = config_paths(home)
+    user_cfg = PRINTER_CFG.replace(
+        "    ACTIVATE_EXTRUDER EXTRUDER=extruder\n",
+        "    ACTIVATE_EXTRUDER EXTRUDER=extruder\n    _KTAMV_APPLY_TOOL_OFFSET\n")
+    printer_cfg.write_text(user_cfg)
+    assert_ok(run_install(home))
+    result = run_install(home, "--uninstall")
+    assert_ok(result)
+    line = user_cfg.splitlines().index("    _KTAMV_APPLY_TOOL_OFFSET") + 1
+    assert ("%s still calls _KTAMV_APPLY_TOOL_OFFSET (line %d), which came with "
+            "ktamv_macros.cfg" % (printer_cfg, line)) in result.stderr
+    assert "ktamv_macros.cfg" in result.stderr and "Unknown command" in result.stderr
+    assert printer_cfg.read_text() == user_cfg
+    assert not macros.exists()
+
+
+def test_requirements_are_bounded_and_hold_what_the_suite_runs_on():
+    """Every runtime requirement has an upper bound (Moonraker's update
+    manager installs with -U), and the versions this suite runs on are inside."""
+    from importlib.metadata import version
+    from packaging.requirements import Requirement
+    lines = [l for l in (REPO / "requirements.txt").read_text().splitlines()
+             if l and not l.startswith(("#", "-"))]
+    assert len(lines) == 3
+    for line in lines:
+        req = Requirement(line)
+        assert any(spec.operator == "<" for spec in req.specifier), line
+        installed = version(req.name)
+        assert req.specifier.contains(installed), (line, installed)
+
+
+MOONRAKER = REPO / ".venv-moonraker" / "bin" / "moonraker"
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def moonraker_webcams(conf_text, workdir):
+    """Run real Moonraker (PyPI moonraker, .venv-moonraker) on conf_text, on a
+    free local port, and return what its /server/webcams/list answers."""
+    import json
+    import time
+    import urllib.request
+    port = free_port()
+    data = workdir / "moonraker-data"
+    (data / "config").mkdir(parents=True)
+    conf = data / "config" / "moonraker.conf"
+    conf_text = conf_text.replace("host: 0.0.0.0\nport: 7125", "host: 127.0.0.1\nport: %d" % port)
+    conf.write_text(conf_text + "\n[authorization]\ntrusted_clients:\n  127.0.0.0/8\n")
+    proc = subprocess.Popen([str(MOONRAKER), "-d", str(data), "-c", str(conf), "-n"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/server/webcams/list" % port, timeout=5) as r:
+                    return json.load(r)["result"]["webcams"]
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "Moonraker did not answer"
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_preview_port_adds_a_webcam_real_moonraker_lists(seeded_home, tmp_path):
+    if not MOONRAKER.exists():
+        pytest.skip("no .venv-moonraker (pip install moonraker); run test/setup.sh")
+    home = seeded_home
+    printer_cfg, moonraker_conf, _ = config_paths(home)
+    config = printer_cfg.parent
+    (config / "ktamv.cfg").write_text(
+        "[ktamv]\nnozzle_cam_url: http://localhost/webcam/?action=snapshot\n"
+        "preview_port: 8083\n")
+    user_cfg = PRINTER_CFG.replace("[include mainsail.cfg]", "[include mainsail.cfg]\n[include ktamv.cfg]")
+    printer_cfg.write_text(user_cfg)
+
+    result = run_install(home)
+    assert_ok(result)
+    assert "added [webcam ktamv] (/webcam4/?action=stream)" in result.stdout
+    conf_text = moonraker_conf.read_text()
+    assert conf_text.count("[webcam ktamv]") == 1
+    # Idempotent.
+    assert_ok(run_install(home))
+    assert moonraker_conf.read_text() == conf_text
+
+    cams = moonraker_webcams(conf_text, tmp_path)
+    ours = [c for c in cams if c["name"] == "ktamv"]
+    assert len(ours) == 1, cams
+    cam = ours[0]
+    assert cam["stream_url"] == "/webcam4/?action=stream"
+    assert cam["snapshot_url"] == "/webcam4/?action=snapshot"
+    assert cam["service"] == "mjpegstreamer"
+    assert cam["target_fps"] == 10
+    assert cam["location"] == "printer"
+    assert cam["source"] == "config"
+
+    # Uninstall takes it out again, byte for byte.
+    assert_ok(run_install(home, "--uninstall"))
+    assert moonraker_conf.read_text() == MOONRAKER_CONF
+
+
+def test_preview_on_an_unforwarded_local_port_gets_a_reason_not_a_webcam(seeded_home):
+    home = seeded_home
+    printer_cfg, moonraker_conf, _ = config_paths(home)
+    printer_cfg.write_text(PRINTER_CFG.replace(
+        "\n#*# <--", "\n[ktamv]\nnozzle_cam_url: http://x/\npreview_port: 9000\n\n#*# <--", 1))
+    result = run_install(home)
+    assert_ok(result)
+    assert "[webcam" not in moonraker_conf.read_text()
+    assert ("preview_port 9000 is not one nginx forwards (8080-8083) and preview_host "
+            "127.0.0.1 is not reachable from other computers") in result.stderr
