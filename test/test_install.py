@@ -755,3 +755,17 @@ def test_preview_on_an_unforwarded_local_port_gets_a_reason_not_a_webcam(seeded_
     assert "[webcam" not in moonraker_conf.read_text()
     assert ("preview_port 9000 is not one nginx forwards (8080-8083) and preview_host "
             "127.0.0.1 is not reachable from other computers") in result.stderr
+
+
+def test_both_macro_files_included_is_named(seeded_home):
+    home = seeded_home
+    printer_cfg, _, _ = config_paths(home)
+    assert_ok(run_install(home))
+    text = printer_cfg.read_text().replace("[include mainsail.cfg]",
+                                           "[include mainsail.cfg]\n[include ktamv-macros.cfg]", 1)
+    printer_cfg.write_text(text)
+    result = run_install(home)
+    assert_ok(result)
+    assert printer_cfg.read_text() == text
+    assert ("%s also includes the old kTAMV's ktamv-macros.cfg, which defines the "
+            "same macros; delete that [include ktamv-macros.cfg] line" % printer_cfg) in result.stderr
