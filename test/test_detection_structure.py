@@ -164,3 +164,17 @@ def test_real_photos_bore_where_the_readme_says(name, limit):
     found = find_bore(image).detection
     assert found is not None
     assert _error(found, _readme_centres()[name]) < limit
+
+
+def test_an_excluded_sure_bore_does_not_end_the_search():
+    # A big, sure circle (lens dirt shaped like a nozzle) found on the coarse
+    # search copy, and the real, small nozzle that only a finer copy shows.
+    size = (1280, 720)
+    big = render_nozzle(size, (300.4, 360.2), 40.0)
+    small = render_nozzle(size, (950.6, 361.3), 3.5)
+    image = big.copy()
+    image[:, 640:] = small[:, 640:]
+    assert _error(find_bore(image).detection, (300.4, 360.2)) < 0.1
+    found = find_bore(image, exclude=[(300.4, 360.2)]).detection
+    assert found is not None
+    assert _error(found, (950.6, 361.3)) < 0.3

@@ -19,6 +19,7 @@ replaces it when the bore is seen at an angle.
 """
 
 import math
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -352,13 +353,6 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     }
 
 
-class _Rays:
-    """Grey-level samples along rays from a candidate centre."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-
 def _sample_rays(gray, center, radius, quick):
     """Fine samples out to 2 radii for the edge; coarse ones out to
     RAY_LENGTH radii for the face's outer fall. None if nothing is in view."""
@@ -380,7 +374,7 @@ def _sample_rays(gray, center, radius, quick):
     inner = prof[:, radii <= 0.5 * radius]
     if not np.isfinite(inner).any():
         return None
-    return _Rays(n=n_rays, step=step, angles=angles, radii=radii, prof=prof,
+    return SimpleNamespace(n=n_rays, step=step, angles=angles, radii=radii, prof=prof,
                  far=far, far_radii=far_radii, coarse_step=coarse_step,
                  bore=float(np.nanmedian(inner)))
 
@@ -426,7 +420,7 @@ def _edge_per_ray(rays, noise, radius, quick):
     # circle must be in view, and most of what is in view must show the edge.
     in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.05 * radius),
                                       len(radii) - 1)])
-    return _Rays(radius=edge, good=good, in_view=in_view, collar=collar,
+    return SimpleNamespace(radius=edge, good=good, in_view=in_view, collar=collar,
                  rise=rise, thresholds=thresholds, peak=radii[peak_idx])
 
 

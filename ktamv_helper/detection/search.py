@@ -229,7 +229,7 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
     if max_radius is None:
         max_radius = MAX_RADIUS_OF_HEIGHT * gray.shape[0]
     noise = estimate_noise(gray)
-    found = []
+    found, kept = [], []
     for points in _candidate_points(gray, noise, min_radius, max_radius):
         for u, v, r in points:
             if any(_near((u, v), d) and d.radius >= 0.7 * r for d in found):
@@ -240,10 +240,12 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
             if any(_same(d, other) for other in found):
                 continue
             found.append(d)
-        if any(d.score >= EARLY_ACCEPT for d in found) and expected_radius is None:
+        # A static feature must not end the search early: the nozzle may
+        # only show in a finer search copy.
+        kept = [d for d in found if not any(_near(p, d) for p in exclude)]
+        if any(d.score >= EARLY_ACCEPT for d in kept) and expected_radius is None:
             break
-    found = [d for d in found if not any(_near(p, d) for p in exclude)]
-    found.sort(key=lambda d: -d.score)
+    found = sorted(kept, key=lambda d: -d.score)
     return choose(found, expected_radius, tolerance)
 
 
