@@ -5,11 +5,16 @@ for each photo in DIR the detector's answer on the photo itself is the
 reference; each variant (:func:`ktamv_helper.simulation.warps.random_warp`:
 rotation, zoom, shift, exposure with clipping, blur, noise, rescale ×0.5/×2)
 is detected again and compared with the reference carried through the same
-warp. Then the renderer's ring-light brass look (clipped tip face, dark cone,
+warp. Variants are cut to the part that comes from the photo (what lies
+beyond a photo's edge is unknown; a mirrored border would continue a bore
+that runs past the edge as a mirrored dark disc). Then the renderer's ring-light brass look (clipped tip face, dark cone,
 coloured light, vignetting, lens smudge, low JPEG quality) is scored against
 its exact truth. Prints Markdown tables: found, wrong circles (radius off by
 more than 30 %, or centre off by more than 2 px and 30 % of the radius),
-refusals, consistency median / p95 / max (px) and ms per frame; and, where
+refusals, how many were found of the variants whose bore is at least
+``SMALLEST_BORE`` px (a ×0.5 rescale of a 2-4 px endoscope bore falls
+below that), consistency median / p95 / max (px, and as a fraction of the
+bore radius) and ms per frame; and, where
 DIR has a README naming bore centres ("`name.png` … ≈ (u, v)"), how far the
 reference is from each.
 """
@@ -32,6 +37,8 @@ from ktamv_helper.simulation.warps import apply_warp, random_warp, warp_point, w
 WRONG_RADIUS = 0.3
 # ... or its centre farther than this many px and this fraction of the radius.
 WRONG_PX, WRONG_CENTER_FRACTION = 2.0, 0.3
+# The detector's smallest bore radius (find_bore's min_radius), px.
+SMALLEST_BORE = 2.0
 _README_CENTRE = re.compile(r"`([^`]+\.(?:png|jpe?g))`[^\n]*?≈ \(([-\d.]+), ([-\d.]+)\)")
 
 
@@ -81,11 +88,12 @@ def score_photo(image, variants, rng):
     if ref is None:
         return None, records
     for _ in range(variants):
-        warp = random_warp(rng)
+        warp = random_warp(rng, crop=True)
         search, ms = _timed_search(apply_warp(image, warp, rng))
+        radius = warp_radius(ref.radius, warp)
         kind, error = classify(search.detection, warp_point(ref.center, warp, image.shape),
-                               warp_radius(ref.radius, warp))
-        records.append({"kind": kind, "error": error, "ms": ms,
+                               radius)
+        records.append({"kind": kind, "error": error, "ms": ms, "radius": radius,
                         "refused": search.refusal})
     return ref, records
 
@@ -101,24 +109,30 @@ def score_ring_light(frames, rng, size=(640, 480)):
                   float(rng.uniform(margin, size[1] - margin)) if margin < size[1] / 2 else size[1] / 2)
         search, ms = _timed_search(render_nozzle(size, center, radius, look, rng))
         kind, error = classify(search.detection, center, radius)
-        records.append({"kind": kind, "error": error, "ms": ms, "refused": search.refusal})
+        records.append({"kind": kind, "error": error, "ms": ms, "radius": radius,
+                        "refused": search.refusal})
     return records
 
 
 def table_row(label, records):
     """One Markdown row of a set of records."""
     found = [r["error"] for r in records if r["kind"] == "found"]
+    relative = [r["error"] / r["radius"] for r in records if r["kind"] == "found"]
     wrong = sum(r["kind"] == "wrong" for r in records)
     refused = sum(bool(r["refused"]) for r in records if r["kind"] == "missed")
-    stats = ("%.3f / %.3f / %.3f" % (np.median(found), np.percentile(found, 95), max(found))
-             if found else "n/a")
-    return "| %s | %d | %d | %d | %d | %s | %.1f |" % (
-        label, len(records), len(found), wrong, refused, stats,
+    big = [r for r in records if r["radius"] >= SMALLEST_BORE]
+    stats = ("%.3f / %.3f / %.3f (%.2f / %.2f / %.2f %%)" % (
+        np.median(found), np.percentile(found, 95), max(found), 100 * np.median(relative),
+        100 * np.percentile(relative, 95), 100 * max(relative)) if found else "n/a")
+    return "| %s | %d | %d | %d of %d | %d | %d | %s | %.1f |" % (
+        label, len(records), len(found), sum(r["kind"] == "found" for r in big), len(big),
+        wrong, refused, stats,
         np.median([r["ms"] for r in records]) if records else float("nan"))
 
 
-HEADER = ("| source | variants | found | wrong circle | refused | consistency median / "
-          "p95 / max, px | ms per frame, median |\n|---|---|---|---|---|---|---|")
+HEADER = ("| source | variants | found | found, bore ≥ 2 px | wrong circle | refused | "
+          "consistency median / p95 / max, px (% of radius) | ms per frame, median |\n"
+          "|---|---|---|---|---|---|---|---|")
 
 
 def run(folder, variants=60, ring_light=60, seed=1):
@@ -131,7 +145,7 @@ def run(folder, variants=60, ring_light=60, seed=1):
             ref, records = score_photo(image, variants, rng)
             results[name] = records
             if ref is None:
-                lines.append("| %s (%dx%d) | 0 | reference not found | | | | |"
+                lines.append("| %s (%dx%d) | 0 | reference not found | | | | | |"
                              % (name, image.shape[1], image.shape[0]))
                 refs.append("| %s | not found | | |" % name)
                 continue

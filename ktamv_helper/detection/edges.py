@@ -417,9 +417,10 @@ def _edge_per_ray(rays, noise, radius, quick):
     min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
     # Rays whose edge lies outside the frame tell nothing; at least half the
-    # circle must be in view, and most of what is in view must show the edge.
+    # circle must be in view, and most of what is in view must show the edge
+    # (a ray that shows it is in view, though the frame may end just after).
     in_view = np.isfinite(prof[:, min(np.searchsorted(radii, 1.05 * radius),
-                                      len(radii) - 1)])
+                                      len(radii) - 1)]) | good
     return SimpleNamespace(radius=edge, good=good, in_view=in_view, collar=collar,
                  rise=rise, thresholds=thresholds, peak=radii[peak_idx])
 

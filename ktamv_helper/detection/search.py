@@ -35,13 +35,18 @@ FAMILY_SPAN = 10.0
 # radii differ by less than this fraction (else the candidate is moved to
 # the structure's bore and measured again).
 RADIUS_AGREEMENT = 0.25
+# ... or by less than this many px: the structure's profile is sampled every
+# 0.5 px round a centre that may be a little off, and its half-way level (to
+# the face's peak) differs from the edge's (to the face's typical level), so
+# on a blurred 3 px bore the two radii differ by up to a pixel.
+RADIUS_SLACK_PX = 1.0
 # Voting looks for circles from this radius up (px): below it, votes of
 # noise and texture pile up as easily as a bore's (blurred noise then shows
 # "bores"), and dark islands find small bores well.
 VOTE_MIN_RADIUS = 8.0
 # Default largest bore: a zoomed camera's bore may fill most of the frame
 # and run past its edges (fraction of the frame height).
-MAX_RADIUS_OF_HEIGHT = 0.6
+MAX_RADIUS_OF_HEIGHT = 0.7
 # With an expected radius, bores within this factor of it count: a chamfer
 # or defocus makes the dark opening look up to ~1.5x the nominal bore, the
 # tip face and the cone are 2.5x-10x.
@@ -115,6 +120,11 @@ class BoreSearch:
     message: object = None
 
 
+def _radii_agree(a, b):
+    """Two measurements of one bore's radius (px)."""
+    return abs(a - b) <= max(RADIUS_AGREEMENT * min(a, b), RADIUS_SLACK_PX)
+
+
 def _structure(gray, noise, center, radius, min_radius):
     """Centre, bore radius and rings of the family a candidate belongs to.
 
@@ -143,7 +153,7 @@ def _structure(gray, noise, center, radius, min_radius):
         rings = find_rings(gray, center, span, noise, 0.7 * min_radius)
         if rings is None:
             return None
-        if abs(rings.bore_radius - radius) <= RADIUS_AGREEMENT * radius:
+        if _radii_agree(rings.bore_radius, radius):
             return center, radius, rings
     return None
 
@@ -155,7 +165,7 @@ def _measure(gray, noise, center, radius, min_radius):
         return None
     center, radius, rings = family
     m = measure_bore(gray, noise, center, radius, closed_hint=rings.face_closed)
-    if m is None or abs(m["radius"] - rings.bore_radius) > RADIUS_AGREEMENT * m["radius"]:
+    if m is None or not _radii_agree(m["radius"], rings.bore_radius):
         return None
     if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
         return None
