@@ -66,11 +66,13 @@ MAX_MOVES = _LIMITS.MAX_MOVES
 LATENCY_SHIFT_PX = _LIMITS.LATENCY_SHIFT_PX
 
 class HelperFailure(Exception):
-    """A request that did not produce a result; ``message`` is for users."""
-    def __init__(self, code, message):
+    """A request that did not produce a result; ``message`` is for users,
+    ``details`` the helper's machine-readable error.details."""
+    def __init__(self, code, message, details=None):
         Exception.__init__(self, message)
         self.code = code
         self.message = message
+        self.details = details if isinstance(details, dict) else {}
 
 # Helpers still alive, killed at interpreter exit as a backstop for
 # klippy:disconnect (a WeakSet so finished ones do not linger).
@@ -526,7 +528,8 @@ class HelperProcess(HelperOutput):
             if not isinstance(error, dict):
                 error = {"code": "internal_error", "message": str(error)}
             raise HelperFailure(str(error.get("code", "internal_error")),
-                                str(error.get("message", "unknown error")))
+                                str(error.get("message", "unknown error")),
+                                error.get("details"))
         result = reply.get("result")
         if not isinstance(result, dict):
             result = {"value": result}
@@ -1017,6 +1020,7 @@ class HelperClient:
         except HelperFailure as e:
             error = gcmd.error("kTAMV: %s" % (e.message,))
             error.helper_code = e.code  # so callers can tell causes apart
+            error.helper_details = e.details
             raise error
         # The reactor ran while waiting: a shutdown meanwhile makes the
         # toolhead position (and so any offset) meaningless.

@@ -773,6 +773,22 @@ def test_calibration_stops_on_camera_trouble_instead_of_skipping():
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
 
+def test_helper_error_details_reach_the_command_error():
+    extra, _ = make_ktamv()
+    details = {"candidates": [{"center": [1.0, 2.0], "radius": 3.0}]}
+
+    def request(method, params=None, timeout=10.):
+        raise ktamv.HelperFailure("nozzle_ambiguous", "Not sure.", details)
+
+    extra.helper.ensure_ready = lambda: None
+    extra.helper.request = request
+    extra.client.configure_error = None
+    with pytest.raises(CommandError) as info:
+        extra.client.call(FakeGcmd(), "detect", {})
+    assert info.value.helper_code == "nozzle_ambiguous"
+    assert info.value.helper_details == details
+
+
 # -- compatibility: kinematics, tool names, shutdown, Python versions --------
 
 def motion_with(steppers, backlash=0.0):
