@@ -1550,6 +1550,12 @@ class CameraCalibration:
             raise gcmd.error("kTAMV: the vision helper sent a camera model "
                              "this ktamv.py cannot read (%s: %s); nothing was"
                              " changed." % (type(e).__name__, e))
+        if 0 in fit.get('rejected', []):
+            # The fit is the rigidity check: every point moved as one.
+            gcmd.respond_info(
+                "kTAMV: the start point does not fit the others, so what was "
+                "taken for the nozzle there did not move with it (lens dirt, "
+                "a reflection); the model comes from the other points.")
         self.finder.model = model
         self.finder.forget()
         configfile = self.printer.lookup_object('configfile')

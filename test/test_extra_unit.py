@@ -896,6 +896,28 @@ def test_an_ambiguous_start_without_one_mover_fails_back_at_the_start(
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
 
+def test_a_start_point_the_fit_rejects_is_named():
+    # The fit is the rigidity check of all points: a start it rejects was
+    # not the thing that moved with the others.
+    extra, _, _, _, sent = calibration_setup()
+    fit = extra.client.call
+
+    def call(gcmd, method, params=None, timeout=0.):
+        res = fit(gcmd, method, params, timeout)
+        res.update(used=list(range(1, len(params["pairs"]))), rejected=[0])
+        return res
+
+    extra.client.call = call
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_CALIB_CAMERA(gcmd)
+    assert any(line.startswith("kTAMV: the start point does not fit the "
+                               "others") for line in gcmd.info)
+    assert "10 points used, 1 rejected" in gcmd.info[-1]
+    quiet = FakeGcmd()
+    calibration_setup()[0].cmd_KTAMV_CALIB_CAMERA(quiet)
+    assert not any("does not fit" in line for line in quiet.info)
+
+
 def test_helper_error_details_reach_the_command_error():
     extra, _ = make_ktamv()
     details = {"candidates": [{"center": [1.0, 2.0], "radius": 3.0}]}
