@@ -40,6 +40,13 @@ DETECTION_MAX_AGE = 5.
 # least 2 * STILL_PX, it moved less than STILL_PX or FROZEN_FRACTION of it.
 STILL_PX = 0.5
 FROZEN_FRACTION = 0.1
+# An ambiguous calibration start is resolved by its first move: a round
+# thing within RIGID_SAME_PX of where it was stayed put (not the nozzle);
+# the nozzle reappears at least RIGID_MIN_SHIFT_PX away with its radius
+# within RIGID_RADIUS (a fraction) of what it was.
+RIGID_SAME_PX = 1.0
+RIGID_MIN_SHIFT_PX = 2.0
+RIGID_RADIUS = 0.2
 
 def _load_limits():
     # The helper's limits.py (no imports) is the one source of the limits
@@ -66,11 +73,13 @@ MAX_MOVES = _LIMITS.MAX_MOVES
 LATENCY_SHIFT_PX = _LIMITS.LATENCY_SHIFT_PX
 
 class HelperFailure(Exception):
-    """A request that did not produce a result; ``message`` is for users."""
-    def __init__(self, code, message):
+    """A request that did not produce a result; ``message`` is for users,
+    ``details`` the helper's machine-readable error.details."""
+    def __init__(self, code, message, details=None):
         Exception.__init__(self, message)
         self.code = code
         self.message = message
+        self.details = details if isinstance(details, dict) else {}
 
 # Helpers still alive, killed at interpreter exit as a backstop for
 # klippy:disconnect (a WeakSet so finished ones do not linger).
@@ -526,7 +535,8 @@ class HelperProcess(HelperOutput):
             if not isinstance(error, dict):
                 error = {"code": "internal_error", "message": str(error)}
             raise HelperFailure(str(error.get("code", "internal_error")),
-                                str(error.get("message", "unknown error")))
+                                str(error.get("message", "unknown error")),
+                                error.get("details"))
         result = reply.get("result")
         if not isinstance(result, dict):
             result = {"value": result}
@@ -1017,6 +1027,7 @@ class HelperClient:
         except HelperFailure as e:
             error = gcmd.error("kTAMV: %s" % (e.message,))
             error.helper_code = e.code  # so callers can tell causes apart
+            error.helper_details = e.details
             raise error
         # The reactor ran while waiting: a shutdown meanwhile makes the
         # toolhead position (and so any offset) meaningless.
@@ -1344,6 +1355,41 @@ class NozzleFinder:
 # Camera calibration: a circle of points, then the helper's fit
 ######################################################################
 
+def rigid_choice(before, after, min_shift=RIGID_MIN_SHIFT_PX):
+    """Which round things of one picture moved with the toolhead.
+
+    ``before`` and ``after`` list ``((u, v), radius)`` of the round things
+    seen before and after one move. One within RIGID_SAME_PX of a thing
+    seen after stayed put (lens dirt, a reflection, the camera housing).
+    One that did not stay and has a counterpart of its radius (within
+    RIGID_RADIUS) at least ``min_shift`` px away, which is not a thing that
+    stayed either, moved. Returns (indices into ``before`` that moved,
+    indices that stayed).
+    """
+    def apart(a, b):
+        return math.hypot(a[0][0] - b[0][0], a[0][1] - b[0][1])
+    stayed = [i for i, b in enumerate(before)
+              if any(apart(b, a) <= RIGID_SAME_PX for a in after)]
+    new = [a for a in after
+           if not any(apart(b, a) <= RIGID_SAME_PX for b in before)]
+    moved = [i for i, b in enumerate(before) if i not in stayed and any(
+        abs(a[1] - b[1]) <= RIGID_RADIUS * b[1] and apart(a, b) >= min_shift
+        for a in new)]
+    return moved, stayed
+
+def round_things(error):
+    """``((u, v), radius)`` of the bores a refused detection saw."""
+    details = getattr(error, 'helper_details', None) or {}
+    try:
+        return [((float(c['center'][0]), float(c['center'][1])),
+                 float(c['radius'])) for c in details.get('candidates', [])]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return []
+
+def _where(things):
+    return ", ".join("u=%.0f v=%.0f r=%.0f px" % (uv[0], uv[1], r)
+                     for uv, r in things)
+
 class CameraCalibration:
     def __init__(self, printer, opts, client, motion, finder, progress=None):
         self.progress = progress
@@ -1386,21 +1432,27 @@ class CameraCalibration:
         self.motion.move_to(start[0], start[1], "return to start")
         return pairs, missed
     def _points(self, gcmd, targets, pairs, missed):
-        first = hints = None
+        first = hints = ambiguous = None
+        statics = []
         for i, (x, y) in enumerate(targets):
             if self.progress is not None:
                 self.progress.step(gcmd, i + 1, len(targets),
                                    "calibration point X%.3f Y%.3f" % (x, y))
             self.motion.move_to(x, y, "calibration move")
+            if ambiguous is not None:
+                # The start showed several bores: this move tells which.
+                first, statics = self._rigid_start(gcmd, ambiguous)
+                hints = self._hints(first, statics)
+                pairs.append({'xy': first['position'], 'uv': first['uv']})
+                ambiguous = None
             try:
-                det = self._detect_point(gcmd, first, hints)
+                det = self._detect_point(gcmd, first, hints, statics)
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise  # camera or helper trouble: stop, do not guess
                 if i == 0:
-                    raise gcmd.error("kTAMV: no nozzle at the start position,"
-                                     " so calibration cannot begin. %s"
-                                     % (e,))
+                    ambiguous = self._ambiguous_start(gcmd, e)
+                    continue
                 missed.append(i)
                 logging.info("ktamv: calibration point %d: %s", i, e)
                 continue
@@ -1409,26 +1461,84 @@ class CameraCalibration:
                 self.finder.check_picture_moved(gcmd, first, det)
             else:
                 first = det
-                # The nozzle keeps its size and leaves the start pixel with
-                # every move; a feature that stays there (lens dirt, the
-                # housing) is not the nozzle.
-                hints = {'expected_radius': det['radius'],
-                         'exclude': [det['uv']]}
+                hints = self._hints(first, statics)
             pos = self.motion.position()
             pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
-    def _detect_point(self, gcmd, first, hints):
+    def _hints(self, first, statics):
+        # The nozzle keeps its size and leaves the start pixel with every
+        # move; a feature that stays there or at another pixel known to
+        # stay put (lens dirt, the housing) is not the nozzle.
+        return {'expected_radius': first['radius'],
+                'exclude': [list(first['uv'])] + [list(p) for p in statics]}
+    def _ambiguous_start(self, gcmd, e):
+        """The start's bores when they are several, else the start error."""
+        things = round_things(e)
+        if e.helper_code != 'nozzle_ambiguous' or len(things) < 2:
+            raise gcmd.error("kTAMV: no nozzle at the start position, so "
+                             "calibration cannot begin. %s" % (e,))
+        gcmd.respond_info("kTAMV: %d round things at the start (%s); the "
+                          "first calibration move tells which is the nozzle."
+                          % (len(things), _where(things)))
+        pos = self.motion.position()
+        return {'position': [pos[0], pos[1]], 'things': things}
+    def _rigid_start(self, gcmd, start):
+        """The start's bore that moved with the first calibration move, and
+        the pixels of those that stayed put; raises if not exactly one."""
+        try:
+            det = self.finder.detect(gcmd)
+            after = [(det['uv'], det['radius'])]
+        except gcmd.error as e:
+            if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                raise
+            after = round_things(e)
+        pos = self.motion.position()
+        dist = math.hypot(pos[0] - start['position'][0],
+                          pos[1] - start['position'][1])
+        before = start['things']
+        moved, stayed = rigid_choice(before, after, max(
+            RIGID_MIN_SHIFT_PX, dist / MAX_MM_PER_PX))
+        if not moved:
+            raise gcmd.error(
+                "kTAMV: none of the %d round things at the start (%s) moved "
+                "with the toolhead on the first calibration move: is the "
+                "camera stream frozen? Check it in a browser, put the nozzle "
+                "near the image centre and clean the lens; nothing was "
+                "changed." % (len(before), _where(before)))
+        if len(moved) > 1:
+            raise gcmd.error(
+                "kTAMV: %d round things of the same size moved with the "
+                "toolhead on the first calibration move (%s), so kTAMV cannot"
+                " tell which is the nozzle: only one nozzle may be in view "
+                "(park the other tools); nothing was changed."
+                % (len(moved), _where([before[i] for i in moved])))
+        uv, radius = before[moved[0]]
+        gcmd.respond_info(
+            "kTAMV: the one at u=%.1f v=%.1f (r=%.1f px) moved with the "
+            "toolhead: it is the nozzle.%s" % (uv[0], uv[1], radius, "".join(
+                " One stayed put at u=%.1f v=%.1f (lens dirt, a reflection or"
+                " the housing) and is ignored." % before[i][0]
+                for i in stayed)))
+        first = {'uv': list(uv), 'radius': radius, 'digest': None,
+                 'position': start['position'], 'rigid': True}
+        return first, [before[i][0] for i in stayed]
+    def _detect_point(self, gcmd, first, hints, statics=()):
         """The bore at a calibration point, never the start's pixel; if
         nothing else is there, look once more with it allowed, so a frozen
         picture or a static feature is named as such (check_picture_moved)
-        rather than passed off as "no nozzle"."""
+        rather than passed off as "no nozzle". The camera latency is
+        measured against the start's picture, by a detection that knows no
+        static pixels: pointless when the start needed them (``rigid``)."""
+        reference = None if first and first.get('rigid') else first
         try:
-            return self.finder.detect(gcmd, reference=first, hints=hints)
+            return self.finder.detect(gcmd, reference=reference, hints=hints)
         except gcmd.error as e:
             if hints is None or getattr(e, 'helper_code', None) \
                     != 'nozzle_not_found':
                 raise
-            det = self.finder.detect(gcmd, reference=first, hints={
-                'expected_radius': hints['expected_radius']})
+            retry = {'expected_radius': hints['expected_radius']}
+            if statics:
+                retry['exclude'] = [list(p) for p in statics]
+            det = self.finder.detect(gcmd, reference=reference, hints=retry)
             self.finder.check_picture_moved(gcmd, first, det)
             return det
     def fit(self, gcmd, pairs):
@@ -1440,6 +1550,12 @@ class CameraCalibration:
             raise gcmd.error("kTAMV: the vision helper sent a camera model "
                              "this ktamv.py cannot read (%s: %s); nothing was"
                              " changed." % (type(e).__name__, e))
+        if 0 in fit.get('rejected', []):
+            # The fit is the rigidity check: every point moved as one.
+            gcmd.respond_info(
+                "kTAMV: the start point does not fit the others, so what was "
+                "taken for the nozzle there did not move with it (lens dirt, "
+                "a reflection); the model comes from the other points.")
         self.finder.model = model
         self.finder.forget()
         configfile = self.printer.lookup_object('configfile')

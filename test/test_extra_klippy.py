@@ -562,6 +562,71 @@ def test_frozen_stream_stops_calibration_at_the_first_point(tmp_path,
     assert "toolhead: X:150.000000 Y:150.000000" in result.text
 
 
+def test_frozen_stream_with_two_bores_stops_calibration_after_one_move(
+        tmp_path, mjpeg_server):
+    # The start frame shows the nozzle and a bore lookalike on the lens, so
+    # it is ambiguous; the first move shows that neither moved.
+    import cv2
+    from conftest import draw_nozzle
+    from ktamv_helper.simulation.render import static_disc
+    path = tmp_path / "frozen.png"
+    cv2.imwrite(str(path), static_disc(draw_nozzle(center=(349.5, 259.5)),
+                                       (540.0, 110.0, 20.0)))
+    server = mjpeg_server(path, fps=10)
+    section = ktamv_section(url=server.url, settle_time=0.1)
+    result = run_klippy(tmp_path / "k", printer_config(section),
+                        "G28\nG1 X150 Y150 F6000\nKTAMV_CALIB_CAMERA\n"
+                        "KTAMV_STATUS_JSON\nGET_POSITION\n")
+    assert result.returncode == 255, result.tail()
+    assert re.search(r"none of the 2 round things at the start \(u=\d+ v=\d+ "
+                     r"r=\d+ px, u=\d+ v=\d+ r=\d+ px\) moved with the "
+                     r"toolhead on the first calibration move: is the camera "
+                     r"stream frozen\?", result.text), result.tail()
+    assert statuses(result.text)[0]["is_calibrated"] is False
+    # Back where it started, after the first calibration move only.
+    assert "toolhead: X:150.000000 Y:150.000000" in result.text
+    assert len(result.find(r"kTAMV \[\d+/11\] calibration point")) == 2
+
+
+def test_a_static_bore_lookalike_on_the_lens_does_not_stop_calibration(
+        tmp_path):
+    # A dark disc in a bright ring on the lens, the size of the bore: the
+    # start frame has two equally good bores. The first calibration move
+    # shows which one moves with the toolhead.
+    url = SIM_URL + "&disc=540,110,20"
+    section = ktamv_section(url=url, settle_time=0.1)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.2, cy - 0.1),
+                       "KTAMV_CALIB_CAMERA", "KTAMV_STATUS_JSON",
+                       "GET_POSITION"])
+    result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
+    assert result.returncode == 0, result.tail()
+    moved = result.find(r"the one at u=([\d.]+) v=([\d.]+) \(r=([\d.]+) px\) "
+                        r"moved with the toolhead")
+    stayed = result.find(r"stayed put at u=([\d.]+) v=([\d.]+)")
+    truth = sim_truth(url)
+    from ktamv_helper.simulation.machine import CameraModel
+    camera = CameraModel(truth["frame_size"], truth["mm_per_px"],
+                         truth["rotation_deg"], truth["mirror"],
+                         truth["camera_xy"])
+    true_matrix = camera.matrix
+    # The nozzle's pixel at the start (within the backlash's lag of 2.5 px
+    # and a microstep), of the bore's size; the disc is where it is drawn.
+    start = camera.pixel_of((cx + 0.2, cy - 0.1))
+    assert [float(v) for v in moved[0][:2]] == pytest.approx(start, abs=3.5)
+    assert float(moved[0][2]) == pytest.approx(truth["bore_radius_px"],
+                                               abs=1.5)
+    assert [float(v) for v in stayed[0]] == pytest.approx([540, 110], abs=0.5)
+    model = statuses(result.text)[0]["camera_model"]
+    assert model["mm_per_px"] == pytest.approx(truth["mm_per_px"], rel=0.01)
+    assert model["mirrored"] is True
+    for got, want in zip(model["matrix"], true_matrix.tolist()):
+        assert got == pytest.approx(want, abs=5e-5)
+    # Every point fits, the start too: it was the nozzle, not the disc.
+    assert model["rejected"] == [] and len(model["used"]) == 11
+    assert "toolhead: X:%.6f Y:%.6f" % (cx + 0.2, cy - 0.1) in result.text
+
+
 def detect_requests(log_path):
     requests = [json.loads(line) for line in log_path.read_text().split("\n")
                 if line]

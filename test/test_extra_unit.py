@@ -773,6 +773,167 @@ def test_calibration_stops_on_camera_trouble_instead_of_skipping():
     assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
 
 
+# -- an ambiguous calibration start: the first move tells the nozzle --------
+
+DIRT = ((540.0, 110.0), 20.0)      # a lens feature the size of the bore
+
+
+def test_rigid_choice_takes_the_one_that_moved_and_names_the_static_one():
+    nozzle = ((337.0, 227.0), 19.7)
+    moved, stayed = ktamv.rigid_choice(
+        [DIRT, nozzle], [((540.2, 110.3), 20.1), ((387.0, 227.4), 19.6)])
+    assert (moved, stayed) == ([1], [0])
+    # The dirt has a counterpart of its size 200 px away (the moved nozzle),
+    # but it also stayed: it is never the one that moved.
+    assert ktamv.rigid_choice([DIRT], [DIRT, ((387.0, 227.4), 19.6)]) == \
+        ([], [0])
+
+
+@pytest.mark.parametrize("after, moved, stayed", [
+    ([((150.0, 100.0), 23.9)], [0], []),    # radius within 20 %
+    ([((150.0, 100.0), 24.1)], [], []),     # 20.5 % bigger: something else
+    ([((150.0, 100.0), 15.9)], [], []),     # 20.5 % smaller
+    ([((102.1, 100.0), 20.0)], [0], []),    # moved 2.1 px
+    ([((101.5, 100.0), 20.0)], [], []),     # 1.5 px: neither moved nor still
+    ([((100.9, 100.0), 20.0)], [], [0]),    # within 1 px: stayed put
+    ([], [], []),                           # nothing round after the move
+])
+def test_rigid_choice_limits(after, moved, stayed):
+    assert ktamv.rigid_choice([((100.0, 100.0), 20.0)], after) == \
+        (moved, stayed)
+
+
+def test_rigid_choice_needs_the_shift_a_usable_camera_shows():
+    before, after = [((100.0, 100.0), 20.0)], [((102.4, 100.0), 20.0)]
+    assert ktamv.rigid_choice(before, after, min_shift=2.5) == ([], [])
+    assert ktamv.rigid_choice(before, after, min_shift=2.0) == ([0], [])
+
+
+def test_rigid_choice_reports_every_mover_and_every_static_thing():
+    # Two nozzles in view move alike; a frozen picture moves nothing.
+    twins = [DIRT, ((300.0, 200.0), 20.0), ((450.0, 200.0), 20.0)]
+    shifted = [DIRT] + [((u + 50.0, v), r) for (u, v), r in twins[1:]]
+    assert ktamv.rigid_choice(twins, shifted) == ([1, 2], [0])
+    assert ktamv.rigid_choice(twins, twins) == ([], [0, 1, 2])
+
+
+def ambiguous_start_setup(mode="moved"):
+    """Calibration whose first two looks (the start, then the first point)
+    are refused as ambiguous: the nozzle and DIRT are in view (``twins``: a
+    second nozzle 150 px away too; ``frozen``: the first point's picture is
+    the start's)."""
+    extra, printer, toolhead, seen, sent = calibration_setup()
+    linear = extra.finder.detect
+    calls = []
+
+    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
+        calls.append((reference, hints))
+        det = linear(gcmd, frames, after_move, reference, hints)
+        if len(calls) > 2:
+            return det
+        uv = calls[0][2] if mode == "frozen" and len(calls) == 2 else det["uv"]
+        calls[-1] += (uv,)
+        things = [DIRT, (uv, 20.0)]
+        if mode == "twins":
+            things.append(((uv[0] + 150.0, uv[1]), 20.0))
+        error = gcmd.error("kTAMV: Not sure which circle is the nozzle.")
+        error.helper_code = "nozzle_ambiguous"
+        error.helper_details = {"candidates": [
+            {"center": list(c), "radius": r, "rings": [r]} for c, r in things]}
+        raise error
+
+    extra.finder.detect = detect
+    return extra, toolhead, sent, calls
+
+
+def test_an_ambiguous_start_is_resolved_by_the_first_planned_move():
+    extra, toolhead, sent, calls = ambiguous_start_setup()
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_CALIB_CAMERA(gcmd)
+    start_uv = [319.5, 239.5]
+    # The start pair is the nozzle's pixel, not the dirt's; 11 pairs.
+    assert sent["pairs"][0] == {"xy": [100.0, 100.0], "uv": start_uv}
+    assert len(sent["pairs"]) == 11
+    # The first point is looked at twice (without hints, then as usual);
+    # every later look skips the start pixel and the dirt.
+    assert calls[1][1] is None and len(calls) == 12
+    for reference, hints in calls[2:]:
+        assert hints == {"expected_radius": 20.0,
+                         "exclude": [start_uv, [540.0, 110.0]]}
+        assert reference is None    # no latency measurement that knows no dirt
+    text = "\n".join(gcmd.info)
+    assert "the one at u=319.5 v=239.5 (r=20.0 px) moved with the toolhead" \
+        in text
+    assert "One stayed put at u=540.0 v=110.0" in text
+    assert extra.finder.model is not None
+    # The same moves as a calibration with an unambiguous start: the plan.
+    plain, _, plain_toolhead, _, _ = calibration_setup()
+    plain.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert toolhead.moves == plain_toolhead.moves
+
+
+@pytest.mark.parametrize("mode, words", [
+    ("frozen", "none of the 2 round things at the start (u=540 v=110 r=20 "
+               "px, u=320 v=240 r=20 px) moved with the toolhead on the first "
+               "calibration move: is the camera stream frozen?"),
+    ("twins", "2 round things of the same size moved with the toolhead on "
+              "the first calibration move (u=320 v=240 r=20 px, u=470 v=240 "
+              "r=20 px), so kTAMV cannot tell which is the nozzle"),
+])
+def test_an_ambiguous_start_without_one_mover_fails_back_at_the_start(
+        mode, words):
+    extra, toolhead, sent, calls = ambiguous_start_setup(mode)
+    with pytest.raises(CommandError) as info:
+        extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+    assert len(calls) == 2 and not sent and extra.finder.model is None
+    # Out to the first point only (each move arrives moving +X and +Y by
+    # the backlash approach), then back.
+    assert [m[0] for m in toolhead.moves] == [
+        (99.5, 99.5), (100.0, 100.0), (100.0, 99.5), (100.5, 100.0),
+        (99.5, 99.5), (100.0, 100.0)]
+    assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
+
+
+def test_a_start_point_the_fit_rejects_is_named():
+    # The fit is the rigidity check of all points: a start it rejects was
+    # not the thing that moved with the others.
+    extra, _, _, _, sent = calibration_setup()
+    fit = extra.client.call
+
+    def call(gcmd, method, params=None, timeout=0.):
+        res = fit(gcmd, method, params, timeout)
+        res.update(used=list(range(1, len(params["pairs"]))), rejected=[0])
+        return res
+
+    extra.client.call = call
+    gcmd = FakeGcmd()
+    extra.cmd_KTAMV_CALIB_CAMERA(gcmd)
+    assert any(line.startswith("kTAMV: the start point does not fit the "
+                               "others") for line in gcmd.info)
+    assert "10 points used, 1 rejected" in gcmd.info[-1]
+    quiet = FakeGcmd()
+    calibration_setup()[0].cmd_KTAMV_CALIB_CAMERA(quiet)
+    assert not any("does not fit" in line for line in quiet.info)
+
+
+def test_helper_error_details_reach_the_command_error():
+    extra, _ = make_ktamv()
+    details = {"candidates": [{"center": [1.0, 2.0], "radius": 3.0}]}
+
+    def request(method, params=None, timeout=10.):
+        raise ktamv.HelperFailure("nozzle_ambiguous", "Not sure.", details)
+
+    extra.helper.ensure_ready = lambda: None
+    extra.helper.request = request
+    extra.client.configure_error = None
+    with pytest.raises(CommandError) as info:
+        extra.client.call(FakeGcmd(), "detect", {})
+    assert info.value.helper_code == "nozzle_ambiguous"
+    assert info.value.helper_details == details
+
+
 # -- compatibility: kinematics, tool names, shutdown, Python versions --------
 
 def motion_with(steppers, backlash=0.0):

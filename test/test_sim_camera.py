@@ -166,6 +166,9 @@ def test_url_defaults_and_values():
     ("sim://?fps=nan", "outside"),
     ("sim://?width=nan", "not a number"),
     ("http://x/?seed=1", "not a sim:// camera URL"),
+    ("sim://?disc=10,20", "must be u,v,r"),
+    ("sim://?disc=10,20,0", "must be u,v,r"),
+    ("sim://?disc=a,b,c", "must be u,v,r"),
 ])
 def test_bad_url_is_a_clear_error(url, words):
     with pytest.raises(HelperError) as info:
@@ -281,6 +284,38 @@ def test_nozzle_out_of_view_renders_no_nozzle():
         return gray[(r > 5.5) & (r < 7)].mean() - gray[r < 3].mean()
     assert bore_contrast(inside.image) > 30
     assert abs(bore_contrast(outside.image)) < 10
+
+
+def test_a_static_disc_stays_at_its_pixel_and_changes_nothing_else():
+    from ktamv_helper.detection.search import find_bore
+    # No JPEG, whose 8x8 blocks would spread the disc's edge a little.
+    base = "sim://?seed=7&latency=0&camera_x=150&camera_y=150&jpeg=0"
+    plain, disc = SimCamera(base), SimCamera(base + "&disc=540,110,20")
+    assert disc.settings["disc"] == (540.0, 110.0, 20.0)
+    yy, xx = np.mgrid[0:480, 0:640]
+    outside = np.hypot(xx - 540, yy - 110) > 2.5 * 20 + 2
+    centres = []
+    for x in (150.0, 150.5):
+        for camera in (plain, disc):
+            camera.set_machine_state([x, 150.0, 5.0], "T0")
+        later = time.monotonic() + 1
+        with_disc, without = (c.render(c.state_at(later), 3)[0] for c in (disc, plain))
+        # The same frame (noise included) away from the disc: the key adds
+        # no randomness, so sim:// frames without it are unchanged.
+        assert np.array_equal(with_disc[outside], without[outside])
+        assert not np.array_equal(with_disc[~outside], without[~outside])
+        found = find_bore(with_disc)
+        assert found.refusal == "ambiguous"     # the disc looks like a bore
+        # The disc (right of the nozzle) first.
+        centres.append(sorted((d.center for d in found.candidates), key=lambda c: -c[0]))
+    # The disc stays put while the nozzle moves 50 px (0.5 mm).
+    (disc0, nozzle0), (disc1, nozzle1) = centres
+    assert disc0 == pytest.approx((540, 110), abs=0.2)
+    assert disc1 == pytest.approx(disc0, abs=0.1)
+    shift = math.hypot(nozzle1[0] - nozzle0[0], nozzle1[1] - nozzle0[1])
+    assert shift == pytest.approx(50.0, abs=0.3)
+    for camera in (plain, disc):
+        camera.close()
 
 
 def test_tools_look_different_and_noise_changes_per_frame():

@@ -47,6 +47,12 @@ glints         (per tool) number of specular spots
 jpeg           (per tool) JPEG quality 1..100, 0 = none
 record         (none)     folder: every frame delivered is saved there as a
                           JPEG, with ``frames.jsonl`` describing each one
+disc           (none)     ``u,v,r``: a static dark disc of radius ``r`` px in
+                          a bright ring (to ``2.5 r``) at pixel ``(u, v)``,
+                          drawn over every frame: a ring light's reflection
+                          in the cover glass or a hole in the housing lit
+                          from the side; it never moves with the nozzle and
+                          looks like a bore to the detector
 =============  =========  ====================================================
 
 Each tool gets its own look (body colour, lighting, blemishes, exposure) drawn
@@ -93,6 +99,7 @@ _KEYS = {
     "record": (str, None, None, None),
     "looks": (str, "random", None, None),
     "nozzles": (str, "", None, None),
+    "disc": (str, "", None, None),
 }
 # URL key -> NozzleLook field it overrides.
 _LOOK_KEYS = {"blur": "blur_sigma", "dirt": "dirt", "glints": "glints"}
@@ -133,6 +140,7 @@ def parse_sim_url(url):
         raise HelperError("invalid_params", "sim:// camera key looks=%s must be "
                           "random, ring_light or mixed." % (settings["looks"],))
     settings["nozzles"] = _nozzle_list(settings["nozzles"])
+    settings["disc"] = _disc(settings["disc"])
     if settings["kinematics"] not in ("cartesian", "corexy"):
         raise HelperError("invalid_params", "sim:// camera key kinematics=%s must be "
                           "cartesian or corexy." % (settings["kinematics"],))
@@ -151,6 +159,22 @@ def _nozzle_list(text):
     if not all(0.05 <= v <= 3.0 for v in values):
         raise HelperError("invalid_params", "sim:// camera key nozzles=%s: each "
                           "diameter must be 0.05..3 mm." % (text,))
+    return values
+
+
+def _disc(text):
+    """``(u, v, r)`` of ``disc=u,v,r`` (px), or None."""
+    if not text:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or \
+            not 1.0 <= values[2] <= 1000.0:
+        raise HelperError("invalid_params", "sim:// camera key disc=%s must be "
+                          "u,v,r: the disc's centre and radius in px (r 1..1000)."
+                          % (text,))
     return values
 
 
@@ -349,6 +373,9 @@ class SimCamera(CameraSource):
         scene_rng = np.random.default_rng([self.settings["seed"], 4, state.tool])
         image = render.render_nozzle(self.camera.size, pixel,
                                      self.bore_radius(state.tool), look, scene_rng)
+        if self.settings["disc"]:
+            # On the lens: over the scene, under the sensor's noise.
+            render.static_disc(image, self.settings["disc"])
         noise, quality = self.sensor(state.tool)
         if noise > 0:
             frame_rng = np.random.default_rng([self.settings["seed"], 5, tick % (2**32)])

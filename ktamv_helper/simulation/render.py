@@ -364,6 +364,27 @@ def _smudge_gain(width, height, look):
     return (1.0 - np.float32(look.smudge) * shade * shade * (3 - 2 * shade)).astype(np.float32)
 
 
+def static_disc(image, disc):
+    """Draw a dark disc in a bright ring onto ``image`` (BGR uint8, in place).
+
+    ``disc`` is ``(u, v, r)`` in px; the ring reaches ``2.5 r``. No
+    randomness is drawn, so frames without a disc stay as they were.
+    """
+    u, v, r = (float(x) for x in disc)
+    height, width = image.shape[:2]
+    win = _window(width, height, u, v, 2.5 * r + 2)
+    if win is None:
+        return image
+    sl, xx, yy = win
+    d = np.hypot(xx - u, yy - v)
+    canvas = image[sl].astype(np.float32)
+    for alpha, level in ((_coverage(d - 2.5 * r), 220.0), (_coverage(d - r), 15.0)):
+        canvas *= (1.0 - alpha)[:, :, None]
+        canvas += (alpha * np.float32(level))[:, :, None]
+    image[sl] = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+    return image
+
+
 def _paint_nozzle(canvas, rng, dx, dy, r0, look, body, tip):
     """Hex body, cone, tip face, blemishes and bore, centred at dx = dy = 0.
 
