@@ -58,6 +58,20 @@ def test_a_candidate_on_the_cone_is_moved_to_its_bore():
     assert _error(found, (318.4, 243.7)) < 0.3
 
 
+def test_an_eccentric_cone_neither_moves_the_bore_nor_stands_in_for_it():
+    center, radius = (318.4, 243.7), 10.5
+    for seed, angle in ((3, 0.0), (5, 120.0), (9, 240.0)):
+        offset = (0.35 * math.cos(math.radians(angle)), 0.35 * math.sin(math.radians(angle)))
+        image, look = _ring_light_frame(seed, radius, cone_offset=offset)
+        found = find_bore(image).detection
+        # The cone's centre is 3.7 px from the bore's.
+        assert found is not None and _error(found, center) < 0.3, (seed, found)
+        # Sizes that leave the bore out do not make the cone a bore: the
+        # rings round it still start at the bore, which is too small.
+        restricted = find_bore(image, 2.0 * radius, 1.5 * radius * look.cone_ratio)
+        assert restricted.detection is None and not restricted.candidates, seed
+
+
 def test_a_bore_filling_the_frame_and_running_past_its_edges():
     look = NozzleLook(collar_ratio=1.4, cone_ratio=2.0, hex_ratio=3.0)
     # 0.45 of the frame height: the tip face runs past every edge.

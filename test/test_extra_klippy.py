@@ -4,7 +4,9 @@ Batch mode (``run_klippy``) runs a G-code file and exits at its end or at
 the first G-code error; sequences that need a failing command followed by
 more commands use an interactive session on Klippy's pty (``KlippySession``).
 The vision side is the real helper with the ``sim://`` camera, or
-``test/fake_helper.py`` where a misbehaving helper is the point of the test.
+``test/fake_helper.py`` where a misbehaving helper is the point of the test,
+or ``test/cone_picking_helper.py`` (the real helper measuring the cone instead
+of the bore).
 """
 
 import json
@@ -959,3 +961,97 @@ def test_progress_command_sets_the_status_for_screens(tmp_path):
     assert busy["progress"] == {"step": 2, "of": 5, "what": "T1: measuring"}
     assert idle["progress"] == {"step": 0, "of": 0, "what": ""}
     assert "kTAMV [2/5] T1: measuring" in result.text
+
+
+# Two brass nozzles under a ring light whose cones are turned off their
+# bores' axes in different directions: 0.28 bore radii (5.6 px, 56 µm), as
+# measured on a real nozzle in issue 8.
+CONE_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05&kinematics=corexy"
+            "&tools=2&looks=ring_light&cone_offsets=0.28:0,-0.2:0.2" % CAMERA_XY)
+CONE_HELPER = "%s %s" % (HELPER_PYTHON, REPO / "test" / "cone_picking_helper.py")
+
+
+def cone_picking_error(url):
+    """T1's offset error (mm) from centring each tool's cone, not its bore.
+
+    Centring the cone puts the bore ``-c`` px from the image centre (``c``
+    the cone's offset from the bore), so each tool is found ``M (-c)`` mm
+    away (``M`` the camera's pixel-to-mm matrix); T1's offset is off by the
+    difference from T0's.
+    """
+    sys.path.insert(0, str(REPO))
+    from ktamv_helper.cameras.sim import SimCamera
+    camera = SimCamera(url)
+    try:
+        c0, c1 = ([v * camera.bore_radius(t) for v in camera.look(t).cone_offset]
+                  for t in (0, 1))
+        cu, cv = camera.camera.image_center
+        x, y = camera.camera.machine_of((cu - (c1[0] - c0[0]), cv - (c1[1] - c0[1])))
+        return (x - camera.camera.camera_xy[0], y - camera.camera.camera_xy[1])
+    finally:
+        camera.close()
+
+
+def measure_t1_offset(workdir, **options):
+    """Centre T0, set the origin, centre T1: the status after KTAMV_GET_OFFSET."""
+    section = ktamv_section(url=CONE_URL, camera_matrix=SIM_MATRIX, settle_time=0.1,
+                            tool_status="gcode_macro _KTAMV_TOOL.current", **options)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join([
+        "G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.3, cy - 0.2),
+        "KTAMV_FIND_NOZZLE_CENTER", "KTAMV_SET_ORIGIN",
+        "T1", "KTAMV_FIND_NOZZLE_CENTER", "KTAMV_GET_OFFSET",
+        "KTAMV_STATUS_JSON"]) + "\n"
+    result = run_klippy(workdir, printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    assert "SET_GCODE_OFFSET X=" in result.text
+    return statuses(result.text)[-1]
+
+
+def test_an_eccentric_cone_moves_a_cone_picking_detector_not_the_bore(tmp_path):
+    truth = sim_truth(CONE_URL)["tools"][1]
+    # What a detector that measures the cone would get wrong: > 0.1 mm.
+    cone_error = cone_picking_error(CONE_URL)
+    assert math.hypot(*cone_error) > 0.09, cone_error
+    # The helper reads the bore among the nested rings: right to 5 µm.
+    status = measure_t1_offset(tmp_path / "bore")
+    measured = status["last_calculated_offset"]
+    assert abs(measured[0] - truth[0]) <= 0.005, (measured, truth)
+    assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
+    assert status["last_detection"]["radius"] == pytest.approx(20, abs=2)
+    # The same run with a detector that returns the cone (a ~120 px circle)
+    # and knows no sizes: every step succeeds, and T1's offset is off by
+    # the cones' difference.
+    status = measure_t1_offset(tmp_path / "cone", helper_command=CONE_HELPER + " --no-size")
+    measured = status["last_calculated_offset"]
+    assert status["last_detection"]["radius"] > 100
+    error = (measured[0] - truth[0], measured[1] - truth[1])
+    assert math.hypot(*error) > 0.02, (measured, truth)
+    assert abs(error[0] - cone_error[0]) <= 0.01, (error, cone_error)
+    assert abs(error[1] - cone_error[1]) <= 0.01, (error, cone_error)
+
+
+def test_a_cone_picking_detector_is_refused_once_the_bore_size_is_known(tmp_path):
+    # Calibration sees the cone move as the nozzle does, so it succeeds; with
+    # the scale known the bore is 20 px and a ~120 px circle is refused.
+    section = ktamv_section(url=CONE_URL, settle_time=0.1, max_travel=3,
+                            helper_command=CONE_HELPER)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join([
+        "G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.3, cy - 0.2),
+        "KTAMV_CALIB_CAMERA", "G1 X%.3f Y%.3f F6000" % (cx + 0.3, cy - 0.2),
+        "GET_POSITION", "KTAMV_FIND_NOZZLE_CENTER NOZZLE_DIAMETER=0.4",
+        "GET_POSITION"]) + "\n"
+    result = run_klippy(tmp_path, printer_config(section), gcode)
+    assert result.returncode == 255, result.tail()
+    assert "camera calibrated" in result.text, result.tail()
+    found = result.find(r"Found a circle of ([\d.]+) px radius; a 0\.40 mm bore is "
+                        r"about ([\d.]+) px at 0\.0\d+ mm/px")
+    assert found, result.tail()
+    seen, expected = (float(v) for v in found[0])
+    assert 100 < seen < 140 and 19 < expected < 21, found
+    assert "cone-picking helper: refused: nozzle_size_mismatch" in result.text
+    assert "nozzle centred" not in result.text
+    # Nothing moved on doubt.
+    positions = result.find(r"toolhead: X:([-\d.]+) Y:([-\d.]+)")
+    assert len(positions) == 2 and positions[0] == positions[1], positions

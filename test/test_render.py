@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ktamv_helper.simulation.render import NozzleLook, random_look, render_nozzle
+from ktamv_helper.simulation.render import (NozzleLook, random_look, render_nozzle,
+                                            ring_light_look)
 
 
 def _dark_centroid(image, center, radius):
@@ -66,6 +67,35 @@ def test_camera_faults_change_the_picture():
     assert np.abs(np.diff(blurred, axis=1)).max() < np.abs(np.diff(clean, axis=1)).max()
     assert 3 < np.std(noisy - clean) < 12
     assert dim.mean() < 0.5 * clean.mean()
+
+
+def test_cone_offset_moves_the_turned_outside_and_not_the_bore():
+    look = NozzleLook(background="dark")
+    centred = render_nozzle((640, 480), (320.3, 240.6), 20, look).astype(int)
+    # 0.5 bore radii = 10 px to the right: the outside is the same picture
+    # shifted by 10 px, the bore is where it was.
+    look.cone_offset = (0.5, 0.0)
+    moved = render_nozzle((640, 480), (320.3, 240.6), 20, look).astype(int)
+    ys, xs = np.mgrid[0:480, 0:640]
+    from_bore = np.hypot(xs - 320.3, ys - 240.6)
+    from_outside = np.hypot(xs - 330.3, ys - 240.6)
+    outside = (from_bore > 20 * 2.2 + 12) & (from_outside > 20 * 2.2 + 2) & (xs >= 10)
+    assert np.array_equal(moved[outside], np.roll(centred, 10, axis=1)[outside])
+    assert np.array_equal(moved[from_bore < 18], centred[from_bore < 18])
+    assert not np.array_equal(moved, centred)
+    # The tip face is no longer even round the bore: wider on the right.
+    gray = cv2.cvtColor(moved.astype(np.uint8), cv2.COLOR_BGR2GRAY)
+    assert gray[240, 320 + 50] > 150 > gray[240, 320 - 50]
+
+
+def test_ring_light_cones_are_a_little_off_their_bores():
+    sizes = []
+    for seed in range(20):
+        dx, dy = ring_light_look(np.random.default_rng(seed)).cone_offset
+        sizes.append(np.hypot(dx, dy))
+    assert 0.1 <= min(sizes) and max(sizes) <= 0.35
+    assert ring_light_look(np.random.default_rng(0), cone_offset=(0, 0)).cone_offset == (0, 0)
+    assert random_look(np.random.default_rng(0)).cone_offset == (0.0, 0.0)
 
 
 def test_random_look_overrides():

@@ -1,5 +1,7 @@
 """The sim:// camera's nozzle looks and per-tool nozzle sizes."""
 
+import math
+
 import pytest
 
 from ktamv_helper.cameras.sim import SimCamera, parse_sim_url
@@ -27,6 +29,23 @@ def test_mixed_looks_and_per_tool_nozzles():
         camera.close()
 
 
+def test_cone_offsets_per_tool_reach_the_looks_and_the_truth():
+    camera = SimCamera("sim://?tools=3&looks=ring_light&cone_offsets=0.5:0,-0.2:0.3"
+                       "&noise=0&jpeg=0")
+    try:
+        assert camera.look(0).cone_offset == (0.5, 0.0)
+        assert camera.look(1).cone_offset == (-0.2, 0.3)
+        # Beyond the list: the ring-light look's own, drawn from the seed.
+        assert 0.1 <= math.hypot(*camera.look(2).cone_offset) <= 0.35
+        assert camera.truth()["cone_offsets"][:2] == [[0.5, 0.0], [-0.2, 0.3]]
+        image, pixel = camera.render(_state(camera, 0), 0)
+        found = find_bore(image).detection
+        assert found is not None
+        assert math.hypot(found.center[0] - pixel[0], found.center[1] - pixel[1]) < 0.3
+    finally:
+        camera.close()
+
+
 def _state(camera, tool):
     """The machine with tool ``tool`` selected over the camera's centre."""
     xy = (camera.settings["camera_x"], camera.settings["camera_y"])
@@ -37,6 +56,10 @@ def _state(camera, tool):
     ("looks=pretty", "looks"),
     ("nozzles=0.4,x", "nozzles"),
     ("nozzles=0.4,9", "nozzles"),
+    ("cone_offsets=0.5", "cone_offsets"),
+    ("cone_offsets=0.5:0,x:1", "cone_offsets"),
+    ("cone_offsets=9:0", "cone_offsets"),
+    ("cone_offsets=nan:0", "cone_offsets"),
 ])
 def test_bad_look_keys_are_named(query, word):
     with pytest.raises(HelperError, match=word):

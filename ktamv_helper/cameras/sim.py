@@ -40,6 +40,12 @@ looks          random     ``ring_light``: brass under a ring light with the
                           confounders (clipped face, dark cone, coloured
                           LEDs, vignetting, a lens smudge); ``mixed``: odd
                           tools ring-light, even ones random
+cone_offsets   (per tool) per-tool centre of the turned outside (tip face's
+                          outer edge, cone, hex) from the bore's, in bore
+                          radii, ``dx:dy`` pairs comma-separated
+                          (``0.5:0,-0.5:0``); tools beyond the list: their
+                          look's own (ring-light: 0.1-0.35 in a random
+                          direction; random looks: none)
 noise          (per tool) sensor noise sigma, grey levels
 blur           (per tool) defocus blur sigma, px
 dirt           (per tool) 0..1 burnt patch on the cone
@@ -100,6 +106,7 @@ _KEYS = {
     "looks": (str, "random", None, None),
     "nozzles": (str, "", None, None),
     "disc": (str, "", None, None),
+    "cone_offsets": (str, "", None, None),
 }
 # URL key -> NozzleLook field it overrides.
 _LOOK_KEYS = {"blur": "blur_sigma", "dirt": "dirt", "glints": "glints"}
@@ -141,6 +148,7 @@ def parse_sim_url(url):
                           "random, ring_light or mixed." % (settings["looks"],))
     settings["nozzles"] = _nozzle_list(settings["nozzles"])
     settings["disc"] = _disc(settings["disc"])
+    settings["cone_offsets"] = _offset_list(settings["cone_offsets"])
     if settings["kinematics"] not in ("cartesian", "corexy"):
         raise HelperError("invalid_params", "sim:// camera key kinematics=%s must be "
                           "cartesian or corexy." % (settings["kinematics"],))
@@ -176,6 +184,20 @@ def _disc(text):
                           "u,v,r: the disc's centre and radius in px (r 1..1000)."
                           % (text,))
     return values
+def _offset_list(text):
+    """Per-tool ``(dx, dy)`` from ``cone_offsets=0.5:0,-0.5:0.2`` (bore radii)."""
+    if not text:
+        return []
+    try:
+        pairs = [tuple(float(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        pairs = [()]
+    if not all(len(p) == 2 and all(math.isfinite(v) and abs(v) <= 3.0 for v in p)
+               for p in pairs):
+        raise HelperError("invalid_params", "sim:// camera key cone_offsets=%s must be "
+                          "dx:dy pairs in bore radii (each -3..3) separated by "
+                          "commas." % (text,))
+    return pairs
 
 
 class SimCamera(CameraSource):
@@ -333,6 +355,8 @@ class SimCamera(CameraSource):
             # Sensor noise and JPEG are added per frame in render(); the look
             # renders the steady scene.
             overrides.update(noise_sigma=0.0, jpeg_quality=0)
+            if tool < len(self.settings["cone_offsets"]):
+                overrides["cone_offset"] = self.settings["cone_offsets"][tool]
             rng = np.random.default_rng([self.settings["seed"], 2, tool])
             looks = self.settings["looks"]
             if looks == "ring_light" or (looks == "mixed" and tool % 2 == 1):
@@ -433,6 +457,7 @@ class SimCamera(CameraSource):
             "fps": s["fps"],
             "frame_size": [s["width"], s["height"]],
             "bore_radius_px": self.bore_radius_px,
+            "cone_offsets": [list(self.look(tool).cone_offset) for tool in range(s["tools"])],
             "seed": s["seed"],
         }
 
