@@ -245,7 +245,10 @@ def fit_circle_robust(points, tolerance, hypotheses=48, smooth=False):
         # Tighten to the edge's own scatter (5 sigma, robust), so points
         # only partly pushed out by dirt at the edge of a blob drop out too.
         scatter = 1.4826 * float(np.median(residuals[inliers]))
-        inliers = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
+        kept = residuals <= min(tolerance, max(5.0 * scatter, MIN_TOLERANCE))
+        if np.array_equal(kept, inliers):
+            break       # the same points again: the same circle
+        inliers = kept
     if inliers.sum() < 6:
         return None
     if smooth:
@@ -274,8 +277,15 @@ def _smooth_refine(points, centre, radius, inliers, tolerance):
     def residual(params):
         return np.hypot(pts[:, 0] - params[0], pts[:, 1] - params[1]) - params[2]
 
-    fit = least_squares(residual, [centre[0], centre[1], radius], loss="cauchy",
-                        f_scale=scale, method="trf", x_scale="jac", max_nfev=50)
+    def jacobian(params):
+        # d(distance - r) / d(cx, cy, r); analytic, so no finite differences.
+        dx, dy = pts[:, 0] - params[0], pts[:, 1] - params[1]
+        d = np.maximum(np.hypot(dx, dy), 1e-9)
+        return np.column_stack([-dx / d, -dy / d, -np.ones(len(pts))])
+
+    fit = least_squares(residual, [centre[0], centre[1], radius], jac=jacobian,
+                        loss="cauchy", f_scale=scale, method="trf", x_scale="jac",
+                        max_nfev=50)
     if not fit.success or not np.all(np.isfinite(fit.x)) or fit.x[2] <= 0:
         return centre, radius
     return np.asarray(fit.x[:2]), float(fit.x[2])

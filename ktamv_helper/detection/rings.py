@@ -29,6 +29,10 @@ SIGNIFICANT_SNR = 4.0
 # ~1 mm across, 2.5 radii, but flat faces reach ~5 and a 0.25 mm nozzle's
 # ~8).
 FACE_SPAN = 8.0
+# Samples of a long profile: read out to FAMILY_SPAN (10) bore radii, that
+# is 40 per bore radius, several across even the narrowest ring (a thin
+# tip face is ~0.4 bore radii wide).
+MAX_PROFILE_SAMPLES = 400
 # A sample of the profile counts when at least this fraction of its rays
 # lies inside the frame (a big bore may reach past the frame's edge).
 MIN_RAYS_SEEN = 0.3
@@ -74,7 +78,7 @@ def radial_profile(gray, center, max_radius, step=None, rays=PROFILE_RAYS):
         Outermost radius sampled, px.
     step : float, optional
         Radius step, px; by default 0.5 px, coarser for long profiles (at most
-        800 samples).
+        ``MAX_PROFILE_SAMPLES``).
     rays : int
 
     Returns
@@ -84,7 +88,7 @@ def radial_profile(gray, center, max_radius, step=None, rays=PROFILE_RAYS):
         in the frame.
     """
     if step is None:
-        step = max(0.5, max_radius / 800.0)
+        step = max(0.5, max_radius / MAX_PROFILE_SAMPLES)
     radii = np.arange(0.0, max_radius + step, step, dtype=np.float32)
     angles = np.arange(rays, dtype=np.float32) * np.float32(2 * math.pi / rays)
     map_x = (center[0] + np.cos(angles)[:, None] * radii[None, :]).astype(np.float32)

@@ -40,6 +40,9 @@ RADIUS_AGREEMENT = 0.25
 # the face's peak) differs from the edge's (to the face's typical level), so
 # on a blurred 3 px bore the two radii differ by up to a pixel.
 RADIUS_SLACK_PX = 1.0
+# The structure read round a centre this close (px) to the measured one is
+# reused (its ring radii differ by less than the profile's 0.5 px step).
+SAME_RINGS_PX = 0.5
 # Voting looks for circles from this radius up (px): below it, votes of
 # noise and texture pile up as easily as a bore's (blurred noise then shows
 # "bores"), and dark islands find small bores well.
@@ -174,8 +177,11 @@ def _measure(gray, noise, center, radius, min_radius):
     score = score_measurement(m) * (0.5 + 0.5 * m["in_view"])
     if score < MIN_SCORE:
         return None
-    # The rings as seen from the measured centre, for the preview and logs.
-    final = find_rings(gray, m["center"], FAMILY_SPAN * m["radius"], noise) or rings
+    # The rings as seen from the measured centre, for the preview and logs
+    # (the structure's own where the centre hardly moved: the same rings).
+    final = rings
+    if math.hypot(m["center"][0] - center[0], m["center"][1] - center[1]) > SAME_RINGS_PX:
+        final = find_rings(gray, m["center"], FAMILY_SPAN * m["radius"], noise) or rings
     if len(final.radii) > 1 and final.radii[1] < FACE_SEEN * final.seen_radius and \
             final.radii[1] - m["radius"] < MIN_FACE_WIDTH * m["radius"]:
         return None     # a thin bright rim: a chamfered hole, not a tip face
@@ -189,6 +195,11 @@ def _same(a, b):
     return (math.hypot(a.center[0] - b.center[0], a.center[1] - b.center[1])
             <= max(1.0, 0.2 * min(a.radius, b.radius))
             and abs(a.radius - b.radius) <= RADIUS_AGREEMENT * max(a.radius, b.radius))
+
+
+def _not_excluded(found, exclude):
+    """The detections not on a feature known to be static."""
+    return [d for d in found if not any(_near(p, d) for p in exclude)]
 
 
 def _near(point, detection):
@@ -244,15 +255,22 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
         for u, v, r in points:
             if any(_near((u, v), d) and d.radius >= 0.7 * r for d in found):
                 continue    # seen from this family already
+            if any(d.score >= EARLY_ACCEPT for d in kept) and \
+                    measure_bore(gray, noise, (u, v), r, quick=True, closed_hint=True) is None:
+                # Beside a sure bore only a rival matters, and a rival bore
+                # shows its edge at a first look (a cone or face candidate
+                # leads to a family already seen).
+                continue
             d = _measure(gray, noise, (u, v), r, min_radius)
             if d is None or not min_radius <= d.radius <= max_radius:
                 continue
             if any(_same(d, other) for other in found):
                 continue
             found.append(d)
+            kept = _not_excluded(found, exclude)
         # A static feature must not end the search early: the nozzle may
         # only show in a finer search copy.
-        kept = [d for d in found if not any(_near(p, d) for p in exclude)]
+        kept = _not_excluded(found, exclude)
         if any(d.score >= EARLY_ACCEPT for d in kept) and expected_radius is None:
             break
     found = sorted(kept, key=lambda d: -d.score)
