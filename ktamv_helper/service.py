@@ -250,7 +250,7 @@ class Settings:
                                            high=MAX_CAMERA_TIMEOUT)
         self.min_radius = number_param(params, "min_radius", 3.0, low=1.0,
                                        high=5000.0)
-        # 0: up to 0.6 of the frame height (a zoomed camera's bore may fill
+        # 0: up to 0.7 of the frame height (a zoomed camera's bore may fill
         # most of the frame).
         self.max_radius = number_param(params, "max_radius", 0.0, low=0.0,
                                        high=5000.0)

@@ -48,7 +48,9 @@ SAME_RINGS_PX = 0.5
 # "bores"), and dark islands find small bores well.
 VOTE_MIN_RADIUS = 8.0
 # Default largest bore: a zoomed camera's bore may fill most of the frame
-# and run past its edges (fraction of the frame height).
+# and run past its edges (fraction of the frame height). At 0.7 a centred
+# bore still shows about half its rim in a 4:3 frame, as the edge
+# measurement requires.
 MAX_RADIUS_OF_HEIGHT = 0.7
 # With an expected radius, bores within this factor of it count: a chamfer
 # or defocus makes the dark opening look up to ~1.5x the nominal bore, the
