@@ -1182,9 +1182,13 @@ class NozzleFinder:
         self.model = model
         self.last_detection = None
         self.last_center_moves = 0
+        # Pixels where calibration saw a round thing stay put while the
+        # nozzle moved (lens dirt, a reflection): never the nozzle.
+        self.static_pixels = []
     def forget(self):
         """Drop the stored detection (camera or model changed)."""
         self.last_detection = None
+        self.static_pixels = []
     def bore_hints(self, gcmd):
         """What the helper may know of the bore: its diameter and the scale."""
         hints = {'nozzle_diameter': gcmd.get_float(
@@ -1205,6 +1209,8 @@ class NozzleFinder:
         frames = frames or opts.detection_frames
         params = {'frames': frames}
         params.update(self.bore_hints(gcmd))
+        if self.static_pixels:
+            params['exclude'] = [list(p) for p in self.static_pixels]
         params.update(hints or {})
         # A G1 just before this command may still be queued or running.
         self.motion.toolhead.wait_moves()
@@ -1221,7 +1227,15 @@ class NozzleFinder:
         params['timeout'] = min(60., timeout)
         pos = self.motion.position()
         tool = self.tools.current(strict=False)
-        result = self.client.call(gcmd, 'detect', params, timeout)
+        try:
+            result = self.client.call(gcmd, 'detect', params, timeout)
+        except gcmd.error as e:
+            if not self.static_pixels or 'exclude' not in params or \
+                    getattr(e, 'helper_code', None) != 'nozzle_not_found':
+                raise
+            # The nozzle may now sit where the dirt was seen: look again.
+            del params['exclude']
+            result = self.client.call(gcmd, 'detect', params, timeout)
         try:
             det = {'uv': [float(v) for v in result['center'][:2]],
                    'radius': float(result.get('radius', 0.)),
@@ -1398,6 +1412,7 @@ class CameraCalibration:
         self.client = client
         self.motion = motion
         self.finder = finder
+        self.statics = []   # pixels of round things that stayed put
     def plan(self, radius, count):
         """The start and ``count`` points around it; refused if any is out."""
         start = self.motion.begin()
@@ -1433,7 +1448,7 @@ class CameraCalibration:
         return pairs, missed
     def _points(self, gcmd, targets, pairs, missed):
         first = hints = ambiguous = None
-        statics = []
+        statics = self.statics = []
         for i, (x, y) in enumerate(targets):
             if self.progress is not None:
                 self.progress.step(gcmd, i + 1, len(targets),
@@ -1442,6 +1457,7 @@ class CameraCalibration:
             if ambiguous is not None:
                 # The start showed several bores: this move tells which.
                 first, statics = self._rigid_start(gcmd, ambiguous)
+                self.statics = statics
                 hints = self._hints(first, statics)
                 pairs.append({'xy': first['position'], 'uv': first['uv']})
                 ambiguous = None
@@ -1558,6 +1574,7 @@ class CameraCalibration:
                 "a reflection); the model comes from the other points.")
         self.finder.model = model
         self.finder.forget()
+        self.finder.static_pixels = list(self.statics)
         configfile = self.printer.lookup_object('configfile')
         configfile.set(self.opts.name, 'camera_matrix', model.config_value())
         return model, fit

@@ -598,9 +598,11 @@ def test_a_static_bore_lookalike_on_the_lens_does_not_stop_calibration(
     url = SIM_URL + "&disc=540,110,20"
     section = ktamv_section(url=url, settle_time=0.1)
     cx, cy = CAMERA_XY
+    # After calibration the disc's pixel is known to stay put, so centring
+    # (which, knowing the bore's size, would see two bores) takes the nozzle.
     gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.2, cy - 0.1),
                        "KTAMV_CALIB_CAMERA", "KTAMV_STATUS_JSON",
-                       "GET_POSITION"])
+                       "GET_POSITION", "KTAMV_FIND_NOZZLE_CENTER"])
     result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
     assert result.returncode == 0, result.tail()
     moved = result.find(r"the one at u=([\d.]+) v=([\d.]+) \(r=([\d.]+) px\) "
@@ -627,6 +629,13 @@ def test_a_static_bore_lookalike_on_the_lens_does_not_stop_calibration(
     # Every point fits, the start too: it was the nozzle, not the disc.
     assert model["rejected"] == [] and len(model["used"]) == 11
     assert "toolhead: X:%.6f Y:%.6f" % (cx + 0.2, cy - 0.1) in result.text
+    centred = result.find(r"nozzle centred after \d+ move\(s\) at X([\d.]+) "
+                          r"Y([\d.]+), ([\d.]+) px")
+    # T0's nozzle over the camera (its offset is zero), to within the
+    # centring tolerance and a microstep; the disc is ~2.5 mm from there.
+    assert [float(v) for v in centred[0][:2]] == pytest.approx(
+        truth["camera_xy"], abs=0.04)
+    assert float(centred[0][2]) < 3.0
 
 
 def detect_requests(log_path):

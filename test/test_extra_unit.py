@@ -866,6 +866,8 @@ def test_an_ambiguous_start_is_resolved_by_the_first_planned_move():
         in text
     assert "One stayed put at u=540.0 v=110.0" in text
     assert extra.finder.model is not None
+    # Later detections (centring, origins, offsets) skip the dirt too.
+    assert [list(p) for p in extra.finder.static_pixels] == [[540.0, 110.0]]
     # The same moves as a calibration with an unambiguous start: the plan.
     plain, _, plain_toolhead, _, _ = calibration_setup()
     plain.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
@@ -1338,3 +1340,36 @@ def test_search_pitch_is_70_percent_of_the_view_and_safe_when_rotated():
             x, y = sx * px / 2, sy * py / 2
             du, dv = (e * x - b * y) / det, (-d * x + a * y) / det
             assert abs(du) <= 0.7 * 320 + 1e-6 and abs(dv) <= 0.7 * 240 + 1e-6
+
+
+def test_detections_skip_static_pixels_unless_the_nozzle_sits_on_one():
+    toolhead = FakeToolhead()
+    extra, _ = make_ktamv({}, toolhead)
+    extra.finder.static_pixels = [(540.0, 110.0)]
+    sent = []
+    on_the_dirt = []
+
+    def call(gcmd, method, params=None, timeout=0.):
+        sent.append(dict(params))
+        if on_the_dirt and "exclude" in params:
+            error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
+            error.helper_code = "nozzle_not_found"
+            raise error
+        return {"center": [320.0, 240.0], "radius": 20.0, "score": 0.9,
+                "frame_size": [640, 480]}
+
+    extra.client.call = call
+    extra.finder.detect(FakeGcmd(), after_move=False)
+    assert sent[-1]["exclude"] == [[540.0, 110.0]]
+    # Hints of their own (calibration points) replace the remembered ones.
+    extra.finder.detect(FakeGcmd(), after_move=False, hints={"exclude": []})
+    assert sent[-1]["exclude"] == []
+    # Centred right where the dirt was seen: excluded, then looked at again.
+    on_the_dirt.append(True)
+    sent.clear()
+    det = extra.finder.detect(FakeGcmd(), after_move=False)
+    assert det["uv"] == [320.0, 240.0]
+    assert len(sent) == 2 and "exclude" in sent[0] and "exclude" not in sent[1]
+    # A new camera or model: the dirt's pixels mean nothing any more.
+    extra.finder.forget()
+    assert extra.finder.static_pixels == []
