@@ -31,7 +31,7 @@ DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 # Helper errors that mean "no trustworthy nozzle in this picture": a
 # calibration point with one is skipped, not a reason to stop.
 NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus", "nozzle_ambiguous",
-                   "nozzle_size_mismatch")
+                   "nozzle_size_mismatch", "nozzle_not_where_expected")
 DEFAULT_TOOL_NAME = "default"
 # A stored detection stands in for a new one (same place, tool, camera,
 # settled) for at most this long: the printer may be bumped meanwhile.
@@ -40,6 +40,15 @@ DETECTION_MAX_AGE = 5.
 # least 2 * STILL_PX, it moved less than STILL_PX or FROZEN_FRACTION of it.
 STILL_PX = 0.5
 FROZEN_FRACTION = 0.1
+# After a centring move the nozzle is looked for only within this many px,
+# or this fraction of the move, of where the camera model puts it: a
+# look-alike elsewhere (a smudge on the tip face, dirt) is then no rival.
+PREDICTION_PX = 4.0
+PREDICTION_SCALE = 0.2
+# Several bores in view before centring: a probe move shifts the picture by
+# at least this many px (and twice the largest one's radius), beyond the
+# prediction's reach, so only the nozzle shows up where the model puts it.
+PROBE_PX = 20.0
 # An ambiguous calibration start is resolved by its first move: a round
 # thing within RIGID_SAME_PX of where it was stayed put (not the nozzle);
 # the nozzle reappears at least RIGID_MIN_SHIFT_PX away with its radius
@@ -1300,6 +1309,34 @@ class NozzleFinder:
                                           "%.1f expected; or the circle seen "
                                           "is dirt on the lens, which stays "
                                           "put" % (seen, expected)))
+    def predicted(self, before):
+        """``[u, v, reach]``: where the nozzle seen in ``before`` must
+        appear now that the toolhead moved, by the camera model."""
+        pos = self.motion.position()
+        du, dv = self.model.mm_to_px(pos[0] - before['position'][0],
+                                     pos[1] - before['position'][1])
+        # Moves land on whole steps read back from Klipper and the model
+        # maps them to a fraction of a percent, so the nozzle shows up
+        # within a pixel or two of this; the reach also allows a scale
+        # change after calibration (PREDICTION_SCALE of the move, e.g. a
+        # refocus) and half the bore (its centre's wander at a first look).
+        reach = max(PREDICTION_PX, PREDICTION_SCALE * math.hypot(du, dv),
+                    0.5 * before.get('radius', 0.))
+        return [before['uv'][0] + du, before['uv'][1] + dv, reach]
+    def check_not_frozen(self, gcmd, before, error):
+        """The nozzle was not where a move should have put it: if the
+        picture simply did not change (the bore seen where it was, or the
+        same frame), say that, not that the camera model is off."""
+        things = round_things(error)
+        if not things:
+            return
+        uv = min(things, key=lambda t: math.hypot(
+            t[0][0] - before['uv'][0], t[0][1] - before['uv'][1]))[0]
+        pos = self.motion.position()
+        details = getattr(error, 'helper_details', None) or {}
+        self.check_picture_moved(gcmd, before, {
+            'uv': list(uv), 'position': [pos[0], pos[1]],
+            'digest': details.get('frame_digest')})
     def pixel_error(self, det):
         cu, cv = image_center(det['frame_size'])
         return cu - det['uv'][0], cv - det['uv'][1]
@@ -1317,9 +1354,50 @@ class NozzleFinder:
             raise gcmd.error("kTAMV: the camera is not calibrated; put a "
                              "nozzle over the camera and run "
                              "KTAMV_CALIB_CAMERA first.")
+    def first_look(self, gcmd):
+        """The nozzle before centring; several bores in view are told
+        apart by a small move (:meth:`probe`)."""
+        try:
+            return self.detect(gcmd)
+        except gcmd.error as e:
+            if getattr(e, 'helper_code', None) != 'nozzle_ambiguous' or \
+                    self.model is None or len(round_things(e)) < 2:
+                raise
+            return self.probe(gcmd, round_things(e))
+    def probe(self, gcmd, things):
+        """Move so the picture shifts by more than any of ``things`` is
+        wide; the nozzle is the one that appears where the camera model
+        puts it, lens dirt stays. Returns its detection or raises."""
+        shift = max(PROBE_PX, 2. * max(r for _, r in things))
+        pos = self.motion.position()
+        mm = shift * self.model.mm_per_px()
+        self.motion.move_to(pos[0] + mm, pos[1], "centring probe move")
+        new = self.motion.position()
+        du, dv = self.model.mm_to_px(new[0] - pos[0], new[1] - pos[1])
+        reach = max(PREDICTION_PX, PREDICTION_SCALE * math.hypot(du, dv))
+        moved = []
+        for (u, v), r in things:
+            try:
+                moved.append(self.detect(gcmd, hints={
+                    'near': [u + du, v + dv, reach]}))
+            except gcmd.error as e:
+                if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                    raise
+        if len(moved) != 1:
+            raise gcmd.error(
+                "kTAMV: %d round things look like the bore (%s) and %d of "
+                "them moved with a %.3f mm probe move as the camera model "
+                "says the nozzle must, so kTAMV cannot tell which is the "
+                "nozzle: clean the lens and the nozzle, or check the camera "
+                "calibration; nothing was measured." % (
+                    len(things), _where(things), len(moved), mm))
+        gcmd.respond_info("kTAMV: %d round things in view; the one that "
+                          "moved with a probe move is the nozzle." % (
+                              len(things),))
+        return moved[0]
     def center(self, gcmd, tolerance, max_moves):
         """Move until the nozzle is within ``tolerance`` px of the centre."""
-        det = self.detect(gcmd)
+        det = self.first_look(gcmd)
         moves = 0
         self.last_center_moves = 0
         while 1:
@@ -1351,12 +1429,18 @@ class NozzleFinder:
             reference = (before if error_px >= 2. * LATENCY_SHIFT_PX
                          else None)
             try:
-                det = self.detect(gcmd, reference=reference)
+                det = self.detect(gcmd, reference=reference,
+                                  hints={'near': self.predicted(before)})
             except gcmd.error as e:
-                if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
+                code = getattr(e, 'helper_code', None)
+                if code not in NO_NOZZLE_CODES:
                     raise
-                raise gcmd.error("kTAMV: lost the nozzle after centring move"
-                                 " %d. %s" % (moves, e))
+                if code == 'nozzle_not_where_expected':
+                    self.check_not_frozen(gcmd, before, e)
+                raise gcmd.error("kTAMV: %s after centring move %d. %s" % (
+                    "the camera model is off" if code ==
+                    'nozzle_not_where_expected' else "lost the nozzle",
+                    moves, e))
             self.check_picture_moved(gcmd, before, det)
         pos = self.motion.position()
         gcmd.respond_info(

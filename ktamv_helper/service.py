@@ -150,11 +150,13 @@ def _to_float(value):
 # ---------------------------------------------------------------- bore size
 
 class BoreExpectation:
-    """What a detect request knows of the bore: its size, static features.
+    """What a detect request knows of the bore: its size, static features,
+    where a move put it.
 
     ``nozzle_diameter`` (mm) with ``mm_per_px`` (the calibrated scale) give
     the expected bore radius in px; ``exclude`` lists ``[u, v]`` centres of
-    features known not to move with the nozzle.
+    features known not to move with the nozzle; ``near`` is ``[u, v,
+    reach]``, where the camera model puts the nozzle after a move.
     """
 
     def __init__(self, params, tolerance):
@@ -183,13 +185,22 @@ class BoreExpectation:
                     and math.isfinite(x) for x in p) for p in exclude):
             raise _bad("exclude", "must be a list of [u, v] pixel positions")
         self.exclude = [tuple(float(x) for x in p) for p in exclude]
+        near = params.get("near")
+        if near is not None and not (
+                isinstance(near, list) and len(near) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool)
+                    and math.isfinite(x) for x in near) and near[2] > 0):
+            raise _bad("near", "must be [u, v, reach]: a pixel position and a "
+                               "reach in px above 0")
+        self.near = tuple(float(x) for x in near) if near is not None else None
 
     def find(self, image, settings):
         """The :class:`~ktamv_helper.detection.BoreSearch` of one frame."""
         from ktamv_helper.detection import find_bore
         return find_bore(image, settings.min_radius, settings.max_radius or None,
                          expected_radius=self.expected_radius,
-                         exclude=self.exclude, tolerance=self.tolerance)
+                         exclude=self.exclude, tolerance=self.tolerance,
+                         near=self.near)
 
     def refused(self, refusals, seen):
         """The error for frames whose bores were seen but refused."""
@@ -212,6 +223,12 @@ class BoreExpectation:
                            "else (the cone, the tip face, dirt). Nothing was "
                            "measured." % (found, self.expected_radius))
             return HelperError("nozzle_size_mismatch", message, details)
+        if last.refusal == "not_near":
+            message = ("The nozzle is not where the camera model says the "
+                       "move put it: %s. If the camera, its focus or the tool "
+                       "moved since KTAMV_CALIB_CAMERA, calibrate again; nothing "
+                       "was measured." % last.message)
+            return HelperError("nozzle_not_where_expected", message, details)
         message = ("Not sure which circle is the nozzle: %s. Clean the nozzle "
                    "and the lens, or set nozzle_diameter so the bore's size "
                    "decides; nothing was measured." % last.message)
@@ -794,7 +811,9 @@ class Detection:
             advice = (" Keep the printer still, check focus and lighting, "
                       "clean the nozzle, or raise detection_tolerance.")
         stopped_by = run.stopped_by
-        if run.refusals and not run.detections and \
+        # Refused in at least as many frames as found: the refusal (two
+        # bores, a wrong size) is what the user must hear about.
+        if run.refusals and len(run.refusals) >= found and \
                 not isinstance(stopped_by, HelperError):
             return self._refused(settings, request, run)
         if isinstance(stopped_by, HelperError):
@@ -821,6 +840,9 @@ class Detection:
     def _refused(self, settings, request, run):
         """Bores were seen but none could be chosen safely: say why."""
         error = request.bore.refused(run.refusals, run.seen)
+        if run.last_image is not None:
+            # The extra tells a frozen stream from a nozzle that moved.
+            error.details["frame_digest"] = frame_digest(run.last_image)
         if settings.debug_dir and run.last_image is not None:
             paths = self._save_debug(settings, run.last_image, error.code,
                                      run.refusals[-1].candidates[0])

@@ -132,6 +132,35 @@ def test_a_static_feature_can_be_excluded():
     assert _error(result.detection, (160.3, 240.2)) < 0.05
 
 
+def test_where_a_move_put_the_nozzle_decides_between_two_bores():
+    # After a centring move the camera model says where the nozzle is: the
+    # look-alike elsewhere is then neither taken nor a rival.
+    result = find_bore(_two_nozzles(), near=(158.0, 243.0, 8.0))
+    assert result.detection is not None
+    assert _error(result.detection, (160.3, 240.2)) < 0.05
+    # Nothing where the model puts it: refused, naming the nearest bore.
+    away = find_bore(_two_nozzles(), near=(320.0, 100.0, 8.0))
+    assert away.detection is None and away.refusal == "not_near"
+    assert "no bore within 8 px of (320, 100)" in away.message
+    assert len(away.candidates) == 2
+
+
+def test_not_where_expected_sentence_says_to_calibrate_again():
+    bore = BoreExpectation({"near": [320.0, 100.0, 8.0]}, 1.0)
+    search_result = bore.find(_two_nozzles(), type("S", (), {"min_radius": 3.0,
+                                                            "max_radius": 0})())
+    error = bore.refused([search_result], 1)
+    assert error.code == "nozzle_not_where_expected"
+    assert "calibrate again" in error.message and "(320, 100)" in error.message
+
+
+@pytest.mark.parametrize("near", [[1, 2], [1, 2, 0], [1, "x", 3], "here"])
+def test_bad_near_is_a_clear_parameter_error(near):
+    from ktamv_helper.errors import HelperError
+    with pytest.raises(HelperError, match="near"):
+        BoreExpectation({"near": near}, 1.0)
+
+
 def test_rings_of_a_clean_nozzle_are_its_real_radii():
     look = NozzleLook(collar_ratio=2.0, cone_ratio=4.0, cone_level=0.2, hex_ratio=6.0)
     image = render_nozzle((640, 480), (320.0, 240.0), 15.0, look)

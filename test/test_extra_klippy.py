@@ -638,6 +638,32 @@ def test_a_static_bore_lookalike_on_the_lens_does_not_stop_calibration(
     assert float(centred[0][2]) < 3.0
 
 
+def test_a_look_alike_in_view_is_told_apart_by_a_probe_move(tmp_path):
+    # Calibrated (the sim's true model), with a bore-sized dark disc in a
+    # bright ring on the lens: the first look before centring sees two
+    # bores; a probe move shows which one moves as the model says the
+    # nozzle must, and centring goes on from there.
+    url = SIM_URL + "&disc=540,110,20"
+    truth = sim_truth(url)
+    from ktamv_helper.simulation.machine import CameraModel
+    matrix = CameraModel(truth["frame_size"], truth["mm_per_px"],
+                         truth["rotation_deg"], truth["mirror"],
+                         truth["camera_xy"]).matrix
+    section = ktamv_section(url=url, settle_time=0.1, camera_matrix=", ".join(
+        "%.9g" % v for v in matrix.flatten()))
+    cx, cy = CAMERA_XY
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.2, cy - 0.1),
+                       "KTAMV_FIND_NOZZLE_CENTER"])
+    result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
+    assert result.returncode == 0, result.tail()
+    assert "2 round things in view; the one that moved with a probe move " \
+        "is the nozzle" in result.text
+    centred = result.find(r"nozzle centred after \d+ move\(s\) at X([\d.]+) "
+                          r"Y([\d.]+), ([\d.]+) px")
+    assert [float(v) for v in centred[0][:2]] == pytest.approx(
+        truth["camera_xy"], abs=0.04)
+
+
 def detect_requests(log_path):
     requests = [json.loads(line) for line in log_path.read_text().split("\n")
                 if line]

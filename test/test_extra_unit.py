@@ -411,8 +411,10 @@ class LinearCamera:
         self.nozzle_xy = nozzle_xy  # toolhead XY that centres the nozzle
         self.calls = 0
         self.lose_after = lose_after
+        self.prediction_errors = []     # px, of every 'near' hint
 
-    def __call__(self, gcmd, frames=None, after_move=True, reference=None):
+    def __call__(self, gcmd, frames=None, after_move=True, reference=None,
+                 hints=None):
         self.calls += 1
         if self.lose_after is not None and self.calls > self.lose_after:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
@@ -423,6 +425,15 @@ class LinearCamera:
         inv = self.inverse
         u = 319.5 + inv[0][0] * dx + inv[0][1] * dy
         v = 239.5 + inv[1][0] * dx + inv[1][1] * dy
+        near = (hints or {}).get("near")
+        if near is not None:
+            # As the helper does: only a bore within reach of the prediction.
+            self.prediction_errors.append(math.hypot(u - near[0], v - near[1]))
+            if self.prediction_errors[-1] > near[2]:
+                error = gcmd.error("kTAMV: The nozzle is not where the camera "
+                                   "model says the move put it.")
+                error.helper_code = "nozzle_not_where_expected"
+                raise error
         return {"uv": [u, v], "frame_size": [640, 480], "radius": 20.0,
                 "score": 1.0, "frames": 3, "position": [x, y],
                 "tool": "extruder"}
@@ -461,13 +472,27 @@ def test_centring_with_a_5_percent_scale_error_still_converges():
 
 
 def test_centring_with_a_wrong_model_fails_clearly():
-    # Model with X and Y swapped the wrong way round: every move makes
-    # it worse until the fence or the move limit stops it.
+    # Model with X and Y swapped the wrong way round: the first move shows
+    # the nozzle nowhere near where the model puts it, so centring stops
+    # there instead of moving on the wrong way.
     wrong = [[0.0, -0.01], [-0.01, 0.0]]
     extra, toolhead, _ = centring_setup(wrong, MATRIX, (0.2, 0.1))
-    with pytest.raises(CommandError, match="max_travel|did not centre"):
+    with pytest.raises(CommandError, match="the camera model is off after "
+                                           "centring move 1. kTAMV: The nozzle "
+                                           "is not where the camera model"):
         extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
     assert extra.last_nozzle_center_successful is False
+    assert extra.finder.last_center_moves == 1
+
+
+def test_centring_looks_for_the_nozzle_where_each_move_put_it():
+    # With a right model every prediction is within a pixel (whole steps of
+    # 0.0125 mm at 0.01 mm/px), and 5 % scale error stays within reach.
+    for true in (MATRIX, [[0.0, 0.0105], [0.0105, 0.0]]):
+        extra, _, _ = centring_setup(MATRIX, true, (0.6, -0.8))
+        extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+        errors = extra.finder.detect.prediction_errors
+        assert errors and max(errors) < (1.5 if true is MATRIX else 6.0)
 
 
 def test_centring_reports_a_lost_nozzle():
@@ -1373,3 +1398,42 @@ def test_detections_skip_static_pixels_unless_the_nozzle_sits_on_one():
     # A new camera or model: the dirt's pixels mean nothing any more.
     extra.finder.forget()
     assert extra.finder.static_pixels == []
+
+
+@pytest.mark.parametrize("movers, words", [
+    (2, "2 round things look like the bore (u=100 v=100 r=20 px, u=400 v=300 "
+        "r=20 px) and 2 of them moved with a 0.400 mm probe move"),
+    (0, "and 0 of them moved with a 0.400 mm probe move as the camera model "
+        "says the nozzle must"),
+])
+def test_a_probe_move_that_does_not_single_out_one_bore_refuses(movers, words):
+    extra, toolhead, _ = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
+    looks = []
+
+    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
+        looks.append(hints)
+        if hints is None:
+            error = gcmd.error("kTAMV: Not sure which circle is the nozzle.")
+            error.helper_code = "nozzle_ambiguous"
+            error.helper_details = {"candidates": [
+                {"center": [100.0, 100.0], "radius": 20.0},
+                {"center": [400.0, 300.0], "radius": 20.0}]}
+            raise error
+        if len(looks) - 1 > movers:
+            error = gcmd.error("kTAMV: The nozzle is not where the model says.")
+            error.helper_code = "nozzle_not_where_expected"
+            raise error
+        return {"uv": hints["near"][:2], "radius": 20.0, "frame_size": [640, 480],
+                "position": toolhead.get_position()[:2]}
+
+    extra.finder.detect = detect
+    with pytest.raises(CommandError) as info:
+        extra.cmd_KTAMV_FIND_NOZZLE_CENTER(FakeGcmd())
+    assert words in str(info.value) and "\n" not in str(info.value)
+    # The probe shifts the picture by twice the bores' radius (40 px, 0.4 mm
+    # here), and every look after it expects each bore 40 px on.
+    assert [h["near"][:2] for h in looks[1:]] == [
+        pytest.approx([100.0, 140.0]), pytest.approx([400.0, 340.0])]
+    assert looks[1]["near"][2] == pytest.approx(8.0)
+    # One probe move (through its backlash approach), no centring move.
+    assert toolhead.get_position()[:2] == pytest.approx([100.4, 100.0])

@@ -12,7 +12,8 @@
    inside a bigger bore is moved to the family's real bore.
 3. **Measurement** of that bore at full resolution (:func:`.edges.measure_bore`).
 4. **Choice**: one bore per family; families on a feature known to be static
-   (``exclude``) are dropped; with an expected radius (the nozzle's diameter
+   (``exclude``) or away from where a known move put the nozzle (``near``)
+   are dropped; with an expected radius (the nozzle's diameter
    and the calibrated scale), only bores of about that size count; two
    plausible bores farther apart than the tolerance are refused rather than
    guessed between.
@@ -113,8 +114,8 @@ class BoreSearch:
     candidates : tuple of Detection
         Every verified bore, one per concentric family, best first.
     refusal : str or None
-        ``"ambiguous"`` or ``"size_mismatch"`` when bores were seen but
-        none could be chosen safely.
+        ``"ambiguous"``, ``"size_mismatch"`` or ``"not_near"`` when bores
+        were seen but none could be chosen safely.
     message : str or None
         A sentence saying why, for the user.
     """
@@ -199,9 +200,22 @@ def _same(a, b):
             and abs(a.radius - b.radius) <= RADIUS_AGREEMENT * max(a.radius, b.radius))
 
 
-def _not_excluded(found, exclude):
-    """The detections not on a feature known to be static."""
-    return [d for d in found if not any(_near(p, d) for p in exclude)]
+def _kept(found, exclude, near=None):
+    """The detections that may be the nozzle: not on a feature known to be
+    static and, given a predicted position ``(u, v, reach)``, within reach."""
+    return [d for d in found if not any(_near(p, d) for p in exclude) and (
+        near is None or math.hypot(d.center[0] - near[0], d.center[1] - near[1]) <= near[2])]
+
+
+def _not_where_predicted(found, near):
+    """The refusal when bores were seen, none where the move put the nozzle."""
+    nearest = min(found, key=lambda d: math.hypot(d.center[0] - near[0],
+                                                  d.center[1] - near[1]))
+    return BoreSearch(None, tuple(found), "not_near",
+                      "no bore within %.0f px of (%.0f, %.0f), where the move "
+                      "should have put the nozzle; the nearest, radius %.1f px, "
+                      "is at (%.0f, %.0f)" % (near[2], near[0], near[1], nearest.radius,
+                                              nearest.center[0], nearest.center[1]))
 
 
 def _near(point, detection):
@@ -220,7 +234,7 @@ def _candidate_points(gray, noise, min_radius, max_radius):
 
 
 def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
-              exclude=(), tolerance=1.0):
+              exclude=(), tolerance=1.0, near=None):
     """Find the nozzle bore in one frame, or say why not.
 
     Parameters
@@ -241,6 +255,11 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
         the camera housing); bores there are ignored.
     tolerance : float
         Two plausible bores farther apart than this (px) are refused.
+    near : (u, v, reach), optional
+        Where a known move should have put the nozzle (the calibrated camera
+        model applied to the move), px: only bores within ``reach`` of it
+        count, so a look-alike elsewhere in the view is neither taken nor a
+        rival; bores seen only elsewhere are refused (``"not_near"``).
 
     Returns
     -------
@@ -269,14 +288,15 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
             if any(_same(d, other) for other in found):
                 continue
             found.append(d)
-            kept = _not_excluded(found, exclude)
+            kept = _kept(found, exclude, near)
         # A static feature must not end the search early: the nozzle may
         # only show in a finer search copy.
-        kept = _not_excluded(found, exclude)
+        kept = _kept(found, exclude, near)
         if any(d.score >= EARLY_ACCEPT for d in kept) and expected_radius is None:
             break
-    found = sorted(kept, key=lambda d: -d.score)
-    return choose(found, expected_radius, tolerance)
+    if near is not None and not kept and _kept(found, exclude):
+        return _not_where_predicted(_kept(found, exclude), near)
+    return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance)
 
 
 def choose(found, expected_radius=None, tolerance=1.0):
