@@ -1218,7 +1218,9 @@ class NozzleFinder:
         frames = frames or opts.detection_frames
         params = {'frames': frames}
         params.update(self.bore_hints(gcmd))
-        if self.static_pixels:
+        # The caller's own exclusions (calibration) replace the remembered.
+        remembered = bool(self.static_pixels) and 'exclude' not in (hints or {})
+        if remembered:
             params['exclude'] = [list(p) for p in self.static_pixels]
         params.update(hints or {})
         # A G1 just before this command may still be queued or running.
@@ -1239,7 +1241,7 @@ class NozzleFinder:
         try:
             result = self.client.call(gcmd, 'detect', params, timeout)
         except gcmd.error as e:
-            if not self.static_pixels or 'exclude' not in params or \
+            if not remembered or \
                     getattr(e, 'helper_code', None) != 'nozzle_not_found':
                 raise
             # The nozzle may now sit where the dirt was seen: look again.
@@ -1360,10 +1362,11 @@ class NozzleFinder:
         try:
             return self.detect(gcmd)
         except gcmd.error as e:
+            things = round_things(e)
             if getattr(e, 'helper_code', None) != 'nozzle_ambiguous' or \
-                    self.model is None or len(round_things(e)) < 2:
+                    self.model is None or len(things) < 2:
                 raise
-            return self.probe(gcmd, round_things(e))
+            return self.probe(gcmd, things)
     def probe(self, gcmd, things):
         """Move so the picture shifts by more than any of ``things`` is
         wide; the nozzle is the one that appears where the camera model
@@ -1372,14 +1375,12 @@ class NozzleFinder:
         pos = self.motion.position()
         mm = shift * self.model.mm_per_px()
         self.motion.move_to(pos[0] + mm, pos[1], "centring probe move")
-        new = self.motion.position()
-        du, dv = self.model.mm_to_px(new[0] - pos[0], new[1] - pos[1])
-        reach = max(PREDICTION_PX, PREDICTION_SCALE * math.hypot(du, dv))
         moved = []
-        for (u, v), r in things:
+        for uv, r in things:
+            # No bore term in the reach: it must stay below the shift.
+            near = self.predicted({'uv': uv, 'position': pos})
             try:
-                moved.append(self.detect(gcmd, hints={
-                    'near': [u + du, v + dv, reach]}))
+                moved.append(self.detect(gcmd, hints={'near': near}))
             except gcmd.error as e:
                 if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
                     raise
@@ -1435,12 +1436,12 @@ class NozzleFinder:
                 code = getattr(e, 'helper_code', None)
                 if code not in NO_NOZZLE_CODES:
                     raise
+                what = "lost the nozzle"
                 if code == 'nozzle_not_where_expected':
                     self.check_not_frozen(gcmd, before, e)
-                raise gcmd.error("kTAMV: %s after centring move %d. %s" % (
-                    "the camera model is off" if code ==
-                    'nozzle_not_where_expected' else "lost the nozzle",
-                    moves, e))
+                    what = "the camera model is off"
+                raise gcmd.error("kTAMV: %s after centring move %d. %s"
+                                 % (what, moves, e))
             self.check_picture_moved(gcmd, before, det)
         pos = self.motion.position()
         gcmd.respond_info(

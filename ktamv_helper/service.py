@@ -185,14 +185,12 @@ class BoreExpectation:
                     and math.isfinite(x) for x in p) for p in exclude):
             raise _bad("exclude", "must be a list of [u, v] pixel positions")
         self.exclude = [tuple(float(x) for x in p) for p in exclude]
-        near = params.get("near")
-        if near is not None and not (
-                isinstance(near, list) and len(near) == 3 and all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool)
-                    and math.isfinite(x) for x in near) and near[2] > 0):
-            raise _bad("near", "must be [u, v, reach]: a pixel position and a "
-                               "reach in px above 0")
-        self.near = tuple(float(x) for x in near) if near is not None else None
+        self.near = None
+        if params.get("near") is not None:
+            self.near = tuple(point_param(params["near"], "near", 3))
+            if self.near[2] <= 0:
+                raise _bad("near", "must be [u, v, reach] with a reach above "
+                                   "0 px, not %r" % (params["near"],))
 
     def find(self, image, settings):
         """The :class:`~ktamv_helper.detection.BoreSearch` of one frame."""

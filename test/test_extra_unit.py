@@ -1395,6 +1395,13 @@ def test_detections_skip_static_pixels_unless_the_nozzle_sits_on_one():
     det = extra.finder.detect(FakeGcmd(), after_move=False)
     assert det["uv"] == [320.0, 240.0]
     assert len(sent) == 2 and "exclude" in sent[0] and "exclude" not in sent[1]
+    # A caller's own exclusions (a calibration point's start pixel) are not
+    # dropped behind its back: the caller decides about a second look.
+    sent.clear()
+    with pytest.raises(CommandError, match="No nozzle found"):
+        extra.finder.detect(FakeGcmd(), after_move=False,
+                            hints={"exclude": [[1.0, 2.0]]})
+    assert len(sent) == 1
     # A new camera or model: the dirt's pixels mean nothing any more.
     extra.finder.forget()
     assert extra.finder.static_pixels == []

@@ -289,13 +289,13 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
                 continue
             found.append(d)
             kept = _kept(found, exclude, near)
-        # A static feature must not end the search early: the nozzle may
-        # only show in a finer search copy.
-        kept = _kept(found, exclude, near)
+        # Only kept bores end the search early: a static feature must not,
+        # as the nozzle may only show in a finer search copy.
         if any(d.score >= EARLY_ACCEPT for d in kept) and expected_radius is None:
             break
-    if near is not None and not kept and _kept(found, exclude):
-        return _not_where_predicted(_kept(found, exclude), near)
+    elsewhere = _kept(found, exclude) if near is not None and not kept else []
+    if elsewhere:
+        return _not_where_predicted(elsewhere, near)
     return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance)
 
 
