@@ -98,12 +98,23 @@ def score_photo(image, variants, rng):
     return ref, records
 
 
+# Rendered bores span the detector's whole promised range, log-uniformly:
+# from this many px ...
+RING_LIGHT_SMALLEST = 3.0
+# ... to this fraction of the frame height (a microscope-zoom camera).
+RING_LIGHT_LARGEST_OF_HEIGHT = 0.45
+# Bore radius bands (px) whose found counts are printed, so a gap in the
+# range shows (it once hid at 80-100 px behind a range that ended at 60).
+RADIUS_BANDS = (3, 6, 12, 24, 48, 96, 216)
+
+
 def score_ring_light(frames, rng, size=(640, 480)):
     """Records of rendered ring-light frames against their exact truth."""
     records = []
+    largest = RING_LIGHT_LARGEST_OF_HEIGHT * size[1]
     for _ in range(frames):
         look = ring_light_look(rng)
-        radius = float(np.exp(rng.uniform(math.log(3.0), math.log(60.0))))
+        radius = float(np.exp(rng.uniform(math.log(RING_LIGHT_SMALLEST), math.log(largest))))
         margin = radius * 2.0 + 4
         center = (float(rng.uniform(margin, size[0] - margin)) if margin < size[0] / 2 else size[0] / 2,
                   float(rng.uniform(margin, size[1] - margin)) if margin < size[1] / 2 else size[1] / 2)
@@ -112,6 +123,17 @@ def score_ring_light(frames, rng, size=(640, 480)):
         records.append({"kind": kind, "error": error, "ms": ms, "radius": radius,
                         "refused": search.refusal})
     return records
+
+
+def found_by_radius(records):
+    """``found/all`` per bore radius band of ``RADIUS_BANDS``, one line."""
+    parts = []
+    for lo, hi in zip(RADIUS_BANDS, RADIUS_BANDS[1:]):
+        band = [r for r in records if lo <= r["radius"] < hi]
+        if band:
+            parts.append("%g-%g px %d/%d" % (lo, hi, sum(r["kind"] == "found" for r in band),
+                                             len(band)))
+    return "found by bore radius: " + ", ".join(parts)
 
 
 def table_row(label, records):
@@ -161,8 +183,12 @@ def run(folder, variants=60, ring_light=60, seed=1):
     if ring_light:
         records = score_ring_light(ring_light, rng)
         results["ring_light"] = records
-        lines.append(table_row("renderer: ring-light brass, 640x480, r 3-60 (truth)", records))
+        lines.append(table_row("renderer: ring-light brass, 640x480, r %g-%g (truth)" % (
+            RING_LIGHT_SMALLEST, RING_LIGHT_LARGEST_OF_HEIGHT * 480), records))
     print("\n".join(lines))
+    if ring_light:
+        print()
+        print("Ring-light " + found_by_radius(results["ring_light"]))
     if refs:
         print()
         print("| photo | reference detection | README centre | distance, px |")

@@ -47,6 +47,25 @@ def test_ring_light_nozzles_give_the_bore_never_the_cone():
     assert max(errors) < 0.5
 
 
+def test_ring_light_nozzles_from_30_px_to_045_of_the_height_without_gaps():
+    # Here the ring light's wide tip face (3-4.6 radii) meets the frame's
+    # edge at every distance from its fall to far beyond it, and the
+    # vignetted corners dim the face. Before the fix, 80-100 px bores (face
+    # ending 0-1.6 radii past the frame) and 0.45 H ones (vignetting read
+    # as a thin rim) were missed in most frames.
+    errors = []
+    for k in range(12):
+        radius = 30.0 * (216.0 / 30.0) ** (k / 11.0)      # 30 .. 216 px
+        image, _ = _ring_light_frame(100 + k, radius)
+        found = find_bore(image).detection
+        assert found is not None, (k, radius)
+        assert found.radius == pytest.approx(radius, rel=0.1), (k, radius, found)
+        errors.append(_error(found, (318.4, 243.7)))
+    assert np.median(errors) < 0.1
+    # The worst, 0.3 px of a 180 px bore, has the lens smudge on its edge.
+    assert max(errors) < 0.5
+
+
 def test_a_candidate_on_the_cone_is_moved_to_its_bore():
     image, look = _ring_light_frame(3, 10.5)
     gray = to_gray(image)

@@ -60,7 +60,8 @@ SIZE_FACTOR = 1.8
 # A nozzle's tip face is the wall round the bore: at least this many bore
 # radii wide even on a thin-walled 0.8 mm nozzle (~0.6); the lighter rim of
 # a chamfered screw hole is thinner. Judged only where the face's outer
-# edge lies well inside what the frame shows (FACE_SEEN of it).
+# edge lies well inside the largest ring round the bore that the frame
+# shows whole (FACE_SEEN of it).
 MIN_FACE_WIDTH = 0.4
 FACE_SEEN = 0.9
 # Two bores are rivals when the weaker scores at least this fraction of the
@@ -185,12 +186,25 @@ def _measure(gray, noise, center, radius, min_radius):
     final = rings
     if math.hypot(m["center"][0] - center[0], m["center"][1] - center[1]) > SAME_RINGS_PX:
         final = find_rings(gray, m["center"], FAMILY_SPAN * m["radius"], noise) or rings
-    if len(final.radii) > 1 and final.radii[1] < FACE_SEEN * final.seen_radius and \
-            final.radii[1] - m["radius"] < MIN_FACE_WIDTH * m["radius"]:
+    if len(final.radii) > 1 and final.radii[1] < FACE_SEEN * _whole_ring_radius(gray, m["center"]) \
+            and final.radii[1] - m["radius"] < MIN_FACE_WIDTH * m["radius"]:
         return None     # a thin bright rim: a chamfered hole, not a tip face
     return Detection(center=m["center"], radius=m["radius"], score=round(score, 4),
                      rings=(round(m["radius"], 2),) + tuple(final.radii[1:]),
                      rms=round(m["rms"], 4))
+
+
+def _whole_ring_radius(gray, center):
+    """Largest radius round ``center`` whose whole ring lies in the frame.
+
+    Only there does the median profile's fall say where the face ends: past
+    it the profile is the median of the rays still in view, and vignetting
+    towards the corners shows there as a fall (a 0.45 H bore's face looked
+    a thin rim).
+    """
+    height, width = gray.shape
+    return min(center[0] + 0.5, center[1] + 0.5, width - 0.5 - center[0],
+               height - 0.5 - center[1])
 
 
 def _same(a, b):
