@@ -787,6 +787,8 @@ class Detection:
             "elapsed": time.monotonic() - request.received,
             "rings": list(run.detections[used[0]].rings),
             "rms": _to_float(_median([run.detections[i].rms for i in used])),
+            "edge_width": _to_float(_median([run.detections[i].edge_width
+                                             for i in used])),
         }
 
     def _detect_failed(self, settings, request, run):

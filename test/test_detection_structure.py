@@ -129,6 +129,29 @@ def test_expected_size_refuses_a_far_off_circle_and_keeps_the_right_one():
     assert refused.candidates[0].radius == pytest.approx(12.0, rel=0.15)
 
 
+def test_a_defocused_small_bore_is_not_refused_for_its_shrunken_radius():
+    # A 5 px bore on a narrow tip face, defocused by 3 px: the half-way
+    # edge measures ~2.6 px, under 1/1.8 of the nozzle's size, so the size
+    # check refused it although its centre was right. The edge's width
+    # says how far the radius may be off.
+    rng = np.random.default_rng(4)
+    look = NozzleLook(collar_ratio=1.6, cone_ratio=2.6, hex_ratio=4.0, blur_sigma=3.0,
+                      noise_sigma=2.0)
+    image = render_nozzle((640, 480), (318.4, 243.7), 5.0, look, rng)
+    found = find_bore(image, expected_radius=5.0).detection
+    assert found is not None
+    assert found.radius < 5.0 / 1.8         # the shrunken half-way edge
+    assert found.edge_width > 5.0 / 1.8 - found.radius
+    assert _error(found, (318.4, 243.7)) < 0.3
+    # Its edge width does not stretch to a cone-sized expectation.
+    assert find_bore(image, expected_radius=5.0 * 4).refusal == "size_mismatch"
+    # A sharp bore's edge is narrow: a far-off size is still refused.
+    sharp, _ = _ring_light_frame(7, 12.0, blur_sigma=0.0)
+    found = find_bore(sharp).detection
+    assert found.edge_width < 1.5
+    assert find_bore(sharp, expected_radius=12.0 * 2.2).refusal == "size_mismatch"
+
+
 def _two_nozzles():
     left = render_nozzle((640, 480), (160.3, 240.2), 14.0)
     right = render_nozzle((640, 480), (480.7, 239.6), 14.0)

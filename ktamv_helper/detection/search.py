@@ -27,7 +27,7 @@ from ktamv_helper.detection.candidates import (find_candidates, search_scales,
 from ktamv_helper.detection.edges import (MIN_CLOSURE, MIN_COMPLETENESS,
                                           measure_bore, score_measurement)
 from ktamv_helper.detection.frame import estimate_noise, to_gray
-from ktamv_helper.detection.rings import find_rings
+from ktamv_helper.detection.rings import edge_width, find_rings
 
 # Rings are read out to this many bore radii: a 0.4 mm nozzle's cone and
 # hex reach ~8-10 radii, so the whole family is seen from any of its rings.
@@ -53,9 +53,10 @@ VOTE_MIN_RADIUS = 8.0
 # bore still shows about half its rim in a 4:3 frame, as the edge
 # measurement requires.
 MAX_RADIUS_OF_HEIGHT = 0.7
-# With an expected radius, bores within this factor of it count: a chamfer
-# or defocus makes the dark opening look up to ~1.5x the nominal bore, the
-# tip face and the cone are 2.5x-10x.
+# With an expected radius, bores within this factor of it count (give or
+# take the edge's width, see _could_be_sized): a chamfer or defocus makes
+# the dark opening look up to ~1.5x the nominal bore, the tip face and the
+# cone are 2.5x-10x.
 SIZE_FACTOR = 1.8
 # A nozzle's tip face is the wall round the bore: at least this many bore
 # radii wide even on a thin-walled 0.8 mm nozzle (~0.6); the lighter rim of
@@ -95,6 +96,10 @@ class Detection:
         bore's own edge), px.
     rms : float
         RMS distance of the edge points from the fitted circle, px.
+    edge_width : float
+        How far the edge is spread (25 % to 75 % of its rise), px: the
+        true radius may differ from ``radius`` by about this much on a
+        defocused bore.
     """
 
     center: tuple
@@ -102,6 +107,7 @@ class Detection:
     score: float
     rings: tuple = ()
     rms: float = 0.0
+    edge_width: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,9 +195,11 @@ def _measure(gray, noise, center, radius, min_radius):
     if len(final.radii) > 1 and final.radii[1] < FACE_SEEN * _whole_ring_radius(gray, m["center"]) \
             and final.radii[1] - m["radius"] < MIN_FACE_WIDTH * m["radius"]:
         return None     # a thin bright rim: a chamfered hole, not a tip face
+    face = final.radii[1] if len(final.radii) > 1 else 2.0 * m["radius"]
     return Detection(center=m["center"], radius=m["radius"], score=round(score, 4),
                      rings=(round(m["radius"], 2),) + tuple(final.radii[1:]),
-                     rms=round(m["rms"], 4))
+                     rms=round(m["rms"], 4),
+                     edge_width=round(edge_width(gray, m["center"], m["radius"], face), 2))
 
 
 def _whole_ring_radius(gray, center):
@@ -313,6 +321,18 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
     return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance)
 
 
+def _could_be_sized(detection, expected_radius):
+    """A bore whose radius, give or take its edge width, is within
+    ``SIZE_FACTOR`` of the expected one: defocus on a narrow tip face
+    shrinks the measured radius (a 5 px bore blurred by 3 px measured
+    2.8 px, refused though its centre was right), and the edge's own
+    spread says by how much it may have."""
+    largest = detection.radius + detection.edge_width
+    smallest = detection.radius - detection.edge_width
+    return largest * SIZE_FACTOR >= expected_radius and \
+        smallest <= SIZE_FACTOR * expected_radius
+
+
 def choose(found, expected_radius=None, tolerance=1.0):
     """The one bore among verified ones, or a refusal.
 
@@ -329,8 +349,7 @@ def choose(found, expected_radius=None, tolerance=1.0):
     """
     candidates = tuple(found)
     if expected_radius:
-        sized = [d for d in found
-                 if 1.0 / SIZE_FACTOR <= d.radius / expected_radius <= SIZE_FACTOR]
+        sized = [d for d in found if _could_be_sized(d, expected_radius)]
         if not sized and found:
             d = found[0]
             return BoreSearch(None, candidates, "size_mismatch",
