@@ -43,9 +43,11 @@ RAY_LENGTH = 5.0
 # bore-to-collar rise (a hole in a flat plate has no collar) ...
 RING_DROP = 0.35
 # ... on at least this fraction of the rays that show the edge, and stay
-# down over at least this fraction of the ray beyond the fall.
+# down over at least this fraction of the STAY_WINDOW bore radii beyond the
+# fall.
 MIN_CLOSURE = 0.75
 MIN_STAYS_DOWN = 0.5
+STAY_WINDOW = 1.0
 # An ellipse replaces the circle when it fits more edge points or leaves
 # residuals this much smaller; it is seeded from the points within
 # ELLIPSE_SEED radii of a loose circle, and may be at most this flat.
@@ -450,9 +452,14 @@ def _closure(rays, edge, radius, closed_hint):
     fell &= beyond
     # The tip face ends at an edge, beyond which lies the darker cone or the
     # background: the fall is a step that stays down. A dip in a textured or
-    # unevenly lit plate around a screw hole comes back up.
+    # unevenly lit plate around a screw hole comes back up. Judged over
+    # STAY_WINDOW bore radii past the fall: farther out a real nozzle's
+    # body may be as bright as its face again (a narrow cone, clipped at
+    # white when over-exposed).
     after = np.cumsum(fell, axis=1) > 0
-    seen_after = after & np.isfinite(far)
+    first_fall = far_radii[np.argmax(fell, axis=1)]
+    window = far_radii[None, :] <= (first_fall + STAY_WINDOW * radius)[:, None]
+    seen_after = after & window & np.isfinite(far)
     stays = (below & seen_after).sum(axis=1) >= MIN_STAYS_DOWN * seen_after.sum(axis=1)
     closed = np.any(fell, axis=1) & stays
     # A ray that leaves the frame before it could drop tells nothing: only

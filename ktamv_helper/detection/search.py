@@ -68,6 +68,12 @@ FACE_SEEN = 0.9
 # Two bores are rivals when the weaker scores at least this fraction of the
 # stronger.
 RIVAL_SCORE = 0.8
+# A rival must be about as sharp as the best bore: the camera is focused
+# on the nozzle's tip, so things with edges this many times wider (plus
+# the slack, px, of the profile's sampling) lie out of that plane, as the
+# heater block's texture or dirt on the lens do, and are no second bore.
+# (A rival sharper than the best still refuses.)
+FOCUS_RATIO, FOCUS_SLACK_PX = 3.0, 1.0
 # Smallest accepted score.
 MIN_SCORE = 0.5
 # A bore scoring this high, with no rival yet, ends the search of finer
@@ -362,7 +368,8 @@ def choose(found, expected_radius=None, tolerance=1.0):
     for other in found[1:]:
         apart = math.hypot(best.center[0] - other.center[0],
                            best.center[1] - other.center[1])
-        if other.score >= RIVAL_SCORE * best.score and apart > tolerance:
+        if other.score >= RIVAL_SCORE * best.score and apart > tolerance and \
+                other.edge_width <= FOCUS_RATIO * best.edge_width + FOCUS_SLACK_PX:
             return BoreSearch(None, candidates, "ambiguous",
                               "two circles %.1f px apart look equally like the "
                               "bore (radius %.1f px at %.0f, %.0f and %.1f px at "
