@@ -6,6 +6,7 @@ scenes with exact truth; the three real photos of ../shared/photos when
 that folder is there.
 """
 
+import dataclasses
 import math
 import os
 
@@ -150,6 +151,33 @@ def test_a_defocused_small_bore_is_not_refused_for_its_shrunken_radius():
     found = find_bore(sharp).detection
     assert found.edge_width < 1.5
     assert find_bore(sharp, expected_radius=12.0 * 2.2).refusal == "size_mismatch"
+
+
+def test_over_exposure_with_a_narrow_cone_and_a_bright_body():
+    # Past a narrow dark cone the body is as bright as the tip face, and at
+    # 2-3x exposure both clip at white: the face's fall stays down only
+    # over the cone. It was read as a plate (no closed face) and missed.
+    for exposure in (1.0, 2.0, 3.0):
+        look = NozzleLook(collar_ratio=2.6, cone_ratio=3.7, hex_ratio=7.0, cone_level=0.25,
+                          hex_level=1.0, exposure=exposure, noise_sigma=2.0, blur_sigma=0.8)
+        image = render_nozzle((640, 480), (330.6, 223.1), 47.0, look, np.random.default_rng(1))
+        found = find_bore(image).detection
+        assert found is not None, exposure
+        assert _error(found, (330.6, 223.1)) < 0.2, exposure
+        assert found.radius == pytest.approx(47.0, rel=0.05)
+
+
+def test_a_blurry_blob_is_no_rival_to_a_sharp_bore():
+    # The camera focuses on the tip: a soft dark blob in the defocused
+    # heater block (edge 7x wider than the bore's) scored 0.8 of a tilted,
+    # oozed bore and made the frame "ambiguous".
+    sharp = search.Detection(center=(350.0, 191.0), radius=39.2, score=0.70, edge_width=1.75)
+    blob = search.Detection(center=(591.0, 429.0), radius=13.9, score=0.59, edge_width=12.0)
+    assert search.choose([sharp, blob]).detection is sharp
+    # As sharp as the bore, it still refuses; so does a sharper one.
+    for width in (1.75, 0.8):
+        rival = dataclasses.replace(blob, edge_width=width)
+        assert search.choose([sharp, rival]).refusal == "ambiguous"
 
 
 def _two_nozzles():
