@@ -803,6 +803,11 @@ class Detection:
             advice = (" Make sure the nozzle is in view and near the image "
                       "centre, in focus, clean (no ooze or filament on the "
                       "tip), and evenly lit.")
+            if run.last_image is not None:
+                from ktamv_helper.detection import exposure_problem, to_gray
+                problem = exposure_problem(to_gray(run.last_image))
+                if problem:
+                    advice = " " + problem + advice
         else:
             code = "no_consensus"
             summary = ("the nozzle was found in %d of %d frames but fewer "

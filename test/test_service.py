@@ -129,9 +129,26 @@ def test_detect_without_a_nozzle_says_what_to_try_and_saves_frames(
     assert error.details["frames_seen"] == 4
     for hint in ("in view", "focus", "clean", "lit"):
         assert hint in error.message
+    # A uniform grey picture is named as blank first.
+    assert "The picture is blank (every pixel between 90 and 90 of 255): is the " \
+        "lens covered" in error.message
     files = error.details["debug_files"]
     assert files and all(os.path.isfile(path) for path in files)
     assert all(path in error.message for path in files)
+
+
+@pytest.mark.parametrize("gain, sentence", [
+    (0.04, "The picture is very dark (its brightest parts reach 8 of 255): raise"),
+    (4.0, "100 % of the picture is clipped at white: lower the camera's exposure"),
+])
+def test_a_nozzle_lost_to_exposure_is_named_as_such(service, tmp_path, gain, sentence):
+    # The same nozzle picture, under-exposed until its face is 8 grey
+    # levels, and over-exposed until face and body are one white area.
+    image = np.clip(draw_nozzle().astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    configured(service, write_images(tmp_path / "exposure", [image]))
+    error = expect_error("nozzle_not_found", service, "detect",
+                         {"frames": 1, "max_frames": 2})
+    assert sentence in error.message
 
 
 def test_detect_reports_no_consensus_when_frames_disagree(service, tmp_path):

@@ -9,12 +9,12 @@ refusal). A frame without a nozzle returns None: the detector never guesses.
 from ktamv_helper.detection.candidates import find_candidates, vote_candidates
 from ktamv_helper.detection.edges import (fit_circle_robust, fit_ellipse_robust,
                                           measure_bore)
-from ktamv_helper.detection.frame import estimate_noise, to_gray
+from ktamv_helper.detection.frame import estimate_noise, exposure_problem, to_gray
 from ktamv_helper.detection.rings import Rings, find_rings
 from ktamv_helper.detection.search import (BoreSearch, Detection, choose,
                                            detect_nozzle, find_bore)
 
 __all__ = ["BoreSearch", "Detection", "Rings", "choose", "detect_nozzle",
-           "estimate_noise", "find_bore", "find_candidates", "find_rings",
-           "fit_circle_robust", "fit_ellipse_robust", "measure_bore",
-           "to_gray", "vote_candidates"]
+           "estimate_noise", "exposure_problem", "find_bore", "find_candidates",
+           "find_rings", "fit_circle_robust", "fit_ellipse_robust",
+           "measure_bore", "to_gray", "vote_candidates"]

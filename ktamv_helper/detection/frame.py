@@ -7,6 +7,16 @@ import numpy as np
 
 # Noise is estimated on a central window of at most this size (px).
 NOISE_WINDOW = (640, 480)
+# A picture whose grey levels (1st to 99.9th percentile) span less than
+# this is blank: no edge in it can pass the detector's 12-level rise.
+BLANK_RANGE = 12
+# A picture whose brightest parts (99.5th percentile) stay below this is
+# too dark: a nozzle's tip face is the brightest thing in a lit view, and
+# below ~40 levels its rise over the bore is within a few noise levels.
+DARK_LEVEL = 40
+# A picture with more than this fraction clipped at white (>= 250, JPEG
+# rings a little below 255) shows the face and the body as one white area.
+CLIPPED_FRACTION = 0.5
 
 
 def to_gray(image):
@@ -68,3 +78,35 @@ def estimate_noise(gray):
 
 
 _NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def exposure_problem(gray):
+    """A sentence naming what is wrong with a picture's exposure, or None.
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+
+    Returns
+    -------
+    str or None
+        For a blank, very dark or mostly clipped picture: what it is and
+        what to do.
+    """
+    if gray.size == 0:
+        return None
+    sample = gray[::2, ::2] if min(gray.shape) >= 16 else gray
+    lo, hi, top = np.percentile(sample, [1, 99.9, 99.5])
+    clipped = float(np.mean(sample >= 250))
+    if clipped > CLIPPED_FRACTION:
+        return ("%d %% of the picture is clipped at white: lower the camera's "
+                "exposure or gain, or the light." % round(100 * clipped))
+    if top < DARK_LEVEL:
+        return ("The picture is very dark (its brightest parts reach %d of "
+                "255): raise the camera's exposure or gain, or the light."
+                % int(top))
+    if hi - lo < BLANK_RANGE:
+        return ("The picture is blank (every pixel between %d and %d of 255): "
+                "is the lens covered, or the stream showing a placeholder?"
+                % (int(lo), int(hi)))
+    return None
