@@ -137,8 +137,12 @@ def _steepest_rise(profiles, radii, near, step):
     """Sub-sample radius of the steepest rise within 2 px of ``near``.
 
     The slope is taken over a 1 px baseline (less noise than neighbouring
-    samples) and a parabola through its largest value and the values one
-    baseline either side places the peak.
+    samples). A sharp edge's slope peak is a few samples wide: a parabola
+    through its largest value and the values one baseline either side
+    places it. A defocused edge's peak is broad and flat-topped, where
+    those three values are noise: its whole top (the contiguous samples
+    above half its height, up to ``PEAK_SPAN`` px each side) is fitted
+    instead (:func:`_broad_peaks`).
     """
     n = max(1, int(round(0.5 / step)))
     slope = np.full(profiles.shape, np.nan, np.float32)
@@ -146,6 +150,7 @@ def _steepest_rise(profiles, radii, near, step):
     reach = max(2, int(round(2.0 / step)))
     k0 = np.searchsorted(radii, near)
     out = near.copy()
+    peaks = np.full(len(k0), -1)
     for i, k in enumerate(k0):
         lo, hi = max(int(k) - reach, 2 * n), min(int(k) + reach, profiles.shape[1] - 2 * n - 1)
         if hi <= lo:
@@ -153,12 +158,83 @@ def _steepest_rise(profiles, radii, near, step):
         window = slope[i, lo:hi + 1]
         if not np.all(np.isfinite(window)):
             continue
-        j = lo + int(np.argmax(window))
+        j = peaks[i] = lo + int(np.argmax(window))
         a, b, c = slope[i, j - n], slope[i, j], slope[i, j + n]
         denom = a - 2 * b + c
         offset = 0.5 * (a - c) / denom if denom < 0 else 0.0
         out[i] = radii[j] + float(np.clip(offset, -1.0, 1.0)) * n * step
+    # A slope whose baseline reaches the clipped top is cut short, not a
+    # sample of the edge's true slope: the broad fit leaves it out.
+    unclipped = np.where(np.isfinite(slope), slope, np.nan)
+    unclipped[:, n:-n][profiles[:, 2 * n:] >= CLIPPED_LEVEL] = np.nan
+    broad = _broad_peaks(unclipped, peaks, step)
+    ok = np.isfinite(broad)
+    out[ok] = radii[peaks[ok]] + broad[ok]
     return out
+
+
+# A defocused edge's slope peak is fitted over at most this many px either
+# side of its largest value: the half-height half-width of a Gaussian blur
+# of sigma 6.8 px.
+PEAK_SPAN = 8.0
+# ... when it stays above half its height over at least this many px (a
+# Gaussian blur of sigma 1.7 px); a narrower peak is placed by its
+# three-point parabola, whose 1 px baseline spans it.
+BROAD_PEAK_PX = 4.0
+# Going outwards from its top, a hump's slope may rise again by at most this
+# fraction of its height (noise), or the hump ends there.
+PEAK_RISE = 0.2
+
+
+def _broad_peaks(slope, peaks, step):
+    """Offset (px) of each broad slope peak's vertex from sample ``peaks``.
+
+    A blurred step's slope is a Gaussian, whose logarithm is a parabola
+    (Caruana's fit): least squares over the contiguous samples above half
+    the peak's height, all rays at once. NaN where the peak is narrow or
+    the fit is not a maximum within the span.
+    """
+    rows = np.arange(len(peaks))
+    span = max(2, int(round(PEAK_SPAN / step)))
+    offsets = np.arange(-span, span + 1)
+    idx = peaks[:, None] + offsets[None, :]
+    valid = (peaks[:, None] >= 0) & (idx >= 0) & (idx < slope.shape[1])
+    values = slope[rows[:, None], np.clip(idx, 0, slope.shape[1] - 1)]
+    values = np.where(valid & np.isfinite(values), values, np.nan)
+    top = values[:, span]
+    with np.errstate(invalid="ignore"):
+        above = values >= 0.5 * top[:, None]
+    # Contiguous from the peak outwards, on both sides, and falling: a
+    # second rise (a chamfer's two edges, a burnt patch next to the bore)
+    # ends the hump, so two edges are never fitted as one.
+    with np.errstate(invalid="ignore"):
+        rising = np.diff(values, axis=1) > PEAK_RISE * top[:, None]
+    outward_right = above[:, span + 1:] & ~rising[:, span:]
+    outward_left = above[:, :span] & ~rising[:, :span]
+    right = np.cumprod(np.hstack([above[:, span:span + 1], outward_right]), axis=1).astype(bool)
+    left = np.cumprod(np.hstack([above[:, span:span + 1], outward_left[:, ::-1]]),
+                      axis=1)[:, ::-1].astype(bool)
+    mask = np.hstack([left, right[:, 1:]]) & (top[:, None] > 0)
+    result = np.full(len(peaks), np.nan)
+    fit = (mask.sum(axis=1) - 1) * step >= BROAD_PEAK_PX
+    if not fit.any():
+        return result
+    x = offsets[None, :] * step
+    # Weighted by the squared slope (Guo's weights): the logarithm of a
+    # value near half the peak's height carries twice the relative noise.
+    w = np.where(mask[fit], values[fit], 0.0).astype(float) ** 2
+    y = np.log(np.where(mask[fit], values[fit], 1.0))
+    powers = [np.sum(w * x ** k, axis=1) for k in range(5)]
+    normal = np.stack([np.stack(powers[r:r + 3], axis=1) for r in range(3)], axis=1)
+    rhs = np.stack([np.sum(w * x ** k * y, axis=1) for k in range(3)], axis=1)
+    good = np.abs(np.linalg.det(normal)) > 1e-9
+    coef = np.full((len(w), 3), np.nan)
+    coef[good] = np.linalg.solve(normal[good], rhs[good][:, :, None])[:, :, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = np.where(coef[:, 2] < 0, -coef[:, 1] / (2.0 * coef[:, 2]), np.nan)
+    vertex[~(np.abs(vertex) <= span * step)] = np.nan
+    result[fit] = vertex
+    return result
 
 
 def _circumcircles(p1, p2, p3):
