@@ -85,9 +85,12 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
         contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
         if hierarchy is None:
             continue
-        for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
-            if parent != -1 or not p_lo <= len(contour) <= p_hi:
-                continue
+        # Only top-level islands of a bore's perimeter are looked at; a
+        # textured frame has tens of thousands of specks, filtered at once.
+        lengths = np.fromiter(map(len, contours), int, len(contours))
+        for i in np.flatnonzero((hierarchy[0][:, 3] == -1) & (lengths >= p_lo)
+                                & (lengths <= p_hi)):
+            contour = contours[i]
             x, y, w, h = cv2.boundingRect(contour)
             if x <= 0 or y <= 0 or x + w >= sw or y + h >= sh:
                 continue        # cut by the frame edge: the centre would be wrong
@@ -109,18 +112,33 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
 
 
 def _merge_islands(found, pixel):
-    """The same island seen at several levels, once, with how often."""
-    merged = []
-    for u, v, r in sorted(found, key=lambda c: -c[2]):
-        for m in merged:
-            if math.hypot(u - m[0], v - m[1]) < 0.5 * max(r, m[2]) + pixel and \
-                    0.5 < r / m[2] < 2.0:
-                m[3] += 1
-                break
-        else:
-            merged.append([u, v, r, 1])
-    merged.sort(key=lambda m: -m[3])
-    return [tuple(m) for m in merged[:MAX_CANDIDATES]]
+    """The same island seen at several levels, once, with how often.
+
+    Largest first, each island joins the first kept one it lies on (within
+    half the larger radius plus a pixel, radii within 2x), else is kept. The
+    comparison runs on arrays: a textured 1080p frame has ~1000 islands.
+    """
+    if not found:
+        return []
+    islands = sorted(found, key=lambda c: -c[2])
+    kept = np.zeros((len(islands), 3))
+    counts = np.zeros(len(islands), int)
+    k = 0
+    for u, v, r in islands:
+        if k:
+            near = np.hypot(kept[:k, 0] - u, kept[:k, 1] - v) < \
+                0.5 * np.maximum(r, kept[:k, 2]) + pixel
+            ratio = r / kept[:k, 2]
+            hit = np.flatnonzero(near & (ratio > 0.5) & (ratio < 2.0))
+            if hit.size:
+                counts[hit[0]] += 1
+                continue
+        kept[k] = u, v, r
+        counts[k] = 1
+        k += 1
+    order = np.argsort(-counts[:k], kind="stable")[:MAX_CANDIDATES]
+    return [(float(kept[i, 0]), float(kept[i, 1]), float(kept[i, 2]), int(counts[i]))
+            for i in order]
 
 
 # Gradient voting works on a pyramid; at each level it votes for circles of
