@@ -1,6 +1,7 @@
 """Detection on real photos under known warps, and on the confounder looks.
 
-``python -m ktamv_helper bench --photos DIR [--variants N] [--seed S]``:
+``python -m ktamv_helper bench --photos DIR [--variants N] [--ring-light N]
+[--conditions N] [--seed S]``:
 for each photo in DIR the detector's answer on the photo itself is the
 reference; each variant (:func:`ktamv_helper.simulation.warps.random_warp`:
 rotation, zoom, shift, exposure with clipping, blur, noise, rescale ×0.5/×2)
@@ -16,7 +17,9 @@ refusals, how many were found of the variants whose bore is at least
 below that), consistency median / p95 / max (px, and as a fraction of the
 bore radius) and ms per frame; and, where
 DIR has a README naming bore centres ("`name.png` … ≈ (u, v)"), how far the
-reference is from each.
+reference is from each. Last, both rendered looks under the camera
+conditions of :data:`CONDITIONS` (heavy defocus, over- and under-exposure),
+against their exact truth.
 """
 
 import argparse
@@ -30,7 +33,7 @@ import cv2
 import numpy as np
 
 from ktamv_helper.detection import find_bore
-from ktamv_helper.simulation.render import render_nozzle, ring_light_look
+from ktamv_helper.simulation.render import random_look, render_nozzle, ring_light_look
 from ktamv_helper.simulation.warps import apply_warp, random_warp, warp_point, warp_radius
 
 # A detection is the wrong circle when its radius is this far off ...
@@ -125,6 +128,42 @@ def score_ring_light(frames, rng, size=(640, 480)):
     return records
 
 
+# The conditions a nozzle camera meets that the looks' own ranges stop
+# short of: (label, look fields, bore radius range px). Heavy defocus
+# blurs a small bore over half its radius; over-exposure clips the face
+# and the body into one white area; under-exposure leaves a face of ~20
+# grey levels.
+CONDITIONS = (
+    ("defocus sigma 3 px", {"blur_sigma": 3.0}, (4.0, 15.0)),
+    ("defocus sigma 5 px", {"blur_sigma": 5.0}, (10.0, 40.0)),
+    ("over-exposed x2", {"exposure": 2.0}, (4.0, 60.0)),
+    ("over-exposed x3", {"exposure": 3.0}, (4.0, 60.0)),
+    ("under-exposed x0.15", {"exposure": 0.15}, (4.0, 60.0)),
+    ("under-exposed x0.08, noise 4", {"exposure": 0.08, "noise_sigma": 4.0}, (4.0, 60.0)),
+)
+LOOKS = (("ring-light brass", ring_light_look), ("random look", random_look))
+
+
+def score_conditions(frames, rng, size=(640, 480)):
+    """Records per (look, condition) of rendered frames against their truth."""
+    results = {}
+    for look_name, make_look in LOOKS:
+        for label, fields, (lo, hi) in CONDITIONS:
+            records = []
+            for _ in range(frames):
+                look = make_look(rng, **fields)
+                radius = float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+                center = (size[0] / 2 + rng.uniform(-40, 40), size[1] / 2 + rng.uniform(-40, 40))
+                search, ms = _timed_search(render_nozzle(size, center, radius, look, rng))
+                kind, error = classify(search.detection, center, radius)
+                centre_right = error is not None and error <= WRONG_PX
+                records.append({"kind": kind, "error": error, "ms": ms, "radius": radius,
+                                "refused": search.refusal,
+                                "radius_only": kind == "wrong" and centre_right})
+            results["%s, %s (r %g-%g)" % (look_name, label, lo, hi)] = records
+    return results
+
+
 def found_by_radius(records):
     """``found/all`` per bore radius band of ``RADIUS_BANDS``, one line."""
     parts = []
@@ -157,7 +196,22 @@ HEADER = ("| source | variants | found | found, bore ≥ 2 px | wrong circle | r
           "|---|---|---|---|---|---|---|---|")
 
 
-def run(folder, variants=60, ring_light=60, seed=1):
+def print_conditions(results):
+    """The conditions table: :data:`HEADER` plus how many of the wrong
+    circles had the centre right (a defocused small bore's half-way
+    radius shrinks; its centre does not move)."""
+    print(HEADER)
+    for label, records in results.items():
+        print(table_row(label, records))
+    radius_only = sum(r["radius_only"] for records in results.values() for r in records)
+    wrong = sum(r["kind"] == "wrong" for records in results.values() for r in records)
+    print()
+    print("Of the %d wrong circles, %d had the centre within %g px of the truth "
+          "and only the radius more than %d %% off." % (wrong, radius_only, WRONG_PX,
+                                                        100 * WRONG_RADIUS))
+
+
+def run(folder, variants=60, ring_light=60, seed=1, conditions=0):
     """Print the tables; return the per-source records."""
     rng = np.random.default_rng(seed)
     lines, refs, results = [HEADER], [], {}
@@ -194,6 +248,11 @@ def run(folder, variants=60, ring_light=60, seed=1):
         print("| photo | reference detection | README centre | distance, px |")
         print("|---|---|---|---|")
         print("\n".join(refs))
+    if conditions:
+        print()
+        found = score_conditions(conditions, rng)
+        results.update(found)
+        print_conditions(found)
     return results
 
 
@@ -206,6 +265,9 @@ def main(argv=None):
     parser.add_argument("--variants", type=int, default=60, help="warps per photo (60)")
     parser.add_argument("--ring-light", type=int, default=60,
                         help="rendered ring-light frames (60; 0 = none)")
+    parser.add_argument("--conditions", type=int, default=30,
+                        help="rendered frames per look and camera condition "
+                             "(defocus, over-, under-exposure; 30; 0 = none)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.photos):
@@ -213,7 +275,7 @@ def main(argv=None):
               file=sys.stderr)
     started = time.perf_counter()
     run(args.photos if os.path.isdir(args.photos) else None, args.variants,
-        args.ring_light, args.seed)
+        args.ring_light, args.seed, args.conditions)
     print()
     print("seed %d, %d variants per photo; OpenCV %s, numpy %s; total %.0f s"
           % (args.seed, args.variants, cv2.__version__, np.__version__,
