@@ -210,6 +210,19 @@ def test_defocused_clipped_ring_light_nozzles():
     assert max(errors) < 0.6
 
 
+def test_an_under_exposed_nozzle_whose_face_is_a_few_grey_levels():
+    # The brightest pixel is 17 of 255, with a light gradient and
+    # vignetting: the face rises 10-14 levels over the bore, under the
+    # 12-level floor on many rays, yet 6:1 over it. Found at every exposure.
+    for k, exposure in enumerate((0.06, 0.08, 0.1, 0.12)):
+        look = NozzleLook(exposure=exposure, noise_sigma=4.0, light_gradient=0.3,
+                          vignetting=0.3)
+        image = render_nozzle((640, 480), (318.4, 243.7), 14.0, look, np.random.default_rng(k))
+        found = find_bore(image).detection
+        assert found is not None, exposure
+        assert _error(found, (318.4, 243.7)) < 0.15, exposure
+
+
 def test_a_blurry_blob_is_no_rival_to_a_sharp_bore():
     # The camera focuses on the tip: a soft dark blob in the defocused
     # heater block (edge 7x wider than the bore's) scored 0.8 of a tilted,

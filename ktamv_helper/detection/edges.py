@@ -30,8 +30,12 @@ from skimage.measure import CircleModel
 # A ray counts when the bore-to-collar rise is this many times the noise ...
 MIN_RAY_SNR = 4.0
 # ... and at least this many grey levels (JPEG smooths noise away, so the
-# noise estimate alone can be too optimistic in dark frames).
+# noise estimate alone can be too optimistic in dark frames), or, on a
+# dim face, this fraction of the face's level: an under-exposed face of 16
+# levels over a bore of 2 is a contrast of 8:1, as plain as a bright one.
+# (At 0.6, dark grass in real photos darkened to a tenth showed "bores".)
 MIN_RISE_LEVELS = 12.0
+DARK_FACE_RISE = 0.8
 # Fraction of rays that must show the edge (dirt may hide the rest).
 MIN_COMPLETENESS = 0.75
 # Fraction of the bore's inside that must be darker than the edge level.
@@ -502,7 +506,8 @@ def _edge_per_ray(rays, noise, radius, quick):
     if clipped.size:
         edge[clipped] = _steepest_rise(prof[clipped, :stop], radii, edge[clipped],
                                        rays.step)
-    min_rise = max(MIN_RAY_SNR * noise, MIN_RISE_LEVELS)
+    min_rise = np.maximum(MIN_RAY_SNR * noise,
+                          np.minimum(MIN_RISE_LEVELS, DARK_FACE_RISE * collar))
     good = np.isfinite(edge) & (rise >= min_rise) & (edge <= radii[peak_idx])
     # Rays whose edge lies outside the frame tell nothing; at least half the
     # circle must be in view, and most of what is in view must show the edge
