@@ -223,6 +223,42 @@ def test_an_under_exposed_nozzle_whose_face_is_a_few_grey_levels():
         assert _error(found, (318.4, 243.7)) < 0.15, exposure
 
 
+def _with_central_glint(image, center, radius):
+    """The ring light reflected by filament in the bore: a bright spot of
+    ``radius`` px at ``center``, clipped at white."""
+    height, width = image.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width]
+    spot = np.exp(-1.2 * ((xx - center[0]) ** 2 + (yy - center[1]) ** 2) / radius ** 2)
+    return np.clip(image + 400.0 * spot[:, :, None], 0, 255).astype(np.uint8)
+
+
+def test_a_glint_at_the_bore_s_centre():
+    # The spot fills the bore's inner third or more, so its middle is
+    # brighter than the face and the inside is a dark ring: all four were
+    # missed, as the dark level was read from the bore's inner half.
+    center = (318.4, 243.7)
+    for k, (radius, spot) in enumerate(((18.0, 0.35), (25.0, 0.4), (40.0, 0.3), (12.0, 0.4))):
+        look = NozzleLook(noise_sigma=2.0, blur_sigma=0.6, exposure=1.3)
+        image = render_nozzle((640, 480), center, radius, look, np.random.default_rng(k))
+        found = find_bore(_with_central_glint(image.astype(np.float32), center,
+                                              spot * radius)).detection
+        assert found is not None, radius
+        assert _error(found, center) < 0.2, radius
+        assert found.radius == pytest.approx(radius, rel=0.05)
+
+
+def test_a_printed_o_is_no_bore_with_a_glint():
+    # A black ring with a white counter 0.65 of its radius, on white paper
+    # (the counter of a letter): a stroke, not a bore round a glint.
+    rng = np.random.default_rng(1)
+    page = np.full((480, 640, 3), 235, np.float32)
+    cv2.circle(page, (320, 240), 30, (20, 20, 20), -1, cv2.LINE_AA)
+    cv2.circle(page, (320, 240), 19, (235, 235, 235), -1, cv2.LINE_AA)
+    page = np.clip(cv2.GaussianBlur(page, (0, 0), 1.0) + rng.normal(0, 2, page.shape),
+                   0, 255).astype(np.uint8)
+    assert find_bore(page).detection is None
+
+
 def test_a_blurry_blob_is_no_rival_to_a_sharp_bore():
     # The camera focuses on the tip: a soft dark blob in the defocused
     # heater block (edge 7x wider than the bore's) scored 0.8 of a tilted,

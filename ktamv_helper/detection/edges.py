@@ -64,6 +64,9 @@ MIN_AXIS_RATIO = 0.75
 # below 255).
 CLIPPED_LEVEL = 245.0
 CLIPPED_PENALTY = 0.3
+# A central glint wider than this fraction of the bore radius is not taken
+# as one: the dark ring round it would be a thin stroke (a letter "o").
+MAX_GLINT = 0.45
 # Gaussian smoothing (px) of the patch the rays are read from.
 SAMPLE_SMOOTHING = 0.8
 # Rays cast at a candidate's first look.
@@ -373,7 +376,8 @@ def _smooth_refine(points, centre, radius, inliers, tolerance):
     return np.asarray(fit.x[:2]), float(fit.x[2])
 
 
-def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
+def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
+                 glint_radius=0.0):
     """Verify a candidate bore and measure its edge.
 
     Parameters
@@ -393,6 +397,11 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
         The ring structure (:mod:`.rings`) already showed the tip face to be
         a closed ring; used where the rays leave the frame before the face
         ends (a bore filling much of the frame).
+    glint_radius : float
+        Radius of a bright spot at the bore's centre that the ring structure
+        saw (the ring light reflected by filament in the bore), px: the
+        bore's dark level, edge and darkness are read outside it. Ignored
+        above ``MAX_GLINT`` of the radius.
 
     Returns
     -------
@@ -406,10 +415,11 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
         is clipped at white) and ``axis_ratio`` (1 for a circle, less when an
         ellipse fitted better); None when the candidate has no usable edge.
     """
-    rays = _sample_rays(gray, center, radius, quick)
+    glint = glint_radius if 0.0 < glint_radius <= MAX_GLINT * radius else 0.0
+    rays = _sample_rays(gray, center, radius, quick, glint)
     if rays is None:
         return None
-    edge = _edge_per_ray(rays, noise, radius, quick)
+    edge = _edge_per_ray(rays, noise, radius, quick, glint)
     n_view = int(edge.in_view.sum())
     if n_view < 0.5 * rays.n or \
             edge.good.sum() < max(6, MIN_COMPLETENESS * n_view):
@@ -420,7 +430,7 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     # The bore is a dark disc: most of its inside lies below the edge level
     # (a glint on the filament may light up to a quarter of it). A dark
     # outline around brighter texture (text, foliage) is not a bore.
-    inside = rays.prof[:, rays.radii <= 0.8 * radius]
+    inside = rays.prof[:, (rays.radii >= glint) & (rays.radii <= 0.8 * radius)]
     seen = np.isfinite(inside)
     if not seen.any() or \
             np.mean((inside < edge.thresholds[:, None])[seen]) < MIN_DARK_FRACTION:
@@ -445,7 +455,7 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False):
     }
 
 
-def _sample_rays(gray, center, radius, quick):
+def _sample_rays(gray, center, radius, quick, glint=0.0):
     """Fine samples out to 2 radii for the edge; coarse ones out to
     RAY_LENGTH radii for the face's outer fall. None if nothing is in view."""
     coarse_step = float(np.clip(radius / 12.0, 0.25, 2.0))
@@ -463,7 +473,8 @@ def _sample_rays(gray, center, radius, quick):
         radii = np.arange(0.0, 2.0 * radius + step, step, dtype=np.float32)
         prof = _ray_profiles(gray, center, radii, angles)
         far = _ray_profiles(gray, center, far_radii, angles, smooth=False)
-    inner = prof[:, radii <= 0.5 * radius]
+    # The bore's dark level: its inner half, or past a central glint.
+    inner = prof[:, (radii >= glint) & (radii <= max(0.5 * radius, glint + 0.25 * radius))]
     if not np.isfinite(inner).any():
         return None
     return SimpleNamespace(n=n_rays, step=step, angles=angles, radii=radii, prof=prof,
@@ -471,7 +482,7 @@ def _sample_rays(gray, center, radius, quick):
                  bore=float(np.nanmedian(inner)))
 
 
-def _edge_per_ray(rays, noise, radius, quick):
+def _edge_per_ray(rays, noise, radius, quick, glint=0.0):
     """Each ray's collar, half-way level and sub-pixel edge radius."""
     prof, radii, bore, n_rays = rays.prof, rays.radii, rays.bore, rays.n
     # Collar peak: the brightest point a little beyond the expected edge.
@@ -496,7 +507,7 @@ def _edge_per_ray(rays, noise, radius, quick):
         # two rims of a chamfer, so the centre does not jump with it.
         face = median_filter(face, size=5, mode="wrap")
     thresholds = bore + 0.5 * (face - bore)
-    start = max(1, int(np.searchsorted(radii, 0.3 * radius)))
+    start = max(1, int(np.searchsorted(radii, max(0.3 * radius, glint))))
     stop = max(int(peak_idx.max()) + 1, start + 2)
     edge = _rise_nearest(prof[:, :stop], radii, thresholds, start, radius)
     # Where the collar is clipped at white its true level is unknown, and the

@@ -57,6 +57,10 @@ class Rings:
     face_closed : bool
         The bright ring is followed within ``FACE_SPAN`` bore radii by a
         significant fall (it is a ring, not a plate) or runs out of the frame.
+    glint_radius : float
+        Where a bright spot at the centre (a glint on filament in the bore)
+        falls half-way to the dark core, px; 0 when the core is dark to the
+        centre.
     """
 
     bore_radius: float
@@ -65,6 +69,7 @@ class Rings:
     radii: tuple
     face_closed: bool
     seen_radius: float = float("inf")
+    glint_radius: float = 0.0
 
 
 def radial_profile(gray, center, max_radius, step=None, rays=PROFILE_RAYS):
@@ -209,8 +214,9 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
     extrema = significant_extrema(profile, threshold)
     # The first extreme must be the dark core; tolerate a central glint
     # inside the bore by starting from the first minimum near the centre.
+    glint = None
     while extrema and extrema[0][2] > 0 and radii[extrema[0][0]] < min_radius:
-        extrema = extrema[1:]
+        glint, extrema = extrema[0], extrema[1:]
     if len(extrema) < 2 or extrema[0][2] > 0:
         return None
     (i_core, core, _), (i_face, face, _) = extrema[0], extrema[1]
@@ -222,6 +228,9 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
     bore_radius = crossings[0]
     if bore_radius < min_radius:
         return None
+    glint_radius = 0.0
+    if glint is not None:
+        glint_radius = _crossing(radii, profile, glint[0], i_core, 0.5 * (glint[1] + core))
     # The face must end within FACE_SPAN bore radii: in a fall to the cone,
     # or at the frame's edge (then nothing is known beyond it).
     reach = radii <= FACE_SPAN * bore_radius
@@ -229,7 +238,8 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
               or not np.isfinite(profile[reach]).all())
     return Rings(bore_radius=bore_radius, bore_level=core, face_level=face,
                  radii=tuple(round(r, 2) for r in crossings), face_closed=closed,
-                 seen_radius=float(radii[np.isfinite(profile)].max()))
+                 seen_radius=float(radii[np.isfinite(profile)].max()),
+                 glint_radius=round(glint_radius, 2))
 
 
 def edge_width(gray, center, radius, face_radius, step=0.25):

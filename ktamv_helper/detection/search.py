@@ -163,7 +163,7 @@ def _structure(gray, noise, center, radius, min_radius):
             return None
     for _ in range(3):
         quick = measure_bore(gray, noise, center, rings.bore_radius, quick=True,
-                             closed_hint=True)
+                             closed_hint=True, glint_radius=rings.glint_radius)
         if quick is None:
             return None
         center, radius = quick["center"], quick["radius"]
@@ -183,7 +183,8 @@ def _measure(gray, noise, center, radius, min_radius):
     if family is None:
         return None
     center, radius, rings = family
-    m = measure_bore(gray, noise, center, radius, closed_hint=rings.face_closed)
+    m = measure_bore(gray, noise, center, radius, closed_hint=rings.face_closed,
+                     glint_radius=rings.glint_radius)
     if m is None or not _radii_agree(m["radius"], rings.bore_radius):
         return None
     if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
