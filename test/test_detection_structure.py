@@ -270,6 +270,9 @@ def test_a_blurry_blob_is_no_rival_to_a_sharp_bore():
     for width in (1.75, 0.8):
         rival = dataclasses.replace(blob, edge_width=width)
         assert search.choose([sharp, rival]).refusal == "ambiguous"
+    # A best bore whose edge width could not be measured (0) dismisses no rival.
+    unmeasured = dataclasses.replace(sharp, edge_width=0.0)
+    assert search.choose([unmeasured, blob]).refusal == "ambiguous"
 
 
 def _two_nozzles():

@@ -52,8 +52,6 @@ class Rings:
     radii : tuple of float
         Half-way crossings between successive significant extrema, inside
         out (the first is ``bore_radius``).
-    seen_radius : float
-        How far out the profile could be read before leaving the frame, px.
     face_closed : bool
         The bright ring is followed within ``FACE_SPAN`` bore radii by a
         significant fall (it is a ring, not a plate) or runs out of the frame.
@@ -68,7 +66,6 @@ class Rings:
     face_level: float
     radii: tuple
     face_closed: bool
-    seen_radius: float = float("inf")
     glint_radius: float = 0.0
 
 
@@ -238,7 +235,6 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
               or not np.isfinite(profile[reach]).all())
     return Rings(bore_radius=bore_radius, bore_level=core, face_level=face,
                  radii=tuple(round(r, 2) for r in crossings), face_closed=closed,
-                 seen_radius=float(radii[np.isfinite(profile)].max()),
                  glint_radius=round(glint_radius, 2))
 
 

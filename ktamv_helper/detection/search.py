@@ -340,6 +340,13 @@ def _could_be_sized(detection, expected_radius):
         smallest <= SIZE_FACTOR * expected_radius
 
 
+def _out_of_focus(other, best):
+    """``other``'s edge is far wider than ``best``'s (see FOCUS_RATIO); an
+    edge width of 0 (not measured) decides nothing."""
+    return best.edge_width > 0 and \
+        other.edge_width > FOCUS_RATIO * best.edge_width + FOCUS_SLACK_PX
+
+
 def choose(found, expected_radius=None, tolerance=1.0):
     """The one bore among verified ones, or a refusal.
 
@@ -370,7 +377,7 @@ def choose(found, expected_radius=None, tolerance=1.0):
         apart = math.hypot(best.center[0] - other.center[0],
                            best.center[1] - other.center[1])
         if other.score >= RIVAL_SCORE * best.score and apart > tolerance and \
-                other.edge_width <= FOCUS_RATIO * best.edge_width + FOCUS_SLACK_PX:
+                not _out_of_focus(other, best):
             return BoreSearch(None, candidates, "ambiguous",
                               "two circles %.1f px apart look equally like the "
                               "bore (radius %.1f px at %.0f, %.0f and %.1f px at "
