@@ -101,6 +101,8 @@ def score_photo(image, variants, rng):
     return ref, records
 
 
+# Rendered frames' size (px).
+RENDER_SIZE = (640, 480)
 # Rendered bores span the detector's whole promised range, log-uniformly:
 # from this many px ...
 RING_LIGHT_SMALLEST = 3.0
@@ -111,7 +113,7 @@ RING_LIGHT_LARGEST_OF_HEIGHT = 0.45
 RADIUS_BANDS = (3, 6, 12, 24, 48, 96, 216)
 
 
-def score_ring_light(frames, rng, size=(640, 480)):
+def score_ring_light(frames, rng, size=RENDER_SIZE):
     """Records of rendered ring-light frames against their exact truth."""
     records = []
     largest = RING_LIGHT_LARGEST_OF_HEIGHT * size[1]
@@ -144,7 +146,7 @@ CONDITIONS = (
 LOOKS = (("ring-light brass", ring_light_look), ("random look", random_look))
 
 
-def score_conditions(frames, rng, size=(640, 480)):
+def score_conditions(frames, rng, size=RENDER_SIZE):
     """Records per (look, condition) of rendered frames against their truth."""
     results = {}
     for look_name, make_look in LOOKS:
@@ -237,8 +239,9 @@ def run(folder, variants=60, ring_light=60, seed=1, conditions=0):
     if ring_light:
         records = score_ring_light(ring_light, rng)
         results["ring_light"] = records
-        lines.append(table_row("renderer: ring-light brass, 640x480, r %g-%g (truth)" % (
-            RING_LIGHT_SMALLEST, RING_LIGHT_LARGEST_OF_HEIGHT * 480), records))
+        lines.append(table_row("renderer: ring-light brass, %dx%d, r %g-%g (truth)" % (
+            RENDER_SIZE + (RING_LIGHT_SMALLEST, RING_LIGHT_LARGEST_OF_HEIGHT * RENDER_SIZE[1])),
+            records))
     print("\n".join(lines))
     if ring_light:
         print()

@@ -5,6 +5,8 @@ import math
 import cv2
 import numpy as np
 
+from ktamv_helper.detection.frame import BLANK_RANGE
+
 # Longest side of the copy searched for candidates (px). Verification and
 # refinement always run on the full frame.
 CANDIDATE_LONG_SIDE = 320
@@ -15,8 +17,6 @@ MIN_SEARCH_RADIUS = 2.0
 THRESHOLD_FRACTIONS = np.linspace(0.2, 0.85, 10) ** 2
 # Most candidates kept per search copy, the most persistent first.
 MAX_CANDIDATES = 12
-# A frame whose grey levels span less than this has no edge worth a look.
-MIN_RANGE_LEVELS = 12.0
 
 
 def search_scales(shape, min_radius):
@@ -72,7 +72,7 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
     hist = np.cumsum(cv2.calcHist([small], [0], None, [256], [0, 256]).ravel())
     lo = float(np.searchsorted(hist, 0.01 * hist[-1]))
     hi = float(np.searchsorted(hist, 0.9995 * hist[-1]))
-    if hi - lo < MIN_RANGE_LEVELS:
+    if hi - lo < BLANK_RANGE:
         return []
     r_lo = max(min_radius / sx * 0.6, 1.0)
     r_hi = max_radius / sx * 1.3

@@ -7,9 +7,9 @@ import numpy as np
 
 # Noise is estimated on a central window of at most this size (px).
 NOISE_WINDOW = (640, 480)
-# A picture whose grey levels (1st to 99.9th percentile) span less than
-# this is blank: no edge in it can pass the detector's 12-level rise.
-BLANK_RANGE = 12
+# A picture whose grey levels span less than this is blank: no edge in it
+# is worth a look (the candidate search skips such a frame too).
+BLANK_RANGE = 12.0
 # A picture whose brightest parts (99.5th percentile) stay below this is
 # too dark: a nozzle's tip face is the brightest thing in a lit view, and
 # below ~40 levels its rise over the bore is within a few noise levels.
