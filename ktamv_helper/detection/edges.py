@@ -259,7 +259,8 @@ def _circumcircles(p1, p2, p3):
 
 
 def _least_squares_circle(points):
-    """Geometric least-squares circle (``skimage.measure.CircleModel``)."""
+    """Least-squares circle through points (``skimage.measure.CircleModel``):
+    ``(center, radius)`` or None."""
     if hasattr(CircleModel, "from_estimate"):      # scikit-image >= 0.26
         model = CircleModel.from_estimate(points)
         if not model:
@@ -409,11 +410,13 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
         ``center``, ``radius``, ``completeness`` (fraction of rays whose edge
         fits the circle), ``snr`` (median bore-to-collar rise over noise),
         ``closure`` (fraction of those rays on which the brightness falls
-        again beyond the collar and stays down over at least half the rest
-        of the ray: a collar is a ring, not a plate) and ``rms``
-        (edge residual, px), ``clipped`` (fraction of those rays whose collar
-        is clipped at white) and ``axis_ratio`` (1 for a circle, less when an
-        ellipse fitted better); None when the candidate has no usable edge.
+        again beyond the collar and stays down for ``STAY_WINDOW`` radii: a
+        collar is a ring, not a plate), ``face_width`` (median distance from
+        the edge to that fall, px; NaN when fewer than 6 rays show it),
+        ``rms`` (edge residual, px), ``clipped`` (fraction of those rays
+        whose collar is clipped at white) and ``axis_ratio`` (1 for a
+        circle, less when an ellipse fitted better); None when the candidate
+        has no usable edge.
     """
     glint = glint_radius if 0.0 < glint_radius <= MAX_GLINT * radius else 0.0
     rays = _sample_rays(gray, center, radius, quick, glint)
@@ -424,16 +427,10 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
     if n_view < 0.5 * rays.n or \
             edge.good.sum() < max(6, MIN_COMPLETENESS * n_view):
         return None
-    closure = _closure(rays, edge, radius, closed_hint)
+    closure, face_widths = _closure(rays, edge, radius, closed_hint)
     if closure is None or closure < MIN_CLOSURE:
         return None
-    # The bore is a dark disc: most of its inside lies below the edge level
-    # (a glint on the filament may light up to a quarter of it). A dark
-    # outline around brighter texture (text, foliage) is not a bore.
-    inside = rays.prof[:, (rays.radii >= glint) & (rays.radii <= 0.8 * radius)]
-    seen = np.isfinite(inside)
-    if not seen.any() or \
-            np.mean((inside < edge.thresholds[:, None])[seen]) < MIN_DARK_FRACTION:
+    if not _dark_inside(rays, edge, radius, glint):
         return None
     pts = np.column_stack([center[0] + np.cos(rays.angles) * edge.radius,
                            center[1] + np.sin(rays.angles) * edge.radius])[edge.good]
@@ -452,7 +449,23 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
         "closure": closure,
         "clipped": float(np.mean(edge.collar[used] >= CLIPPED_LEVEL)),
         "rms": float(np.sqrt(np.mean(residuals ** 2))),
+        "face_width": float(np.median(face_widths)) if len(face_widths) >= 6 else math.nan,
     }
+
+
+def _dark_inside(rays, edge, radius, glint):
+    """Whether most of the candidate's inside lies below the edge level.
+
+    The bore is a dark disc (a glint on the filament may light up to a
+    quarter of it); a dark outline around brighter texture (text, foliage)
+    is not a bore. Only rays whose edge level is known can say: a ray that
+    leaves the frame before the face has none (a bore cut by the frame's
+    edge).
+    """
+    inside = rays.prof[:, (rays.radii >= glint) & (rays.radii <= 0.8 * radius)]
+    seen = np.isfinite(inside) & np.isfinite(edge.thresholds)[:, None]
+    return bool(seen.any()) and \
+        np.mean((inside < edge.thresholds[:, None])[seen]) >= MIN_DARK_FRACTION
 
 
 def _sample_rays(gray, center, radius, quick, glint=0.0):
@@ -531,7 +544,8 @@ def _edge_per_ray(rays, noise, radius, quick, glint=0.0):
 
 def _closure(rays, edge, radius, closed_hint):
     """Fraction of the edge's rays on which the face ends in a fall that
-    stays down (a collar is a ring, not a plate); None if unknowable."""
+    stays down (a collar is a ring, not a plate), None if unknowable; and
+    the face's width (edge to fall, px) on each of those rays."""
     far, far_radii = rays.far, rays.far_radii
     # Beyond the collar the light must drop well below the collar's level.
     beyond = far_radii[None, :] > edge.peak[:, None] + rays.coarse_step
@@ -561,9 +575,10 @@ def _closure(rays, edge, radius, closed_hint):
     # under a ring light at 640x480.)
     known = closed | np.isfinite(far[:, -1])
     good = edge.good
+    widths = (first_fall - edge.radius)[good & closed]
     if known[good].sum() < 0.25 * good.sum():
-        return 1.0 if closed_hint else None
-    return float(closed[good].sum() / known[good].sum())
+        return (1.0 if closed_hint else None), widths
+    return float(closed[good].sum() / known[good].sum()), widths
 
 
 def _fit_edge(pts, center, radius, quick):

@@ -199,14 +199,29 @@ def _measure(gray, noise, center, radius, min_radius):
     final = rings
     if math.hypot(m["center"][0] - center[0], m["center"][1] - center[1]) > SAME_RINGS_PX:
         final = find_rings(gray, m["center"], FAMILY_SPAN * m["radius"], noise) or rings
-    if len(final.radii) > 1 and final.radii[1] < FACE_SEEN * _whole_ring_radius(gray, m["center"]) \
-            and final.radii[1] - m["radius"] < MIN_FACE_WIDTH * m["radius"]:
+    if _thin_rim(gray, m, final):
         return None     # a thin bright rim: a chamfered hole, not a tip face
     face = final.radii[1] if len(final.radii) > 1 else 2.0 * m["radius"]
     return Detection(center=m["center"], radius=m["radius"], score=round(score, 4),
                      rings=(round(m["radius"], 2),) + tuple(final.radii[1:]),
                      rms=round(m["rms"], 4),
                      edge_width=round(edge_width(gray, m["center"], m["radius"], face), 2))
+
+
+def _thin_rim(gray, m, rings):
+    """The bright ring round a measured bore is too thin for a tip face
+    (``MIN_FACE_WIDTH``). Judged on the ring structure where its face ring
+    lies whole in the frame; else, for a bore small enough to be seen whole
+    but cut by the frame's edge, on the rays that show the face's fall (a
+    white rim round a dark disc cut by the edge, a helmet's visor, is no
+    nozzle). A bore too big for the frame (a microscope's view) is not
+    judged: what the frame shows of its face may be glare or vignetting."""
+    limit = MIN_FACE_WIDTH * m["radius"]
+    if len(rings.radii) > 1 and rings.radii[1] < FACE_SEEN * _whole_ring_radius(gray, m["center"]):
+        return rings.radii[1] - m["radius"] < limit
+    if 2.0 * m["radius"] >= min(gray.shape):
+        return False
+    return m["face_width"] < limit      # False when no ray showed it (NaN)
 
 
 def _whole_ring_radius(gray, center):
@@ -254,12 +269,25 @@ def _near(point, detection):
 
 def _candidate_points(gray, noise, min_radius, max_radius):
     """Candidate (u, v, r) lists, coarse search copies first, voting last."""
+    height, width = gray.shape
     for scale in search_scales(gray.shape, min_radius):
-        yield [(u, v, r) for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale)]
+        points = [(u, v, r) for u, v, r, _ in find_candidates(gray, min_radius, max_radius, scale)]
+        # Islands the frame shows whole first (see _cut_by_frame).
+        yield sorted(points, key=lambda p: _cut_by_frame(p, width, height))
     if max_radius >= VOTE_MIN_RADIUS:
         yield [(u, v, math.sqrt(r_lo * r_hi))
                for u, v, r_lo, r_hi, _ in vote_candidates(
                    gray, noise, max(min_radius, VOTE_MIN_RADIUS), max_radius)]
+
+
+def _cut_by_frame(point, width, height):
+    """The candidate ``(u, v, r)`` runs past the frame's edge. Such islands
+    are mostly the hex or the body; they are looked at after the whole ones
+    and, like any candidate beside a sure bore, only past a quick first look
+    (a cut bore shows its edge there), as reading their rings out to
+    ``FAMILY_SPAN`` radii is what costs."""
+    u, v, r = point
+    return min(u, v, width - 1 - u, height - 1 - v) < r
 
 
 def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
@@ -300,12 +328,15 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
     if max_radius is None:
         max_radius = MAX_RADIUS_OF_HEIGHT * gray.shape[0]
     noise = estimate_noise(gray)
+    height, width = gray.shape
     found, kept = [], []
     for points in _candidate_points(gray, noise, min_radius, max_radius):
         for u, v, r in points:
             if any(_near((u, v), d) and d.radius >= 0.7 * r for d in found):
                 continue    # seen from this family already
-            if any(d.score >= EARLY_ACCEPT for d in kept) and \
+            first_look = any(d.score >= EARLY_ACCEPT for d in kept) or \
+                _cut_by_frame((u, v, r), width, height)
+            if first_look and \
                     measure_bore(gray, noise, (u, v), r, quick=True, closed_hint=True) is None:
                 # Beside a sure bore only a rival matters, and a rival bore
                 # shows its edge at a first look (a cone or face candidate
