@@ -41,6 +41,13 @@ def test_a_folder_of_photos_and_the_camera_conditions(tmp_path):
     rows = re.findall(r"^\| (ring-light brass|random look), .*\| 2 \| \d+ \|", out, re.M)
     assert len(rows) == 12, out
     assert re.search(r"Of the \d+ wrong circles, \d+ had the centre within 2 px", out)
+    # The photo under each camera condition, against its own reference:
+    # found when only defocused by 1.5 px or over-exposed x2.
+    photo_rows = dict(re.findall(r"^\| mine.png, ([^|]+) \| 2 \| (\d+) \|", out, re.M))
+    assert len(photo_rows) == 7, out
+    assert photo_rows["defocus sigma 1.5 px"] == "2", out
+    assert photo_rows["over-exposed x2"] == "2", out
+    assert re.search(r"Of the \d+ missed without a refusal, \d+ came with an exposure hint", out)
 
 
 def test_without_the_folder_the_rendered_looks_are_still_scored(tmp_path):
