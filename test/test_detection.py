@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ktamv_helper.detection import (Detection, detect_nozzle, estimate_noise,
+from ktamv_helper.detection import (Detection, detect_nozzle, estimate_noise, exposure_problem,
                                     fit_circle_robust)
 from ktamv_helper.simulation.render import NozzleLook, random_look, render_nozzle
 
@@ -193,3 +193,26 @@ def test_benchmark_baseline_and_table():
     assert ours["found"] + ours["wrong"] <= 3 and ours["false"] <= 2
     table = bench.format_table(stats)
     assert len(table.splitlines()) == 10 and "1920x1080" in table
+
+
+def _lit_nozzle(gain):
+    """A nozzle under a ring light: black background, a body at 150 out to
+    90 px, a dark cone at 40 out to 45 px, a tip face at 240 out to 25 px,
+    the bore at 10 (radius 8), all scaled by ``gain`` and clipped."""
+    image = np.full((480, 640), 15.0)
+    for radius, level in ((90, 150.0), (45, 40.0), (25, 240.0), (8, 10.0)):
+        cv2.circle(image, (320, 240), radius, level, -1)
+    return np.clip(image * gain, 0, 255).astype(np.uint8)
+
+
+def test_a_clipped_lit_part_is_named_though_most_of_the_picture_is_dark():
+    # At x1.5 only the tip face clips: 8 % of the lit part (face and body,
+    # pi (25^2 - 8^2) of pi (25^2 - 8^2 + 90^2 - 45^2) px), which is normal.
+    assert exposure_problem(_lit_nozzle(1.5)) is None
+    # At x1.8 the body (270) clips too: all of the lit part, though only
+    # 6.8 % of the picture, far below the whole-picture rule's half.
+    image = _lit_nozzle(1.8)
+    assert abs(float(np.mean(image >= 250)) - math.pi * (561 + 6075) / (640 * 480)) < 0.002
+    assert exposure_problem(image) == (
+        "100 % of the picture's lit part is clipped at white: if the nozzle's tip "
+        "face and body merge there, lower the camera's exposure or gain, or the light.")
