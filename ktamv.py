@@ -824,6 +824,18 @@ class KtamvOptions:
                                           maxval=60000.)
         self.detection_tolerance = config.getfloat(
             'detection_tolerance', 1., minval=0., maxval=50.)
+        # The bore radius range searched, px. Below ~3 px specks of texture
+        # look as round as a bore, so a low-resolution endoscope whose bore
+        # is ~2 px needs to say so; 0 = up to 0.7 of the frame height.
+        self.min_radius = config.getfloat('min_radius', 3., minval=1.5,
+                                          maxval=1000.)
+        self.max_radius = config.getfloat('max_radius', 0., minval=0.,
+                                          maxval=5000.)
+        if self.max_radius and self.max_radius <= self.min_radius:
+            raise config.error(
+                "Option 'max_radius' in section '%s' must be 0 (automatic) "
+                "or above min_radius (%g), not %g"
+                % (self.name, self.min_radius, self.max_radius))
         ignored = [opt for opt in ('server_url', 'send_frame_to_cloud')
                    if config.get(opt, None) is not None]
         if ignored:
@@ -934,7 +946,9 @@ class KtamvOptions:
                   'preview_fps': self.preview_fps,
                   'debug_dir': self.debug_dir or None,
                   'debug_keep': self.debug_keep,
-                  'target_tolerance': self.center_tolerance}
+                  'target_tolerance': self.center_tolerance,
+                  'min_radius': self.min_radius,
+                  'max_radius': self.max_radius}
         if self.detection_tolerance > 0.:
             params['detection_tolerance'] = self.detection_tolerance
         return params

@@ -8,12 +8,14 @@ Runs the nozzle detector on image files, one output line per image. With
 
 (``center``, ``radius`` and ``score`` are null when no nozzle was found;
 ``elapsed_ms`` is the detection time alone, without start-up or reading the
-file). A file that cannot be read gives ``found: false`` and an ``error``
+file). When none was found for a reason the detector can name (two rival
+circles, a clipped or blank picture) a ``why`` sentence is added. A file that cannot be read gives ``found: false`` and an ``error``
 sentence, and the exit status is 1; otherwise it is 0.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -30,10 +32,14 @@ def _parser():
                         help="print one JSON object per image")
     parser.add_argument("--annotate", metavar="DIR",
                         help="write each image with the detection drawn on it to DIR")
-    parser.add_argument("--min-radius", type=float, default=4.0,
-                        help="smallest bore radius searched, px (default 4)")
-    parser.add_argument("--max-radius", type=float, default=120.0,
-                        help="largest bore radius searched, px (default 120)")
+    # The same range as the [ktamv] section's min_radius / max_radius, so
+    # what works here works on the printer.
+    parser.add_argument("--min-radius", type=float, default=3.0,
+                        help="smallest bore radius searched, px (default 3, "
+                             "as the [ktamv] option min_radius)")
+    parser.add_argument("--max-radius", type=float, default=None,
+                        help="largest bore radius searched, px (default 0.7 "
+                             "x the image height)")
     return parser
 
 
@@ -51,17 +57,19 @@ def _text_line(record):
     if "error" in record:
         return f"{record['image']}: error: {record['error']}"
     if not record["found"]:
-        return f"{record['image']}: no nozzle found ({record['elapsed_ms']:.1f} ms)"
+        why = f": {record['why']}" if record.get("why") else ""
+        return (f"{record['image']}: no nozzle found ({record['elapsed_ms']:.1f} "
+                f"ms){why}")
     u, v = record["center"]
     return (f"{record['image']}: nozzle at u={u:.3f} v={v:.3f} px, radius "
             f"{record['radius']:.2f} px, score {record['score']:.3f} "
             f"({record['elapsed_ms']:.1f} ms)")
 
 
-def detect_file(path, min_radius=4.0, max_radius=120.0):
+def detect_file(path, min_radius=3.0, max_radius=None):
     """Detect in one file; return ``(record, image, detection)``."""
     import cv2
-    from ktamv_helper.detection import detect_nozzle
+    from ktamv_helper.detection import exposure_problem, find_bore, to_gray
 
     record = {"image": path, "found": False, "center": None, "radius": None,
               "score": None, "elapsed_ms": None}
@@ -73,9 +81,14 @@ def detect_file(path, min_radius=4.0, max_radius=120.0):
         record["error"] = "not an image OpenCV can read"
         return record, None, None
     start = time.perf_counter()
-    detection = detect_nozzle(image, min_radius=min_radius, max_radius=max_radius)
+    search = find_bore(image, min_radius, max_radius)
     record["elapsed_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
-    if detection is not None:
+    detection = search.detection
+    if detection is None:
+        why = search.message or exposure_problem(to_gray(image))
+        if why:
+            record["why"] = why
+    else:
         record.update(found=True,
                       center=[round(detection.center[0], 4), round(detection.center[1], 4)],
                       radius=round(detection.radius, 4), score=detection.score)
@@ -89,7 +102,7 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as stop:
         return EXIT_USAGE if stop.code else EXIT_OK
-    if not 0 < args.min_radius <= args.max_radius:
+    if not 0 < args.min_radius <= (args.max_radius or math.inf):
         sys.stderr.write("detect: need 0 < --min-radius <= --max-radius\n")
         return EXIT_USAGE
     if args.annotate:

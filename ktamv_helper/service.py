@@ -263,8 +263,9 @@ class Settings:
         self.camera_timeout = number_param(params, "camera_timeout", 5.0,
                                            low=MIN_CAMERA_TIMEOUT,
                                            high=MAX_CAMERA_TIMEOUT)
-        self.min_radius = number_param(params, "min_radius", 3.0, low=1.0,
-                                       high=5000.0)
+        from ktamv_helper.detection import DEFAULT_MIN_RADIUS
+        self.min_radius = number_param(params, "min_radius", DEFAULT_MIN_RADIUS,
+                                       low=1.0, high=5000.0)
         # 0: up to 0.7 of the frame height (a zoomed camera's bore may fill
         # most of the frame).
         self.max_radius = number_param(params, "max_radius", 0.0, low=0.0,

@@ -50,6 +50,9 @@ def test_json_lines(images, tmp_path):
     assert 0.5 <= found["score"] <= 1.0
     # Detection time only: far below the interpreter's start-up.
     assert 0 < found["elapsed_ms"] < 2000
+    # This empty render is dim (its brightest parts reach 14 of 255), and
+    # the miss says so.
+    assert missing.pop("why").startswith("The picture is very dark")
     assert missing == {"image": empty, "found": False, "center": None, "radius": None,
                        "score": None, "elapsed_ms": missing["elapsed_ms"]}
     assert missing["elapsed_ms"] > 0
@@ -107,3 +110,25 @@ def test_top_level_help_lists_every_command():
     bad = subprocess.run([sys.executable, "-m", "ktamv_helper", "detcet"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown command 'detcet'" in bad.stderr
+
+
+def test_defaults_are_the_printer_s_and_a_miss_says_why(tmp_path):
+    # A zoomed camera's bore of 135 px (past the old fixed 120 px limit) is
+    # found with the same range the [ktamv] section uses by default.
+    rng = np.random.default_rng(0)
+    zoomed = str(tmp_path / "zoomed.png")
+    cv2.imwrite(zoomed, render_nozzle((640, 480), (321.3, 242.6), 135.0,
+                                      random_look(rng, jpeg_quality=0,
+                                                  second_circle=False), rng))
+    blown = str(tmp_path / "blown.png")
+    cv2.imwrite(blown, np.full((480, 640, 3), 255, np.uint8))
+    found, missed = (json.loads(line) for line in
+                     _run("--json", zoomed, blown).stdout.splitlines())
+    assert found["center"] == pytest.approx((321.3, 242.6), abs=0.2)
+    assert found["radius"] == pytest.approx(135.0, abs=1.5)
+    assert missed["found"] is False
+    assert "clipped at white" in missed["why"]
+    text = _run(blown).stdout
+    assert text.startswith(blown + ": no nozzle found (") and "lower the camera's exposure" in text
+    # An explicit range still rules: 135 px is beyond --max-radius 120.
+    assert json.loads(_run("--json", "--max-radius", "120", zoomed).stdout)["found"] is False

@@ -290,6 +290,8 @@ def test_restart_leaves_no_orphan_helper(tmp_path):
     ("calibration_points", "2", "calibration_points"),
     ("tool_status", "toolchanger", "tool_status"),
     ("camera_matrix", "1, 2, 3", "camera_matrix"),
+    ("min_radius", "1", "min_radius"),
+    ("max_radius", "2", "max_radius"),
 ])
 def test_bad_config_value_names_the_option(tmp_path, option, value, words):
     section = ktamv_section(helper_command=FAKE_HELPER, **{option: value})
@@ -343,6 +345,24 @@ def test_switching_camera_with_send_server_cfg_heals_without_restart(
         reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
         assert reply.error is None, reply
         assert "nozzle found at" in reply.text
+
+
+def test_bore_radius_range_reaches_the_helper(tmp_path):
+    # The simulated 0.4 mm bore is 20 px at 0.01 mm/px: outside 3-12 px it
+    # is not looked for, inside 12-30 px it is found.
+    section = ktamv_section(max_radius=12)
+    with KlippySession(tmp_path / "narrow", printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        assert klippy.send("G1 X150 Y150 F6000").error is None
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error and "no nozzle" in reply.error.lower(), reply
+    section = ktamv_section(min_radius=12, max_radius=30)
+    with KlippySession(tmp_path / "wide", printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        assert klippy.send("G1 X150 Y150 F6000").error is None
+        reply = klippy.send("KTAMV_SIMPLE_NOZZLE_POSITION")
+        assert reply.error is None, reply
+        assert re.search(r"radius (19|20|21)\.\d+ px", reply.text), reply.text
 
 
 def test_preview_commands(tmp_path):

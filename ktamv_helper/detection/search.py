@@ -53,6 +53,11 @@ VOTE_MIN_RADIUS = 8.0
 # bore still shows about half its rim in a 4:3 frame, as the edge
 # measurement requires.
 MAX_RADIUS_OF_HEIGHT = 0.7
+# The smallest bore radius a camera is searched for unless told otherwise,
+# px. Down to 2 px specks of texture in real photographs measure as round
+# as a bore (8 of 80 non-nozzle photos gave one at 2 px, 1 at 3 px), so a
+# camera whose bore is smaller has to say so (``min_radius``).
+DEFAULT_MIN_RADIUS = 3.0
 # With an expected radius, bores within this factor of it count (give or
 # take the edge's width, see _could_be_sized): a chamfer or defocus makes
 # the dark opening look up to ~1.5x the nominal bore, the tip face and the
