@@ -25,12 +25,13 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
 
 import photolike  # noqa: E402
 import real_photos  # noqa: E402
-from ktamv_helper.detection import detect_nozzle  # noqa: E402
+from ktamv_helper.detection import DEFAULT_MIN_RADIUS, detect_nozzle  # noqa: E402
 
 SIZES = [(320, 240), (640, 480), (1280, 720), (1920, 1080)]
 WRONG_PX = 2.0
-# The radius range a user would configure for "any camera".
-MIN_RADIUS, MAX_RADIUS = 4.0, 120.0
+# The printer's radius range when [ktamv] leaves min_radius / max_radius
+# out: what a user who changes nothing gets (None: 0.7 x the frame height).
+MIN_RADIUS, MAX_RADIUS = DEFAULT_MIN_RADIUS, None
 
 
 def conditions(scene):
@@ -135,8 +136,9 @@ def main(argv=None):
     stats = run(args.frames, args.empty, args.seed,
                 progress=lambda text: print(text, file=sys.stderr, flush=True))
     print("Photo-like set: seed %d, %d nozzle frames, %d without; %d real photos; "
-          "radius range %g-%g px; one thread." % (args.seed, args.frames, args.empty,
-                                                  stats["photos"], MIN_RADIUS, MAX_RADIUS))
+          "radius range %g px to 0.7 x the frame height (the [ktamv] defaults); "
+          "one thread." % (args.seed, args.frames, args.empty, stats["photos"],
+                           MIN_RADIUS))
     print()
     print(format_table(stats))
     print()
