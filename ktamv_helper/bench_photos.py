@@ -210,7 +210,8 @@ def score_photo_conditions(image, reference, frames, rng):
             kind, error = classify(search.detection,
                                    warp_point(reference.center, warp, image.shape), radius)
             records.append({"kind": kind, "error": error, "ms": ms, "radius": radius,
-                            "refused": search.refusal, "radius_only": False,
+                            "refused": search.refusal,
+                            "radius_only": kind == "wrong" and error <= WRONG_PX,
                             "hinted": kind == "missed" and not search.refusal and
                             exposure_problem(to_gray(variant)) is not None})
         results[label] = records
@@ -256,12 +257,8 @@ def print_conditions(results):
     print(HEADER)
     for label, records in results.items():
         print(table_row(label, records))
-    radius_only = sum(r["radius_only"] for records in results.values() for r in records)
-    wrong = sum(r["kind"] == "wrong" for records in results.values() for r in records)
     print()
-    print("Of the %d wrong circles, %d had the centre within %g px of the truth "
-          "and only the radius more than %d %% off." % (wrong, radius_only, WRONG_PX,
-                                                        100 * WRONG_RADIUS))
+    _print_radius_only(results)
 
 
 def print_photo_conditions(results):
@@ -276,6 +273,15 @@ def print_photo_conditions(results):
     print("Of the %d missed without a refusal, %d came with an exposure hint "
           "(clipped, very dark or blank) in the error." % (
               len(missed), sum(r["hinted"] for r in missed)))
+    _print_radius_only(results)
+
+
+def _print_radius_only(results):
+    radius_only = sum(r["radius_only"] for records in results.values() for r in records)
+    wrong = sum(r["kind"] == "wrong" for records in results.values() for r in records)
+    print("Of the %d wrong circles, %d had the centre within %g px of where it belongs "
+          "and only the radius more than %d %% off." % (wrong, radius_only, WRONG_PX,
+                                                        100 * WRONG_RADIUS))
 
 
 def run(folder, variants=60, ring_light=60, seed=1, conditions=0):
