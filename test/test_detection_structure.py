@@ -180,12 +180,12 @@ def test_expected_size_refuses_a_far_off_circle_and_keeps_the_right_one():
 
 
 def test_a_defocused_small_bore_is_not_refused_for_its_shrunken_radius():
-    # A 5 px bore on a narrow tip face, defocused by 3 px: the half-way
-    # edge measures ~2.6 px, under 1/1.8 of the nozzle's size, so the size
+    # A 5 px bore on a narrow tip face, defocused by 3.3 px: the half-way
+    # edge measures ~2.7 px, under 1/1.8 of the nozzle's size, so the size
     # check refused it although its centre was right. The edge's width
     # says how far the radius may be off.
     rng = np.random.default_rng(4)
-    look = NozzleLook(collar_ratio=1.6, cone_ratio=2.6, hex_ratio=4.0, blur_sigma=3.0,
+    look = NozzleLook(collar_ratio=1.6, cone_ratio=2.6, hex_ratio=4.0, blur_sigma=3.3,
                       noise_sigma=2.0)
     image = render_nozzle((640, 480), (318.4, 243.7), 5.0, look, rng)
     found = find_bore(image, expected_radius=5.0).detection
@@ -435,3 +435,39 @@ def test_an_excluded_sure_bore_does_not_end_the_search():
     found = find_bore(image, exclude=[(300.4, 360.2)]).detection
     assert found is not None
     assert _error(found, (950.6, 361.3)) < 0.3
+
+
+def test_an_over_exposed_face_blooming_past_five_radii_is_read_to_its_end():
+    # At x3 exposure a defocused ring light clips the whole tip face and
+    # blooms it outwards, the bore's core greys (no longer among the
+    # frame's darkest levels), and the face ends beyond the edge
+    # measurement's usual five radii. Before: none of these was found.
+    rng = np.random.default_rng(8)
+    for _ in range(8):
+        radius = float(rng.uniform(3.5, 7.0))
+        truth = (float(rng.uniform(200, 440)), float(rng.uniform(150, 330)))
+        image = render_nozzle((640, 480), truth, radius,
+                              ring_light_look(rng, exposure=3.0, blur_sigma=1.5), rng)
+        found = find_bore(image).detection
+        assert found is not None
+        assert _error(found, truth) < 0.25
+
+
+def test_over_exposed_ring_lights_are_found_and_never_the_lens_smudge():
+    # x2-x4 exposure, 3-8 px bores. Reading past five radii only round a
+    # face clipped at white matters: round any "face", one of these frames
+    # gave the soft lens smudge on the bright heater block (28 px, its
+    # "face" ending at the frame's dark corner) instead of the 5.5 px bore.
+    rng = np.random.default_rng(21)
+    found = wrong = 0
+    for _ in range(60):
+        radius = float(rng.uniform(3.0, 8.0))
+        truth = (float(rng.uniform(150, 490)), float(rng.uniform(120, 360)))
+        look = ring_light_look(rng, exposure=float(rng.choice([2.0, 3.0, 4.0])),
+                               blur_sigma=float(rng.uniform(0.8, 2.0)))
+        detection = find_bore(render_nozzle((640, 480), truth, radius, look, rng)).detection
+        if detection is not None:
+            found += _error(detection, truth) <= 2.0
+            wrong += _error(detection, truth) > 2.0
+    assert wrong == 0
+    assert found >= 48      # 52 of 60 (13 before over-exposure was read right)

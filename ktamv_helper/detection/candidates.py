@@ -13,8 +13,12 @@ CANDIDATE_LONG_SIDE = 320
 # Candidates are found down to this bore radius in the search copy (px).
 MIN_SEARCH_RADIUS = 2.0
 # Threshold levels, as fractions of the frame's dark..bright range: closer
-# together at the dark end, where bores are.
-THRESHOLD_FRACTIONS = np.linspace(0.2, 0.85, 10) ** 2
+# together at the dark end, where bores are, and a few in the upper quarter:
+# in an over-exposed frame everything but the cone may lie above 0.72 of
+# the range, the bore's core too (a 4 px bore at x3 exposure: core 183,
+# clipped face 255, cone 120), and only a level between core and face makes
+# it an island.
+THRESHOLD_FRACTIONS = np.append(np.linspace(0.2, 0.85, 10) ** 2, [0.8, 0.875, 0.95])
 # Most candidates kept per search copy, the most persistent first.
 MAX_CANDIDATES = 12
 # An island cut by the frame's edge is a candidate when the part of its

@@ -378,7 +378,7 @@ def _smooth_refine(points, centre, radius, inliers, tolerance):
 
 
 def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
-                 glint_radius=0.0):
+                 glint_radius=0.0, face_radius=0.0):
     """Verify a candidate bore and measure its edge.
 
     Parameters
@@ -403,6 +403,11 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
         saw (the ring light reflected by filament in the bore), px: the
         bore's dark level, edge and darkness are read outside it. Ignored
         above ``MAX_GLINT`` of the radius.
+    face_radius : float
+        Where the ring structure saw the tip face end, px. Rays are read
+        past it when that is beyond ``RAY_LENGTH`` radii: over-exposure
+        blooms a clipped face outwards (a 2.6 px bore's face at x3 exposure
+        ended at 6.7 radii), and a face whose end is not read is no ring.
 
     Returns
     -------
@@ -419,7 +424,8 @@ def measure_bore(gray, noise, center, radius, quick=False, closed_hint=False,
         has no usable edge.
     """
     glint = glint_radius if 0.0 < glint_radius <= MAX_GLINT * radius else 0.0
-    rays = _sample_rays(gray, center, radius, quick, glint)
+    reach = max(RAY_LENGTH * radius, face_radius + (STAY_WINDOW + 0.5) * radius)
+    rays = _sample_rays(gray, center, radius, quick, glint, reach)
     if rays is None:
         return None
     edge = _edge_per_ray(rays, noise, radius, quick, glint)
@@ -468,11 +474,11 @@ def _dark_inside(rays, edge, radius, glint):
         np.mean((inside < edge.thresholds[:, None])[seen]) >= MIN_DARK_FRACTION
 
 
-def _sample_rays(gray, center, radius, quick, glint=0.0):
+def _sample_rays(gray, center, radius, quick, glint, reach):
     """Fine samples out to 2 radii for the edge; coarse ones out to
-    RAY_LENGTH radii for the face's outer fall. None if nothing is in view."""
+    ``reach`` px for the face's outer fall. None if nothing is in view."""
     coarse_step = float(np.clip(radius / 12.0, 0.25, 2.0))
-    far_radii = np.arange(0.0, RAY_LENGTH * radius + coarse_step, coarse_step,
+    far_radii = np.arange(0.0, reach + coarse_step, coarse_step,
                           dtype=np.float32)
     if quick:
         n_rays, step = QUICK_RAYS, coarse_step

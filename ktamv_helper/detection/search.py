@@ -24,8 +24,9 @@ import math
 
 from ktamv_helper.detection.candidates import (find_candidates, search_scales,
                                                vote_candidates)
-from ktamv_helper.detection.edges import (MIN_CLOSURE, MIN_COMPLETENESS,
-                                          measure_bore, score_measurement)
+from ktamv_helper.detection.edges import (CLIPPED_LEVEL, MIN_CLOSURE,
+                                          MIN_COMPLETENESS, measure_bore,
+                                          score_measurement)
 from ktamv_helper.detection.frame import estimate_noise, to_gray
 from ktamv_helper.detection.rings import edge_width, find_rings
 
@@ -168,7 +169,8 @@ def _structure(gray, noise, center, radius, min_radius):
             return None
     for _ in range(3):
         quick = measure_bore(gray, noise, center, rings.bore_radius, quick=True,
-                             closed_hint=True, glint_radius=rings.glint_radius)
+                             closed_hint=True, glint_radius=rings.glint_radius,
+                             face_radius=_face_radius(rings))
         if quick is None:
             return None
         center, radius = quick["center"], quick["radius"]
@@ -182,6 +184,17 @@ def _structure(gray, noise, center, radius, min_radius):
     return None
 
 
+def _face_radius(rings):
+    """Where the structure saw a tip face clipped at white end (its second
+    ring, within the rings' ``FACE_SPAN``), px; else 0. Only a clipped face
+    blooms past the edge measurement's ``RAY_LENGTH``; reading farther
+    round an unclipped "face" lets a soft smudge on a bright heater block
+    pass as a bore whose face ends at the frame's dark corner."""
+    if rings.face_closed and len(rings.radii) > 1 and rings.face_level >= CLIPPED_LEVEL:
+        return rings.radii[1]
+    return 0.0
+
+
 def _measure(gray, noise, center, radius, min_radius):
     """Structure, then the full measurement; a Detection or None."""
     family = _structure(gray, noise, center, radius, min_radius)
@@ -189,7 +202,7 @@ def _measure(gray, noise, center, radius, min_radius):
         return None
     center, radius, rings = family
     m = measure_bore(gray, noise, center, radius, closed_hint=rings.face_closed,
-                     glint_radius=rings.glint_radius)
+                     glint_radius=rings.glint_radius, face_radius=_face_radius(rings))
     if m is None or not _radii_agree(m["radius"], rings.bore_radius):
         return None
     if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
