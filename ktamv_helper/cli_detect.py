@@ -9,7 +9,8 @@ Runs the nozzle detector on image files, one output line per image. With
 (``center``, ``radius`` and ``score`` are null when no nozzle was found;
 ``elapsed_ms`` is the detection time alone, without start-up or reading the
 file). When none was found for a reason the detector can name (two rival
-circles, a clipped or blank picture) a ``why`` sentence is added. A file that cannot be read gives ``found: false`` and an ``error``
+circles, a clipped or blank picture, a bore smaller than ``--min-radius``)
+a ``why`` sentence is added. A file that cannot be read gives ``found: false`` and an ``error``
 sentence, and the exit status is 1; otherwise it is 0.
 """
 
@@ -69,7 +70,7 @@ def _text_line(record):
 def detect_file(path, min_radius=3.0, max_radius=None):
     """Detect in one file; return ``(record, image, detection)``."""
     import cv2
-    from ktamv_helper.detection import exposure_problem, find_bore, to_gray
+    from ktamv_helper.detection import exposure_problem, find_bore, smaller_bore, to_gray
 
     record = {"image": path, "found": False, "center": None, "radius": None,
               "score": None, "elapsed_ms": None}
@@ -86,6 +87,13 @@ def detect_file(path, min_radius=3.0, max_radius=None):
     detection = search.detection
     if detection is None:
         why = search.message or exposure_problem(to_gray(image))
+        small = None if why else smaller_bore(image, min_radius)
+        if small is not None:
+            why = ("a bore of %.1f px radius is at (%.1f, %.1f), below --min-radius "
+                   "%g: if that is the nozzle, use --min-radius %g (min_radius: %g "
+                   "in [ktamv])" % (small.radius, small.center[0], small.center[1],
+                                    min_radius, math.floor(small.radius),
+                                    math.floor(small.radius)))
         if why:
             record["why"] = why
     else:

@@ -611,6 +611,22 @@ class PreviewAccess:
 
 
 
+def _picture_advice(image, settings):
+    """What the last frame of a failed detection says the user can change:
+    its exposure, or a bore smaller than ``min_radius``; "" if nothing."""
+    from ktamv_helper.detection import exposure_problem, smaller_bore, to_gray
+    problem = exposure_problem(to_gray(image))
+    if problem:
+        return " " + problem
+    small = smaller_bore(image, settings.min_radius)
+    if small is None:
+        return ""
+    return (" A bore of %.1f px radius was seen at (%.0f, %.0f), below "
+            "min_radius (%g px): if that is the nozzle, set min_radius: %g "
+            "in [ktamv]." % (small.radius, small.center[0], small.center[1],
+                             settings.min_radius, math.floor(small.radius)))
+
+
 class Detection:
     """``detect`` in steps: capture fresh frames, show each on the preview,
     run the consensus, shape the result or the error (part of Service)."""
@@ -805,10 +821,7 @@ class Detection:
                       "centre, in focus, clean (no ooze or filament on the "
                       "tip), and evenly lit.")
             if run.last_image is not None:
-                from ktamv_helper.detection import exposure_problem, to_gray
-                problem = exposure_problem(to_gray(run.last_image))
-                if problem:
-                    advice = " " + problem + advice
+                advice = _picture_advice(run.last_image, settings) + advice
         else:
             code = "no_consensus"
             summary = ("the nozzle was found in %d of %d frames but fewer "

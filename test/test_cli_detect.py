@@ -132,3 +132,18 @@ def test_defaults_are_the_printer_s_and_a_miss_says_why(tmp_path):
     assert text.startswith(blown + ": no nozzle found (") and "lower the camera's exposure" in text
     # An explicit range still rules: 135 px is beyond --max-radius 120.
     assert json.loads(_run("--json", "--max-radius", "120", zoomed).stdout)["found"] is False
+
+
+def test_a_bore_below_min_radius_says_which_setting_finds_it(tmp_path):
+    from ktamv_helper.simulation.render import ring_light_look
+    rng = np.random.default_rng(0)
+    tiny = str(tmp_path / "tiny.png")
+    cv2.imwrite(tiny, render_nozzle((320, 240), (161.3, 118.6), 2.6,
+                                    ring_light_look(rng, blur_sigma=1.0, jpeg_quality=0), rng))
+    missed = json.loads(_run("--json", tiny).stdout)
+    assert missed["found"] is False
+    assert missed["why"].startswith("a bore of 2.0 px radius is at (161.2, 118.6), "
+                                    "below --min-radius 3: if that is the nozzle, use "
+                                    "--min-radius 2")
+    found = json.loads(_run("--json", "--min-radius", "2", tiny).stdout)
+    assert found["center"] == pytest.approx((161.3, 118.6), abs=0.3)

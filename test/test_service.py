@@ -152,6 +152,25 @@ def test_a_nozzle_lost_to_exposure_is_named_as_such(service, tmp_path, gain, sen
     assert sentence in error.message
 
 
+def test_a_bore_below_min_radius_is_named_with_the_setting_that_finds_it(
+        service, tmp_path):
+    # A low-resolution camera far from the nozzle: the blurred bore
+    # measures ~2.1 px, below the default min_radius of 3.
+    from ktamv_helper.simulation.render import render_nozzle, ring_light_look
+    rng = np.random.default_rng(0)
+    image = render_nozzle((320, 240), (161.3, 118.6), 2.6,
+                          ring_light_look(rng, blur_sigma=1.0, jpeg_quality=0), rng)
+    url = write_images(tmp_path / "tiny", [image])
+    configured(service, url)
+    error = expect_error("nozzle_not_found", service, "detect",
+                         {"frames": 1, "max_frames": 2})
+    assert "A bore of 2.0 px radius was seen at (161, 119), below min_radius " \
+        "(3 px): if that is the nozzle, set min_radius: 2 in [ktamv]." in error.message
+    configured(service, url, min_radius=2)
+    result = service.call("detect", {"frames": 1, "max_frames": 2})
+    assert result["center"] == pytest.approx((161.3, 118.6), abs=0.3)
+
+
 def test_detect_reports_no_consensus_when_frames_disagree(service, tmp_path):
     centres = [(200.0, 200.0), (400.0, 260.0), (300.0, 330.0)]
     url = write_images(tmp_path / "jumpy",

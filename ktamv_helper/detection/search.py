@@ -59,6 +59,8 @@ MAX_RADIUS_OF_HEIGHT = 0.7
 # as a bore (8 of 80 non-nozzle photos gave one at 2 px, 1 at 3 px), so a
 # camera whose bore is smaller has to say so (``min_radius``).
 DEFAULT_MIN_RADIUS = 3.0
+# find_bore's own floor, px: blur pulls a 3 px bore's half-way edge to ~2 px.
+SMALLEST_BORE = 2.0
 # With an expected radius, bores within this factor of it count (give or
 # take the edge's width, see _could_be_sized): a chamfer or defocus makes
 # the dark opening look up to ~1.5x the nominal bore, the tip face and the
@@ -434,6 +436,21 @@ def choose(found, expected_radius=None, tolerance=1.0):
                                                best.center[1], other.radius,
                                                other.center[0], other.center[1]))
     return BoreSearch(best, candidates)
+
+
+def smaller_bore(image, min_radius):
+    """The bore a frame shows below ``min_radius`` (down to
+    ``SMALLEST_BORE``), or None.
+
+    For a frame in which no bore of ``min_radius`` or more was found: a
+    camera far from the nozzle or of low resolution shows a bore of 2-3
+    px, and the user should hear that raising the range would find it.
+    The frame gave no larger bore, so the largest radius searched here is
+    ``min_radius``.
+    """
+    if min_radius <= SMALLEST_BORE:
+        return None
+    return find_bore(image, SMALLEST_BORE, min_radius).detection
 
 
 def detect_nozzle(image, min_radius=2.0, max_radius=None, **kwargs):
