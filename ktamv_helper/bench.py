@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ktamv_helper.bench_tamv import TamvCascade
-from ktamv_helper.detection import detect_nozzle
+from ktamv_helper.detection import DEFAULT_MIN_RADIUS, detect_nozzle
 from ktamv_helper.simulation.render import random_look, render_nozzle
 
 SIZES = [(640, 480), (1280, 720), (1920, 1080)]
@@ -62,7 +62,9 @@ def run(frames=400, empty=100, timing_frames=20, seed=1, progress=None):
     cv2.setNumThreads(1)
     tamv = TamvCascade()
     detectors = {
-        "kTAMV detect_nozzle": lambda im: (lambda d: d and d.center)(detect_nozzle(im)),
+        # The printer's default radius range (min_radius 3 px, max 0.7 H).
+        "kTAMV detect_nozzle": lambda im: (lambda d: d and d.center)(
+            detect_nozzle(im, DEFAULT_MIN_RADIUS)),
         "TAMV blob cascade": tamv.detect,
     }
     stats = {name: {"found": 0, "wrong": 0, "false": 0, "errors": [],
