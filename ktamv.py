@@ -1983,7 +1983,10 @@ def search_here(gcmd, reach, parts):
         frame_size = (finder.last_detection or {}).get('frame_size') or \
             client.call(gcmd, 'grab', {'timeout': opts.camera_timeout},
                         opts.camera_timeout).get('frame_size')
-    search = NozzleSearch(printer, motion, lambda: finder.detect(gcmd),
+    # Misses are expected while searching: no advice on them (the helper
+    # would search each empty frame again for a smaller bore).
+    search = NozzleSearch(printer, motion,
+                          lambda: finder.detect(gcmd, hints={'advice': False}),
                           progress)
     det, moved = search.run(gcmd, reach, search_pitch(finder.model,
                                                       frame_size))

@@ -321,6 +321,9 @@ class DetectRequest:
         self.moved_at = number_param(params, "moved_at", received)
         self.unchanged_seen = False     # latency measurement (Detection)
         self.bore = BoreExpectation(params, self.tolerance)
+        # A search expects misses: it skips looking for a bore below
+        # min_radius, which costs a second search of the frame.
+        self.advice = bool_param(params, "advice", True)
 
 
 class DetectRun:
@@ -611,14 +614,15 @@ class PreviewAccess:
 
 
 
-def _picture_advice(image, settings):
+def _picture_advice(image, settings, look_smaller=True):
     """What the last frame of a failed detection says the user can change:
-    its exposure, or a bore smaller than ``min_radius``; "" if nothing."""
+    its exposure, or (``look_smaller``) a bore smaller than ``min_radius``;
+    "" if nothing."""
     from ktamv_helper.detection import exposure_problem, smaller_bore, to_gray
     problem = exposure_problem(to_gray(image))
     if problem:
         return " " + problem
-    small = smaller_bore(image, settings.min_radius)
+    small = smaller_bore(image, settings.min_radius) if look_smaller else None
     if small is None:
         return ""
     return (" A bore of %.1f px radius was seen at (%.0f, %.0f), below "
@@ -821,7 +825,8 @@ class Detection:
                       "centre, in focus, clean (no ooze or filament on the "
                       "tip), and evenly lit.")
             if run.last_image is not None:
-                advice = _picture_advice(run.last_image, settings) + advice
+                advice = _picture_advice(run.last_image, settings,
+                                         request.advice) + advice
         else:
             code = "no_consensus"
             summary = ("the nozzle was found in %d of %d frames but fewer "

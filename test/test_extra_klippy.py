@@ -719,6 +719,21 @@ def test_origin_reuses_only_a_recent_detection_of_the_same_camera(
     assert all(p["settle"] == 0.1 for p in made)
 
 
+def test_only_the_search_asks_the_helper_to_spare_its_advice(tmp_path):
+    # A search expects empty frames: their misses need no second look for
+    # a bore below min_radius. Centring's misses do.
+    requests = tmp_path / "requests.jsonl"
+    section = ktamv_section(
+        helper_command="%s --request-log %s" % (FAKE_HELPER, requests),
+        camera_matrix="0, 0.01, 0.01, 0", settle_time=0.1)
+    gcode = "G28\nG1 X150 Y150 F6000\nKTAMV_FIND_NOZZLE_CENTER SEARCH=1\n"
+    result = run_klippy(tmp_path / "k", printer_config(section), gcode)
+    assert result.returncode == 0, result.tail()
+    made = detect_requests(requests)
+    assert made[0]["advice"] is False
+    assert len(made) > 1 and all("advice" not in p for p in made[1:])
+
+
 def test_an_unsettled_detection_never_becomes_the_origin(tmp_path):
     requests = tmp_path / "requests.jsonl"
     section = ktamv_section(

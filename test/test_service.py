@@ -166,6 +166,11 @@ def test_a_bore_below_min_radius_is_named_with_the_setting_that_finds_it(
                          {"frames": 1, "max_frames": 2})
     assert "A bore of 2.0 px radius was seen at (161, 119), below min_radius " \
         "(3 px): if that is the nozzle, set min_radius: 2 in [ktamv]." in error.message
+    # A search, which expects empty frames, does not pay for the look.
+    quiet = expect_error("nozzle_not_found", service, "detect",
+                         {"frames": 1, "max_frames": 2, "advice": False})
+    assert "min_radius" not in quiet.message
+    expect_error("invalid_params", service, "detect", {"advice": "no"})
     configured(service, url, min_radius=2)
     result = service.call("detect", {"frames": 1, "max_frames": 2})
     assert result["center"] == pytest.approx((161.3, 118.6), abs=0.3)
