@@ -469,7 +469,7 @@ def test_whole_template_uncommented_loads_in_real_klippy(seeded_home, tmp_path):
     assert "nozzle_cam_url: http://localhost/webcam2/?action=snapshot" in active
     example = (REPO / "examples" / "printer.cfg").read_text()
     options = re.findall(r"^#?(\w+):", example, re.M)
-    assert len(options) == 25
+    assert len(options) == 27
     assert [l.split(":")[0] for l in active[2:]] == options
 
     workdir = tmp_path / "klippy"
