@@ -68,6 +68,10 @@ def parse_args(argv):
     parser.add_argument("--nozzles", default="0.4,0.6,0.8",
                         help="bore diameters in mm, one per tool, repeated "
                              "for more tools (default 0.4,0.6,0.8)")
+    parser.add_argument("--exposures", default="",
+                        help="exposure factors, one per tool, repeated for more "
+                             "tools (e.g. 1,2.5,0.3: a clipped, blooming tip face "
+                             "and a dim picture); default: each look's own")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
                              "an earlier run's files there are replaced)")
@@ -84,6 +88,14 @@ def parse_args(argv):
         parser.error("--nozzles: each diameter must be 0.1..2 mm")
     args.nozzle_list = [args.nozzle_list[t % len(args.nozzle_list)]
                         for t in range(args.tools)]
+    try:
+        exposures = [float(v) for v in args.exposures.split(",")] if args.exposures else []
+    except ValueError:
+        parser.error("--exposures must be factors separated by commas")
+    if not all(0.05 <= v <= 10 for v in exposures):
+        parser.error("--exposures: each factor must be 0.05..10")
+    args.exposure_list = [exposures[t % len(exposures)]
+                          for t in range(args.tools)] if exposures else []
     if not 2 <= args.tools <= 10:
         parser.error("--tools must be 2..10")
     if not 0 <= args.backlash <= 0.4:
@@ -101,7 +113,7 @@ def camera_settings(args, record_dir):
     """The sim camera's URL keys: a camera placed and turned at random by the seed."""
     import numpy as np
     rng = np.random.default_rng([args.seed, 7])
-    return {
+    settings = {
         "seed": args.seed,
         "tools": args.tools,
         "looks": args.looks,
@@ -120,6 +132,9 @@ def camera_settings(args, record_dir):
         "camera_y": round(CAMERA_POSITION[1] + float(rng.uniform(-0.6, 0.6)), 4),
         "record": str(record_dir),
     }
+    if args.exposure_list:
+        settings["exposures"] = ",".join("%g" % e for e in args.exposure_list)
+    return settings
 
 
 def sim_url(settings):

@@ -46,6 +46,25 @@ def test_cone_offsets_per_tool_reach_the_looks_and_the_truth():
         camera.close()
 
 
+def test_per_tool_exposures_reach_the_looks_and_the_bore_is_still_found():
+    # Tool 0 over-exposed (its tip face clips and blooms), tool 1 dim,
+    # tool 2 beyond the list keeps its look's own exposure.
+    camera = SimCamera("sim://?tools=3&looks=ring_light&exposures=3,0.3&noise=2&jpeg=0")
+    try:
+        assert [camera.look(t).exposure for t in range(2)] == [3.0, 0.3]
+        assert 1.05 <= camera.look(2).exposure <= 1.5
+        means = []
+        for tool in range(3):
+            image, pixel = camera.render(_state(camera, tool), 0)
+            means.append(float(image.mean()))
+            found = find_bore(image).detection
+            assert found is not None, tool
+            assert math.hypot(found.center[0] - pixel[0], found.center[1] - pixel[1]) < 0.3
+        assert means[0] > means[2] > means[1]
+    finally:
+        camera.close()
+
+
 def _state(camera, tool):
     """The machine with tool ``tool`` selected over the camera's centre."""
     xy = (camera.settings["camera_x"], camera.settings["camera_y"])
@@ -56,6 +75,8 @@ def _state(camera, tool):
     ("looks=pretty", "looks"),
     ("nozzles=0.4,x", "nozzles"),
     ("nozzles=0.4,9", "nozzles"),
+    ("exposures=1,x", "exposures"),
+    ("exposures=0", "exposures"),
     ("cone_offsets=0.5", "cone_offsets"),
     ("cone_offsets=0.5:0,x:1", "cone_offsets"),
     ("cone_offsets=9:0", "cone_offsets"),

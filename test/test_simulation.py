@@ -125,6 +125,15 @@ def test_a_failed_step_is_reported_and_nothing_after_it_counts(tmp_path):
                for row in summary["tools"])
 
 
+def test_over_and_under_exposed_tools_are_measured_within_5_microns(tmp_path):
+    # T1's tip face clipped and blooming at x3, T2 dim at x0.25.
+    code, summary, text, output = simulate(tmp_path, "--tools", "3", "--seed", "12",
+                                           "--exposures", "1,3,0.25")
+    assert code == 0, text[-3000:]
+    assert "exposures=1,3,0.25" in (output / "klippy" / "printer.cfg").read_text()
+    check_against_truth(summary, output, 3, 0.005)
+
+
 def test_bad_option_is_refused_before_anything_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(SIMULATE), "--tools", "1",
                            "--output", str(tmp_path / "out")],
@@ -132,6 +141,11 @@ def test_bad_option_is_refused_before_anything_runs(tmp_path):
     assert proc.returncode == 2
     assert b"--tools must be 2..10" in proc.stderr
     assert not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, str(SIMULATE), "--exposures", "1,0",
+                           "--output", str(tmp_path / "out")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 2
+    assert b"--exposures: each factor must be 0.05..10" in proc.stderr
 
 
 def test_an_unrelated_output_folder_is_never_emptied(tmp_path):

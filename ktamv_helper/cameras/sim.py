@@ -40,6 +40,10 @@ looks          random     ``ring_light``: brass under a ring light with the
                           confounders (clipped face, dark cone, coloured
                           LEDs, vignetting, a lens smudge); ``mixed``: odd
                           tools ring-light, even ones random
+exposures      (per tool) per-tool exposure, comma-separated (``1,2.5,0.3``:
+                          x2.5 clips the tip face and blooms it, x0.3 is a
+                          dim picture); tools beyond the list: their look's
+                          own (random looks 0.45-1.5, ring-light 1.05-1.5)
 cone_offsets   (per tool) per-tool centre of the turned outside (tip face's
                           outer edge, cone, hex) from the bore's, in bore
                           radii, ``dx:dy`` pairs comma-separated
@@ -105,6 +109,7 @@ _KEYS = {
     "record": (str, None, None, None),
     "looks": (str, "random", None, None),
     "nozzles": (str, "", None, None),
+    "exposures": (str, "", None, None),
     "disc": (str, "", None, None),
     "cone_offsets": (str, "", None, None),
 }
@@ -146,7 +151,10 @@ def parse_sim_url(url):
     if settings["looks"] not in ("random", "ring_light", "mixed"):
         raise HelperError("invalid_params", "sim:// camera key looks=%s must be "
                           "random, ring_light or mixed." % (settings["looks"],))
-    settings["nozzles"] = _nozzle_list(settings["nozzles"])
+    settings["nozzles"] = _number_list("nozzles", settings["nozzles"], 0.05, 3.0,
+                                       "diameters in mm")
+    settings["exposures"] = _number_list("exposures", settings["exposures"], 0.05, 10.0,
+                                         "exposure factors")
     settings["disc"] = _disc(settings["disc"])
     settings["cone_offsets"] = _offset_list(settings["cone_offsets"])
     if settings["kinematics"] not in ("cartesian", "corexy"):
@@ -155,18 +163,18 @@ def parse_sim_url(url):
     return settings
 
 
-def _nozzle_list(text):
-    """Per-tool bore diameters from ``nozzles=0.4,0.6,...`` (mm)."""
+def _number_list(key, text, low, high, what):
+    """Per-tool numbers from ``key=a,b,...`` (``nozzles``, ``exposures``)."""
     if not text:
         return []
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise HelperError("invalid_params", "sim:// camera key nozzles=%s must be "
-                          "diameters in mm separated by commas." % (text,))
-    if not all(0.05 <= v <= 3.0 for v in values):
-        raise HelperError("invalid_params", "sim:// camera key nozzles=%s: each "
-                          "diameter must be 0.05..3 mm." % (text,))
+        raise HelperError("invalid_params", "sim:// camera key %s=%s must be "
+                          "%s separated by commas." % (key, text, what))
+    if not all(low <= v <= high for v in values):
+        raise HelperError("invalid_params", "sim:// camera key %s=%s: each must be "
+                          "%g..%g." % (key, text, low, high))
     return values
 
 
@@ -357,6 +365,8 @@ class SimCamera(CameraSource):
             overrides.update(noise_sigma=0.0, jpeg_quality=0)
             if tool < len(self.settings["cone_offsets"]):
                 overrides["cone_offset"] = self.settings["cone_offsets"][tool]
+            if tool < len(self.settings["exposures"]):
+                overrides["exposure"] = self.settings["exposures"][tool]
             rng = np.random.default_rng([self.settings["seed"], 2, tool])
             looks = self.settings["looks"]
             if looks == "ring_light" or (looks == "mixed" and tool % 2 == 1):
