@@ -72,6 +72,10 @@ def parse_args(argv):
                         help="exposure factors, one per tool, repeated for more "
                              "tools (e.g. 1,2.5,0.3: a clipped, blooming tip face "
                              "and a dim picture); default: each look's own")
+    parser.add_argument("--blurs", default="",
+                        help="defocus blur sigmas in px, one per tool, repeated "
+                             "for more tools (tools of different lengths are not "
+                             "all in focus); default: each look's own")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
                              "an earlier run's files there are replaced)")
@@ -88,14 +92,8 @@ def parse_args(argv):
         parser.error("--nozzles: each diameter must be 0.1..2 mm")
     args.nozzle_list = [args.nozzle_list[t % len(args.nozzle_list)]
                         for t in range(args.tools)]
-    try:
-        exposures = [float(v) for v in args.exposures.split(",")] if args.exposures else []
-    except ValueError:
-        parser.error("--exposures must be factors separated by commas")
-    if not all(0.05 <= v <= 10 for v in exposures):
-        parser.error("--exposures: each factor must be 0.05..10")
-    args.exposure_list = [exposures[t % len(exposures)]
-                          for t in range(args.tools)] if exposures else []
+    args.exposure_list = _per_tool(parser, args, "exposures", "factors", 0.05, 10)
+    args.blur_list = _per_tool(parser, args, "blurs", "sigmas in px", 0, 20)
     if not 2 <= args.tools <= 10:
         parser.error("--tools must be 2..10")
     if not 0 <= args.backlash <= 0.4:
@@ -107,6 +105,18 @@ def parse_args(argv):
     if not 0 <= args.latency <= 1:
         parser.error("--latency must be 0..1 s")
     return args
+
+
+def _per_tool(parser, args, name, what, low, high):
+    """``--name a,b,...`` as one value per tool (repeated), or []."""
+    text = getattr(args, name)
+    try:
+        values = [float(v) for v in text.split(",")] if text else []
+    except ValueError:
+        parser.error("--%s must be %s separated by commas" % (name, what))
+    if not all(low <= v <= high for v in values):
+        parser.error("--%s: each must be %g..%g" % (name, low, high))
+    return [values[t % len(values)] for t in range(args.tools)] if values else []
 
 
 def camera_settings(args, record_dir):
@@ -132,8 +142,9 @@ def camera_settings(args, record_dir):
         "camera_y": round(CAMERA_POSITION[1] + float(rng.uniform(-0.6, 0.6)), 4),
         "record": str(record_dir),
     }
-    if args.exposure_list:
-        settings["exposures"] = ",".join("%g" % e for e in args.exposure_list)
+    for key, values in (("exposures", args.exposure_list), ("blurs", args.blur_list)):
+        if values:
+            settings[key] = ",".join("%g" % v for v in values)
     return settings
 
 

@@ -49,9 +49,11 @@ def test_cone_offsets_per_tool_reach_the_looks_and_the_truth():
 def test_per_tool_exposures_reach_the_looks_and_the_bore_is_still_found():
     # Tool 0 over-exposed (its tip face clips and blooms), tool 1 dim,
     # tool 2 beyond the list keeps its look's own exposure.
-    camera = SimCamera("sim://?tools=3&looks=ring_light&exposures=3,0.3&noise=2&jpeg=0")
+    camera = SimCamera("sim://?tools=3&looks=ring_light&exposures=3,0.3&blurs=0,2"
+                       "&noise=2&jpeg=0")
     try:
         assert [camera.look(t).exposure for t in range(2)] == [3.0, 0.3]
+        assert [camera.look(t).blur_sigma for t in range(2)] == [0.0, 2.0]
         assert 1.05 <= camera.look(2).exposure <= 1.5
         means = []
         for tool in range(3):
@@ -77,6 +79,7 @@ def _state(camera, tool):
     ("nozzles=0.4,9", "nozzles"),
     ("exposures=1,x", "exposures"),
     ("exposures=0", "exposures"),
+    ("blurs=1,30", "blurs"),
     ("cone_offsets=0.5", "cone_offsets"),
     ("cone_offsets=0.5:0,x:1", "cone_offsets"),
     ("cone_offsets=9:0", "cone_offsets"),

@@ -125,12 +125,14 @@ def test_a_failed_step_is_reported_and_nothing_after_it_counts(tmp_path):
                for row in summary["tools"])
 
 
-def test_over_and_under_exposed_tools_are_measured_within_5_microns(tmp_path):
-    # T1's tip face clipped and blooming at x3, T2 dim at x0.25.
+def test_over_and_under_exposed_and_defocused_tools_within_5_microns(tmp_path):
+    # T1's tip face clipped and blooming at x3, T2 dim at x0.25 and out of
+    # focus (blur sigma 2.5 px).
     code, summary, text, output = simulate(tmp_path, "--tools", "3", "--seed", "12",
-                                           "--exposures", "1,3,0.25")
+                                           "--exposures", "1,3,0.25", "--blurs", "0.5,1,2.5")
     assert code == 0, text[-3000:]
-    assert "exposures=1,3,0.25" in (output / "klippy" / "printer.cfg").read_text()
+    cfg = (output / "klippy" / "printer.cfg").read_text()
+    assert "exposures=1,3,0.25" in cfg and "blurs=0.5,1,2.5" in cfg
     check_against_truth(summary, output, 3, 0.005)
 
 
@@ -145,7 +147,7 @@ def test_bad_option_is_refused_before_anything_runs(tmp_path):
                            "--output", str(tmp_path / "out")],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert proc.returncode == 2
-    assert b"--exposures: each factor must be 0.05..10" in proc.stderr
+    assert b"--exposures: each must be 0.05..10" in proc.stderr
 
 
 def test_an_unrelated_output_folder_is_never_emptied(tmp_path):

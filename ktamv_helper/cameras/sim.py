@@ -44,6 +44,10 @@ exposures      (per tool) per-tool exposure, comma-separated (``1,2.5,0.3``:
                           x2.5 clips the tip face and blooms it, x0.3 is a
                           dim picture); tools beyond the list: their look's
                           own (random looks 0.45-1.5, ring-light 1.05-1.5)
+blurs          (per tool) per-tool defocus blur sigma, px, comma-separated
+                          (tools of different lengths are not all in
+                          focus); tools beyond the list: ``blur``, else
+                          their look's own
 cone_offsets   (per tool) per-tool centre of the turned outside (tip face's
                           outer edge, cone, hex) from the bore's, in bore
                           radii, ``dx:dy`` pairs comma-separated
@@ -110,6 +114,7 @@ _KEYS = {
     "looks": (str, "random", None, None),
     "nozzles": (str, "", None, None),
     "exposures": (str, "", None, None),
+    "blurs": (str, "", None, None),
     "disc": (str, "", None, None),
     "cone_offsets": (str, "", None, None),
 }
@@ -155,6 +160,8 @@ def parse_sim_url(url):
                                        "diameters in mm")
     settings["exposures"] = _number_list("exposures", settings["exposures"], 0.05, 10.0,
                                          "exposure factors")
+    settings["blurs"] = _number_list("blurs", settings["blurs"], 0.0, 20.0,
+                                     "blur sigmas in px")
     settings["disc"] = _disc(settings["disc"])
     settings["cone_offsets"] = _offset_list(settings["cone_offsets"])
     if settings["kinematics"] not in ("cartesian", "corexy"):
@@ -367,6 +374,8 @@ class SimCamera(CameraSource):
                 overrides["cone_offset"] = self.settings["cone_offsets"][tool]
             if tool < len(self.settings["exposures"]):
                 overrides["exposure"] = self.settings["exposures"][tool]
+            if tool < len(self.settings["blurs"]):
+                overrides["blur_sigma"] = self.settings["blurs"][tool]
             rng = np.random.default_rng([self.settings["seed"], 2, tool])
             looks = self.settings["looks"]
             if looks == "ring_light" or (looks == "mixed" and tool % 2 == 1):
