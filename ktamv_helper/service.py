@@ -613,7 +613,6 @@ class PreviewAccess:
         preview.start_continuous(produce)
 
 
-
 def _picture_advice(image, settings, look_smaller=True):
     """What the last frame of a failed detection says the user can change:
     its exposure, or (``look_smaller``) a bore smaller than ``min_radius``;

@@ -15,7 +15,7 @@ from ktamv_helper.detection.search import (DEFAULT_MIN_RADIUS, BoreSearch,
                                            Detection, choose, detect_nozzle,
                                            find_bore, smaller_bore)
 
-__all__ = ["DEFAULT_MIN_RADIUS", "BoreSearch", "Detection", "Rings", "choose", "detect_nozzle",
-           "estimate_noise", "exposure_problem", "find_bore", "find_candidates",
-           "find_rings", "fit_circle_robust", "fit_ellipse_robust",
+__all__ = ["DEFAULT_MIN_RADIUS", "BoreSearch", "Detection", "Rings", "choose",
+           "detect_nozzle", "estimate_noise", "exposure_problem", "find_bore",
+           "find_candidates", "find_rings", "fit_circle_robust", "fit_ellipse_robust",
            "measure_bore", "smaller_bore", "to_gray", "vote_candidates"]
