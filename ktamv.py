@@ -80,6 +80,8 @@ MAX_MM_PER_PX = _LIMITS.MAX_MM_PER_PX
 MAX_MOVES = _LIMITS.MAX_MOVES
 # The shift the helper needs to see to measure the camera latency, px.
 LATENCY_SHIFT_PX = _LIMITS.LATENCY_SHIFT_PX
+# The default of min_radius, px (see limits.py for why 3).
+DEFAULT_MIN_RADIUS = _LIMITS.DEFAULT_MIN_RADIUS
 
 class HelperFailure(Exception):
     """A request that did not produce a result; ``message`` is for users,
@@ -824,11 +826,10 @@ class KtamvOptions:
                                           maxval=60000.)
         self.detection_tolerance = config.getfloat(
             'detection_tolerance', 1., minval=0., maxval=50.)
-        # The bore radius range searched, px. Below ~3 px specks of texture
-        # look as round as a bore, so a low-resolution endoscope whose bore
-        # is ~2 px needs to say so; 0 = up to 0.7 of the frame height.
-        self.min_radius = config.getfloat('min_radius', 3., minval=1.5,
-                                          maxval=1000.)
+        # The bore radius range searched, px: a low-resolution endoscope
+        # whose bore is ~2 px says so; max 0 = up to 0.7 of the frame height.
+        self.min_radius = config.getfloat('min_radius', DEFAULT_MIN_RADIUS,
+                                          minval=1.5, maxval=1000.)
         self.max_radius = config.getfloat('max_radius', 0., minval=0.,
                                           maxval=5000.)
         if self.max_radius and self.max_radius <= self.min_radius:

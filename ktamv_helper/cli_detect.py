@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+from ktamv_helper.limits import DEFAULT_MIN_RADIUS
+
 EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE = 0, 1, 2
 
 
@@ -35,7 +37,7 @@ def _parser():
                         help="write each image with the detection drawn on it to DIR")
     # The same range as the [ktamv] section's min_radius / max_radius, so
     # what works here works on the printer.
-    parser.add_argument("--min-radius", type=float, default=3.0,
+    parser.add_argument("--min-radius", type=float, default=DEFAULT_MIN_RADIUS,
                         help="smallest bore radius searched, px (default 3, "
                              "as the [ktamv] option min_radius)")
     parser.add_argument("--max-radius", type=float, default=None,
@@ -67,7 +69,7 @@ def _text_line(record):
             f"({record['elapsed_ms']:.1f} ms)")
 
 
-def detect_file(path, min_radius=3.0, max_radius=None):
+def detect_file(path, min_radius=DEFAULT_MIN_RADIUS, max_radius=None):
     """Detect in one file; return ``(record, image, detection)``."""
     import cv2
     from ktamv_helper.detection import exposure_problem, find_bore, smaller_bore, to_gray

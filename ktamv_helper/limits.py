@@ -13,6 +13,12 @@ MAX_MOVES = 100
 # camera_timeout bounds, seconds (ktamv.py's option and configure's param).
 MIN_CAMERA_TIMEOUT = 0.1
 MAX_CAMERA_TIMEOUT = 30.0
+# The smallest bore radius searched unless min_radius says otherwise, px
+# (ktamv.py's option default, configure's and the detect command's). Down
+# to 2 px specks of texture in real photographs measure as round as a bore
+# (8 of 80 non-nozzle photos gave one at 2 px, 1 at 3 px), so a camera
+# whose bore is smaller has to say so.
+DEFAULT_MIN_RADIUS = 3.0
 # The bore shift that shows a move has reached the picture: the helper
 # measures the camera latency from the first frame shifted this much, px.
 LATENCY_SHIFT_PX = 2.0

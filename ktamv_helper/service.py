@@ -30,9 +30,9 @@ CLOSE_JOIN = 0.2
 # A camera whose picture lags a move by more than this is not measured.
 LATENCY_WINDOW = 1.0
 # Most machine.moves accepted per request (the extra sends at most this).
-from ktamv_helper.limits import (LATENCY_SHIFT_PX,  # noqa: E402
-                                 MAX_CAMERA_TIMEOUT, MAX_MOVES,
-                                 MIN_CAMERA_TIMEOUT)
+from ktamv_helper.limits import (DEFAULT_MIN_RADIUS,  # noqa: E402
+                                 LATENCY_SHIFT_PX, MAX_CAMERA_TIMEOUT,
+                                 MAX_MOVES, MIN_CAMERA_TIMEOUT)
 
 
 # ---------------------------------------------------------------- parameters
@@ -263,7 +263,6 @@ class Settings:
         self.camera_timeout = number_param(params, "camera_timeout", 5.0,
                                            low=MIN_CAMERA_TIMEOUT,
                                            high=MAX_CAMERA_TIMEOUT)
-        from ktamv_helper.detection import DEFAULT_MIN_RADIUS
         self.min_radius = number_param(params, "min_radius", DEFAULT_MIN_RADIUS,
                                        low=1.0, high=5000.0)
         # 0: up to 0.7 of the frame height (a zoomed camera's bore may fill

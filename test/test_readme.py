@@ -17,7 +17,22 @@ KTAMV_CLASS = next(n for n in TREE.body if isinstance(n, ast.ClassDef) and n.nam
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 
+def _shared_limit(name):
+    """The value of ktamv.py's module-level ``NAME = _LIMITS.NAME`` (a limit
+    both halves read from ktamv_helper/limits.py), or None."""
+    from ktamv_helper import limits
+    for node in TREE.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], "id", None) == name
+                and isinstance(node.value, ast.Attribute)
+                and getattr(node.value.value, "id", None) == "_LIMITS"):
+            return getattr(limits, node.value.attr)
+    return None
+
+
 def literal(node):
+    if isinstance(node, ast.Name):
+        return _shared_limit(node.id)
     try:
         return ast.literal_eval(node)
     except ValueError:

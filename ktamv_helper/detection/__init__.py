@@ -11,9 +11,9 @@ from ktamv_helper.detection.edges import (fit_circle_robust, fit_ellipse_robust,
                                           measure_bore)
 from ktamv_helper.detection.frame import estimate_noise, exposure_problem, to_gray
 from ktamv_helper.detection.rings import Rings, find_rings
-from ktamv_helper.detection.search import (DEFAULT_MIN_RADIUS, BoreSearch,
-                                           Detection, choose, detect_nozzle,
-                                           find_bore, smaller_bore)
+from ktamv_helper.detection.search import (BoreSearch, Detection, choose,
+                                           detect_nozzle, find_bore, smaller_bore)
+from ktamv_helper.limits import DEFAULT_MIN_RADIUS
 
 __all__ = ["DEFAULT_MIN_RADIUS", "BoreSearch", "Detection", "Rings", "choose",
            "detect_nozzle", "estimate_noise", "exposure_problem", "find_bore",

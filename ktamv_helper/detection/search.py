@@ -54,11 +54,6 @@ VOTE_MIN_RADIUS = 8.0
 # bore still shows about half its rim in a 4:3 frame, as the edge
 # measurement requires.
 MAX_RADIUS_OF_HEIGHT = 0.7
-# The smallest bore radius a camera is searched for unless told otherwise,
-# px. Down to 2 px specks of texture in real photographs measure as round
-# as a bore (8 of 80 non-nozzle photos gave one at 2 px, 1 at 3 px), so a
-# camera whose bore is smaller has to say so (``min_radius``).
-DEFAULT_MIN_RADIUS = 3.0
 # find_bore's own floor, px: blur pulls a 3 px bore's half-way edge to ~2 px.
 SMALLEST_BORE = 2.0
 # With an expected radius, bores within this factor of it count (give or
