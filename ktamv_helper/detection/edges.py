@@ -468,8 +468,17 @@ def _dark_inside(rays, edge, radius, glint):
     leaves the frame before the face has none (a bore cut by the frame's
     edge).
     """
-    inside = rays.prof[:, (rays.radii >= glint) & (rays.radii <= 0.8 * radius)]
+    within = rays.radii <= 0.8 * radius
+    inside = rays.prof[:, within]
     seen = np.isfinite(inside) & np.isfinite(edge.thresholds)[:, None]
+    if glint > 0:
+        # The glint need not sit at the centre: the filament's highlight
+        # lies where the light falls on it. Read the inside outside a disc
+        # of the largest glint allowed round its brightest point.
+        x = np.cos(rays.angles)[:, None] * rays.radii[within][None, :]
+        y = np.sin(rays.angles)[:, None] * rays.radii[within][None, :]
+        k = np.unravel_index(np.argmax(np.where(seen, inside, -np.inf)), inside.shape)
+        seen &= np.hypot(x - x[k], y - y[k]) > max(glint, MAX_GLINT * radius)
     return bool(seen.any()) and \
         np.mean((inside < edge.thresholds[:, None])[seen]) >= MIN_DARK_FRACTION
 

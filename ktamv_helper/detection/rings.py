@@ -17,6 +17,8 @@ import math
 import cv2
 import numpy as np
 
+from ktamv_helper.detection.edges import MAX_GLINT
+
 # Rays averaged into the profile: enough that a glint or a burnt patch
 # covering a few of them cannot move the median.
 PROFILE_RAYS = 48
@@ -209,10 +211,13 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
     threshold = max(SIGNIFICANT_FRACTION * (hi - lo),
                     SIGNIFICANT_SNR * noise / math.sqrt(PROFILE_RAYS), 2.0)
     extrema = significant_extrema(profile, threshold)
-    # The first extreme must be the dark core; tolerate a central glint
-    # inside the bore by starting from the first minimum near the centre.
+    # The first extreme must be the dark core; tolerate a glint inside the
+    # bore (filament in it mirrors the ring light) by starting from the
+    # first minimum. The glint need not sit at the bore's centre, so the
+    # median profile may peak a few px out; it is judged against the bore
+    # radius below.
     glint = None
-    while extrema and extrema[0][2] > 0 and radii[extrema[0][0]] < min_radius:
+    if extrema and extrema[0][2] > 0:
         glint, extrema = extrema[0], extrema[1:]
     if len(extrema) < 2 or extrema[0][2] > 0:
         return None
@@ -225,6 +230,8 @@ def find_rings(gray, center, max_radius, noise, min_radius=0.0):
     bore_radius = crossings[0]
     if bore_radius < min_radius:
         return None
+    if glint is not None and radii[glint[0]] >= max(min_radius, MAX_GLINT * bore_radius):
+        return None     # a bright ring round a dark one (a letter "o"), no glint
     glint_radius = 0.0
     if glint is not None:
         glint_radius = _crossing(radii, profile, glint[0], i_core, 0.5 * (glint[1] + core))
