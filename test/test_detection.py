@@ -171,9 +171,11 @@ def test_glare_clipped_collar():
     found = detect_nozzle(render_nozzle((640, 480), center, 15.0, look,
                                         np.random.default_rng(2)))
     # Clipping hides the face's true brightness, which costs some accuracy
-    # and is reflected in the score.
+    # but no confidence: the edge is as plain as on the clean frame (the
+    # score once cut it by 30 %, and oozed clipped bores fell under the
+    # acceptance line).
     assert found is not None and _error(found, center) < 0.3
-    assert found.score < 0.8
+    assert found.score > 0.9
     clean = detect_nozzle(render_nozzle((640, 480), center, 15.0,
                                         dataclasses.replace(look, exposure=1.0),
                                         np.random.default_rng(2)))
