@@ -324,6 +324,26 @@ def test_a_blurry_blob_is_no_rival_to_a_sharp_bore():
     assert search.choose([unmeasured, blob]).refusal == "ambiguous"
 
 
+def test_a_dark_spot_on_the_tip_face_is_no_rival():
+    # Burnt filament or a pit on the face: a 4 px dark spot 30 px from a
+    # 20 px bore whose face ends at 50 px scored 0.8 of the bore, and the
+    # frame was refused as ambiguous (9 of 400 photo-like frames).
+    bore = search.Detection(center=(300.0, 200.0), radius=20.0, score=0.85,
+                            rings=(20.0, 50.0, 90.0), edge_width=1.75)
+    spot = search.Detection(center=(330.0, 200.0), radius=4.0, score=0.80,
+                            rings=(4.0, 12.0), edge_width=1.5)
+    assert search.choose([bore, spot]).detection is bore
+    # Off the face, bigger than the bore, or scoring best itself: refused.
+    for other in (dataclasses.replace(spot, center=(360.0, 200.0)),
+                  dataclasses.replace(spot, radius=24.0)):
+        assert search.choose([bore, other]).refusal == "ambiguous"
+    assert search.choose([dataclasses.replace(spot, score=0.9), bore]).refusal == "ambiguous"
+    # A blurred hole in the heater block behind a sharp real nozzle may seem
+    # to hold it on its "face": still refused, never the hole.
+    hole = dataclasses.replace(bore, edge_width=8.0)
+    assert search.choose([hole, spot]).refusal == "ambiguous"
+
+
 def _two_nozzles():
     left = render_nozzle((640, 480), (160.3, 240.2), 14.0)
     right = render_nozzle((640, 480), (480.7, 239.6), 14.0)

@@ -16,7 +16,8 @@
    are dropped; with an expected radius (the nozzle's diameter
    and the calibrated scale), only bores of about that size count; two
    plausible bores farther apart than the tolerance are refused rather than
-   guessed between.
+   guessed between (a smaller dark spot on the best bore's tip face is no
+   rival: the face is solid metal).
 """
 
 import dataclasses
@@ -393,6 +394,22 @@ def _out_of_focus(other, best):
         other.edge_width > FOCUS_RATIO * best.edge_width + FOCUS_SLACK_PX
 
 
+def _on_face(mark, bore):
+    """``mark`` lies on ``bore``'s tip face: its centre between the bore's
+    edge and the face's outer ring, and it is the smaller of the two.
+
+    The face is solid metal round the bore, so a dark spot on it (burnt
+    filament, a pit) is no second nozzle. Not when the bore is far less
+    sharp than the spot (``FOCUS_RATIO``): a hole in the heater block,
+    millimetres behind the tip and blurred, can seem to hold a real nozzle
+    on its "face"; that stays a refusal.
+    """
+    if len(bore.rings) < 2 or mark.radius >= bore.radius or _out_of_focus(bore, mark):
+        return False
+    apart = math.hypot(mark.center[0] - bore.center[0], mark.center[1] - bore.center[1])
+    return bore.radius < apart <= bore.rings[1]
+
+
 def choose(found, expected_radius=None, tolerance=1.0):
     """The one bore among verified ones, or a refusal.
 
@@ -423,7 +440,7 @@ def choose(found, expected_radius=None, tolerance=1.0):
         apart = math.hypot(best.center[0] - other.center[0],
                            best.center[1] - other.center[1])
         if other.score >= RIVAL_SCORE * best.score and apart > tolerance and \
-                not _out_of_focus(other, best):
+                not _out_of_focus(other, best) and not _on_face(other, best):
             return BoreSearch(None, candidates, "ambiguous",
                               "two circles %.1f px apart look equally like the "
                               "bore (radius %.1f px at %.0f, %.0f and %.1f px at "
