@@ -102,12 +102,11 @@ def test_seeded_photolike_set_detection_rate_and_accuracy():
             wrong += 1
         else:
             errors.append(_error(found, truth))
-    # Measured on this seed: 43 found, 5 missed (glints in the bore with a
-    # chamfer or clipped face; a 13 px bore in a dim frame), none wrong: the
-    # screw hole taken for that bore before has no tip face that ends in a
-    # lasting fall, so the frame is now a miss, not a wrong offset.
+    # Measured on this seed: 47 found, 1 missed (a glint in a 21 px bore
+    # with a chamfer), none wrong; median error 0.07 px, p95 0.20, max 0.44.
+    # When this test was written: 43 found, 5 missed.
     assert wrong == 0
-    assert missed <= 5          # >= 89 % found
+    assert missed <= 3          # >= 93 % found
     assert np.median(errors) < 0.1
     assert np.percentile(errors, 95) < 0.4
     assert max(errors) < 1.0
