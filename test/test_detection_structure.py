@@ -294,6 +294,10 @@ def test_a_glint_at_the_bore_s_centre():
         assert found is not None, radius
         assert _error(found, center) < 0.2, radius
         assert found.radius == pytest.approx(radius, rel=0.05)
+        # Its edge is as sharp as drawn (blur 0.6 px): the width is read
+        # from the dark ring round the glint, not from the glint, which
+        # outshines the face (it was then not measured at all).
+        assert 0.0 < found.edge_width < 2.0, radius
 
 
 def test_a_printed_o_is_no_bore_with_a_glint():

@@ -276,12 +276,20 @@ def edge_width(gray, center, radius, face_radius, step=0.25):
     inner = np.isfinite(profile) & (radii <= reach)
     if inner.sum() < 4:
         return 0.0
-    k_face = int(np.argmax(np.where(inner, profile, -np.inf)))
-    core = np.nanmin(profile[:k_face + 1])
-    rise = profile[k_face] - core
-    if k_face < 2 or rise <= 0:
+    # The rise is read outwards from the darkest point inside the bore to
+    # the brightest beyond it: a glint in the bore's middle is brighter
+    # than the 25 % level (read from the centre, it made a sharp 9.5 px
+    # bore's edge 10 px wide) and may outshine the face.
+    inside = inner & (radii <= radius)
+    if not inside.any():
         return 0.0
-    seg = profile[:k_face + 1]
+    k_core = int(np.argmin(np.where(inside, profile, np.inf)))
+    k_face = k_core + int(np.argmax(np.where(inner, profile, -np.inf)[k_core:]))
+    core = profile[k_core]
+    rise = profile[k_face] - core
+    if k_face - k_core < 2 or rise <= 0:
+        return 0.0
+    seg = profile[k_core:k_face + 1]
     k25 = int(np.argmax(seg >= core + 0.25 * rise))
     k75 = int(np.argmax(seg >= core + 0.75 * rise))
-    return float(max(radii[k75] - radii[k25], 0.0))
+    return float(max(radii[k_core + k75] - radii[k_core + k25], 0.0))
