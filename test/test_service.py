@@ -541,8 +541,12 @@ def test_latency_is_measured_on_a_move_and_added_to_settle(service):
     moved = np.hypot(there["center"][0] - here["center"][0],
                      there["center"][1] - here["center"][1])
     assert moved == pytest.approx(20.0, abs=0.5)
-    # 30 fps: the first frame showing the move is 0.30..0.34 s late.
-    assert 0.29 <= there["latency"] <= 0.35
+    # 30 fps: the first frame showing the move is 0.30..0.34 s late, plus
+    # the request's own way to the simulated machine (it moves when the
+    # request arrives, after moved_at): up to tens of ms on a loaded
+    # machine (CI once measured 0.3506 s). A settle-based figure would be
+    # 0.05 s.
+    assert 0.29 <= there["latency"] <= 0.40
     # Later moves use it without a reference: 0.05 s settle is enough.
     time.sleep(0.4)
     back = service.call("detect", {
