@@ -17,6 +17,7 @@ import pytest
 from ktamv_helper.detection import find_bore, find_rings, to_gray, estimate_noise
 from ktamv_helper.detection import search
 from ktamv_helper.service import BoreExpectation
+from ktamv_helper.detection import candidates
 from ktamv_helper.detection.candidates import find_candidates
 from ktamv_helper.simulation.render import (NozzleLook, random_look, render_nozzle,
                                             ring_light_look)
@@ -96,6 +97,42 @@ def test_candidates_cut_by_the_frame_s_edge_give_the_disc_s_centre():
     nearest = min(found, key=lambda c: math.hypot(c[0] - 150, c[1] - 6))
     assert math.hypot(nearest[0] - 150, nearest[1] - 6) < 1.0
     assert nearest[2] == pytest.approx(20.0, abs=1.0)
+
+
+@pytest.mark.parametrize("radius", [1.0, 1.3, 1.6, 2.0, 2.5, 3.2, 4.5, 7.0, 12.0])
+def test_no_island_has_a_shorter_outline_than_its_area_allows(radius):
+    # Digital discs and ellipses of every offset: the outline-length filter
+    # of the candidate search must never drop an island its area keeps.
+    rng = np.random.default_rng(int(radius * 10))
+    for _ in range(40):
+        image = np.zeros((40, 40), np.uint8)
+        centre = (20 + rng.uniform(-0.5, 0.5), 20 + rng.uniform(-0.5, 0.5))
+        axes = (radius, radius * rng.uniform(0.7, 1.0))
+        cv2.ellipse(image, (round(centre[0] * 16), round(centre[1] * 16)),
+                    (round(axes[0] * 16), round(axes[1] * 16)), rng.uniform(0, 180),
+                    0, 360, 255, -1, cv2.LINE_8, 4)
+        contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        for contour in contours:
+            pixels = cv2.countNonZero(cv2.drawContours(np.zeros_like(image), [contour], -1,
+                                                       255, -1))
+            assert len(contour) >= candidates.shortest_outline(pixels) - 1e-9, \
+                (radius, len(contour), pixels)
+    # ... and still a filter: 9 pixels need more than 5 outline points (a
+    # 3x3 square has 8).
+    assert 5.5 < candidates.shortest_outline(9) <= 8
+
+
+def test_an_eight_pixel_island_of_a_blurred_tiny_bore_is_a_candidate():
+    # A 2.3 px bore blurred by 1.3 px (ktamv-doc-2's camera) is, at the one
+    # level between its core and its dim face, a 3x3 island less a corner:
+    # 7 outline points, 1.6 px of equivalent radius. A cut-off of 2 pi r at
+    # 0.6 of a 2 px floor (7.5 points) dropped it.
+    image = np.full((60, 80), 200, np.uint8)
+    image[:4] = 0       # the frame's dark end
+    image[30:33, 40:43] = 20
+    image[32, 42] = 200
+    found = candidates.find_candidates(image, 2.0, 30.0, scale=1.0)
+    assert any(math.hypot(u - 41, v - 31) < 1.0 for u, v, _, _ in found), found
 
 
 def test_a_thin_white_rim_round_a_dark_disc_cut_by_the_edge_is_no_bore():

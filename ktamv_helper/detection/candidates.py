@@ -19,6 +19,11 @@ MIN_SEARCH_RADIUS = 2.0
 # clipped face 255, cone 120), and only a level between core and face makes
 # it an island.
 THRESHOLD_FRACTIONS = np.append(np.linspace(0.2, 0.85, 10) ** 2, [0.8, 0.875, 0.95])
+# Pixels of the smallest island looked at: a 3x3 block less a corner, the
+# smallest whose outline can differ from round (2x2 or 2x3 blocks are as
+# "round" as any speck of noise). A 2.3 px bore blurred by 1.3 px is such
+# an island at the one level between its core and its dim face.
+SMALLEST_ISLAND = 8
 # Most candidates kept per search copy, the most persistent first.
 MAX_CANDIDATES = 12
 # An island cut by the frame's edge is a candidate when the part of its
@@ -86,8 +91,9 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
         return []
     r_lo = max(min_radius / sx * 0.6, 1.0)
     r_hi = max_radius / sx * 1.3
-    area_lo, area_hi = math.pi * r_lo * r_lo, math.pi * r_hi * r_hi
-    p_lo, p_hi = 2 * math.pi * r_lo, 2 * math.pi * r_hi * 1.3
+    # Fewer than SMALLEST_ISLAND pixels cannot show whether an island is round.
+    area_lo, area_hi = max(math.pi * r_lo * r_lo, SMALLEST_ISLAND), math.pi * r_hi * r_hi
+    p_lo, p_hi = shortest_outline(area_lo), 2 * math.pi * r_hi * 1.3
     found = []
     for fraction in THRESHOLD_FRACTIONS:
         _, mask = cv2.threshold(small, lo + fraction * (hi - lo), 255, cv2.THRESH_BINARY_INV)
@@ -116,6 +122,21 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
                 found.append(((disc[0] + 0.5) * sx - 0.5, (disc[1] + 0.5) * sy - 0.5,
                               disc[2] * sx, False))
     return _merge_islands(found, sx)
+
+
+def shortest_outline(area):
+    """Fewest outline points (8-connected, every pixel) an island of
+    ``area`` pixels can have.
+
+    By Pick's theorem the island's pixel count is the area of the polygon
+    through its outline's pixel centres plus half the outline plus one; that
+    polygon's perimeter is at most sqrt(2) per outline point, so its area is
+    at most n^2 / (2 pi). Islands with shorter outlines are smaller than
+    ``area`` and are dropped before their moments are taken; a cut-off of
+    2 pi r (the outline of a continuous circle) also dropped the 8-pixel
+    island of a blurred 2.3 px bore, whose equivalent radius is 1.6 px.
+    """
+    return math.pi * (math.sqrt(0.25 + 2.0 * max(area - 1.0, 0.0) / math.pi) - 0.5)
 
 
 def _whole_disc(contour, area_lo, area_hi):
