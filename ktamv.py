@@ -80,6 +80,14 @@ MAX_MM_PER_PX = _LIMITS.MAX_MM_PER_PX
 MAX_MOVES = _LIMITS.MAX_MOVES
 # The shift the helper needs to see to measure the camera latency, px.
 LATENCY_SHIFT_PX = _LIMITS.LATENCY_SHIFT_PX
+# A bore whose blur (sigma: the edge's 25-75 % width over 1.349) is at
+# least this fraction of its radius is measured towards the dim side of an
+# unevenly lit tip face (docs/benchmarks.md, 2026-12-06: 0.12 px for a 4 px
+# bore at sigma 1.5, 0.7 px for a 2.3 px one; under 0.02 px from 8 px up):
+# centring says so.
+SOFT_BORE_BLUR = 1. / 3.
+EDGE_WIDTH_PER_SIGMA = 1.349
+SHARP_BORE_PX = 8
 # The default of min_radius, px (see limits.py for why 3).
 DEFAULT_MIN_RADIUS = _LIMITS.DEFAULT_MIN_RADIUS
 
@@ -1270,7 +1278,8 @@ class NozzleFinder:
                    'spread': float(result.get('spread', 0.)),
                    'frame_size': [int(v) for v in result['frame_size'][:2]],
                    'rings': [float(r) for r in result.get('rings', [])],
-                   'rms': float(result.get('rms', 0.))}
+                   'rms': float(result.get('rms', 0.)),
+                   'edge_width': float(result.get('edge_width') or 0.)}
         except (KeyError, TypeError, ValueError, IndexError) as e:
             # A helper from another kTAMV version, or a helper bug: say so
             # rather than shut the printer down.
@@ -1461,9 +1470,22 @@ class NozzleFinder:
         pos = self.motion.position()
         gcmd.respond_info(
             "kTAMV: nozzle centred after %d move(s) at X%.4f Y%.4f, %.3f px "
-            "from the image centre (%s)." % (moves, pos[0], pos[1], error_px,
-                                             why))
+            "from the image centre (%s).%s" % (moves, pos[0], pos[1], error_px,
+                                               why, soft_bore_note(det)))
         return det
+
+def soft_bore_note(det):
+    """A sentence for a bore small and soft enough to be measured off its
+    centre (see SOFT_BORE_BLUR), else ''."""
+    radius = det.get('radius') or 0.
+    width = det.get('edge_width') or 0.
+    if radius <= 0. or width / EDGE_WIDTH_PER_SIGMA < SOFT_BORE_BLUR * radius:
+        return ""
+    return (" The bore is small and soft in this camera (radius %.1f px, "
+            "edge %.1f px wide): lit from one side, such a bore is measured "
+            "up to a few tenths of a pixel towards its darker side. Focus on "
+            "the tip (Z), light it evenly, or bring the camera closer so "
+            "the radius is %d px or more." % (radius, width, SHARP_BORE_PX))
 
 ######################################################################
 # Camera calibration: a circle of points, then the helper's fit

@@ -682,6 +682,34 @@ def test_a_look_alike_in_view_is_told_apart_by_a_probe_move(tmp_path):
                           r"Y([\d.]+), ([\d.]+) px")
     assert [float(v) for v in centred[0][:2]] == pytest.approx(
         truth["camera_xy"], abs=0.04)
+    assert "small and soft" not in result.text     # a sharp 20 px bore
+
+
+def test_centring_a_small_defocused_bore_says_how_to_do_better(tmp_path):
+    # A coarse camera (0.05 mm/px: a 0.4 mm bore of 4 px) out of focus by
+    # 2 px: the bore is found and centred, and the console says that such
+    # a bore is measured a little off under one-sided light, and what helps.
+    url = SIM_URL + "&mm_per_px=0.05&blur=2"
+    truth = sim_truth(url)
+    from ktamv_helper.simulation.machine import CameraModel
+    matrix = CameraModel(truth["frame_size"], truth["mm_per_px"],
+                         truth["rotation_deg"], truth["mirror"],
+                         truth["camera_xy"]).matrix
+    section = ktamv_section(url=url, settle_time=0.1, min_radius=2, camera_matrix=", ".join(
+        "%.9g" % v for v in matrix.flatten()))
+    cx, cy = CAMERA_XY
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.3, cy - 0.2),
+                       "KTAMV_FIND_NOZZLE_CENTER"])
+    result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
+    assert result.returncode == 0, result.tail()
+    centred = result.find(r"nozzle centred after \d+ move\(s\) at X([\d.]+) "
+                          r"Y([\d.]+), ([\d.]+) px.*small and soft in this camera "
+                          r"\(radius ([\d.]+) px, edge ([\d.]+) px wide\)")
+    assert [float(v) for v in centred[0][:2]] == pytest.approx(
+        truth["camera_xy"], abs=0.06)
+    radius, width = float(centred[0][3]), float(centred[0][4])
+    assert radius == pytest.approx(truth["bore_radius_px"], abs=1.5)
+    assert width / 1.349 >= radius / 3.0
 
 
 def detect_requests(log_path):

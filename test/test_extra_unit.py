@@ -1444,3 +1444,17 @@ def test_a_probe_move_that_does_not_single_out_one_bore_refuses(movers, words):
     assert looks[1]["near"][2] == pytest.approx(8.0)
     # One probe move (through its backlash approach), no centring move.
     assert toolhead.get_position()[:2] == pytest.approx([100.4, 100.0])
+
+
+@pytest.mark.parametrize("radius, edge_width, noted", [
+    (2.27, 1.25, True),     # ktamv-doc-2's endoscope: sigma 0.93 px
+    (4.0, 2.25, True),      # a 4 px bore at sigma 1.5 (0.12 px off)
+    (4.0, 1.5, False),      # ... at sigma 1 (0.01 px off)
+    (10.0, 2.5, False),     # a 0.4 mm bore at 0.02 mm/px, sigma 1.9
+    (3.0, 0.0, False),      # edge width not measured
+])
+def test_centring_says_when_the_bore_is_small_and_soft(radius, edge_width, noted):
+    note = ktamv.soft_bore_note({'radius': radius, 'edge_width': edge_width})
+    assert bool(note) == noted
+    if noted:
+        assert "radius %.1f px" % radius in note and "8 px or more" in note
