@@ -658,24 +658,31 @@ def test_a_static_bore_lookalike_on_the_lens_does_not_stop_calibration(
     assert float(centred[0][2]) < 3.0
 
 
-def test_a_look_alike_in_view_is_told_apart_by_a_probe_move(tmp_path):
-    # Calibrated (the sim's true model), with a bore-sized dark disc in a
-    # bright ring on the lens: the first look before centring sees two
-    # bores; a probe move shows which one moves as the model says the
-    # nozzle must, and centring goes on from there.
-    url = SIM_URL + "&disc=540,110,20"
+def centre_calibrated(tmp_path, url, start, **options):
+    """KTAMV_FIND_NOZZLE_CENTER with the sim's true camera model configured,
+    from ``start`` (mm from the camera's centre); (truth, result)."""
     truth = sim_truth(url)
     from ktamv_helper.simulation.machine import CameraModel
     matrix = CameraModel(truth["frame_size"], truth["mm_per_px"],
                          truth["rotation_deg"], truth["mirror"],
                          truth["camera_xy"]).matrix
     section = ktamv_section(url=url, settle_time=0.1, camera_matrix=", ".join(
-        "%.9g" % v for v in matrix.flatten()))
+        "%.9g" % v for v in matrix.flatten()), **options)
     cx, cy = CAMERA_XY
-    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.2, cy - 0.1),
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + start[0], cy + start[1]),
                        "KTAMV_FIND_NOZZLE_CENTER"])
     result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
     assert result.returncode == 0, result.tail()
+    return truth, result
+
+
+def test_a_look_alike_in_view_is_told_apart_by_a_probe_move(tmp_path):
+    # Calibrated (the sim's true model), with a bore-sized dark disc in a
+    # bright ring on the lens: the first look before centring sees two
+    # bores; a probe move shows which one moves as the model says the
+    # nozzle must, and centring goes on from there.
+    truth, result = centre_calibrated(tmp_path, SIM_URL + "&disc=540,110,20",
+                                      (0.2, -0.1))
     assert "2 round things in view; the one that moved with a probe move " \
         "is the nozzle" in result.text
     centred = result.find(r"nozzle centred after \d+ move\(s\) at X([\d.]+) "
@@ -689,19 +696,8 @@ def test_centring_a_small_defocused_bore_says_how_to_do_better(tmp_path):
     # A coarse camera (0.05 mm/px: a 0.4 mm bore of 4 px) out of focus by
     # 2 px: the bore is found and centred, and the console says that such
     # a bore is measured a little off under one-sided light, and what helps.
-    url = SIM_URL + "&mm_per_px=0.05&blur=2"
-    truth = sim_truth(url)
-    from ktamv_helper.simulation.machine import CameraModel
-    matrix = CameraModel(truth["frame_size"], truth["mm_per_px"],
-                         truth["rotation_deg"], truth["mirror"],
-                         truth["camera_xy"]).matrix
-    section = ktamv_section(url=url, settle_time=0.1, min_radius=2, camera_matrix=", ".join(
-        "%.9g" % v for v in matrix.flatten()))
-    cx, cy = CAMERA_XY
-    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.3, cy - 0.2),
-                       "KTAMV_FIND_NOZZLE_CENTER"])
-    result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
-    assert result.returncode == 0, result.tail()
+    truth, result = centre_calibrated(tmp_path, SIM_URL + "&mm_per_px=0.05&blur=2",
+                                      (0.3, -0.2), min_radius=2)
     centred = result.find(r"nozzle centred after \d+ move\(s\) at X([\d.]+) "
                           r"Y([\d.]+), ([\d.]+) px.*small and soft in this camera "
                           r"\(radius ([\d.]+) px, edge ([\d.]+) px wide\)")
