@@ -207,6 +207,23 @@ def _lit_nozzle(gain):
     return np.clip(image * gain, 0, 255).astype(np.uint8)
 
 
+def test_a_dim_picture_is_named_between_very_dark_and_normal():
+    # The face (240) is the brightest 0.57 % of the picture, so it sets the
+    # 99.5th percentile: x0.22 puts it at 52 (dim), x0.15 at 36 (very
+    # dark), x0.3 at 72 (no advice).
+    assert exposure_problem(_lit_nozzle(0.22)) == (
+        "The picture is dim (its brightest parts reach 52 of 255): if the nozzle "
+        "is in view, raise the camera's exposure or gain, or the light.")
+    assert exposure_problem(_lit_nozzle(0.15)).startswith(
+        "The picture is very dark (its brightest parts reach 36 of 255)")
+    assert exposure_problem(_lit_nozzle(0.3)) is None
+    # A dim picture whose bore is plain is still measured: the advice is
+    # only given when nothing was found.
+    found = detect_nozzle(_lit_nozzle(0.22))
+    assert found is not None and abs(found.center[0] - 320) < 0.1 and \
+        abs(found.center[1] - 240) < 0.1
+
+
 def test_a_clipped_lit_part_is_named_though_most_of_the_picture_is_dark():
     # At x1.5 only the tip face clips: 8 % of the lit part (face and body,
     # pi (25^2 - 8^2) of pi (25^2 - 8^2 + 90^2 - 45^2) px), which is normal.
