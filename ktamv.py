@@ -566,11 +566,14 @@ class HelperProcess(HelperOutput):
 ######################################################################
 
 class CameraModel:
-    """The 2x2 linear part [[a, b], [d, e]] of the pixel to mm map."""
-    def __init__(self, matrix, fit=None):
+    """The 2x2 linear part [[a, b], [d, e]] of the pixel to mm map, and
+    the [width, height] of the frames it was measured on (None: unknown,
+    a camera_matrix saved before kTAMV recorded it)."""
+    def __init__(self, matrix, fit=None, frame_size=None):
         (a, b), (d, e) = matrix
         self.matrix = [[float(a), float(b)], [float(d), float(e)]]
         self.fit = dict(fit or {})
+        self.frame_size = list(frame_size) if frame_size else None
     @classmethod
     def from_flat(cls, values):
         a, b, d, e = values
@@ -603,7 +606,8 @@ class CameraModel:
         res = {'matrix': [list(row) for row in self.matrix],
                'mm_per_px': self.mm_per_px(),
                'rotation_deg': self.rotation_deg(),
-               'mirrored': self.mirrored()}
+               'mirrored': self.mirrored(),
+               'frame_size': self.frame_size}
         for key in ('rms_mm', 'max_residual_mm', 'used', 'rejected',
                     'scale_uv'):
             if key in self.fit:
@@ -904,6 +908,13 @@ class KtamvOptions:
                 "OBJECT.FIELD (e.g. gcode_macro _KTAMV_TOOL.current), not %r"
                 % (self.name, self.tool_status))
     def _read_matrix(self, config):
+        # Read even without a matrix, so a leftover one is no unknown option.
+        size = config.getintlist('camera_frame_size', None, count=2)
+        if size is not None and not all(8 <= v <= 20000 for v in size):
+            raise config.error(
+                "Option 'camera_frame_size' in section '%s' must be the "
+                "camera's width, height in pixels, not %s"
+                % (self.name, ", ".join(map(str, size))))
         matrix = config.getfloatlist('camera_matrix', None, count=4)
         if matrix is None:
             return None
@@ -915,6 +926,7 @@ class KtamvOptions:
                 "and run KTAMV_CALIB_CAMERA again." % (
                     self.name, model.mm_per_px(), MIN_MM_PER_PX,
                     MAX_MM_PER_PX))
+        model.frame_size = size
         return model
     # The helper's command line
     def repo_dir(self):
@@ -1221,26 +1233,32 @@ class NozzleFinder:
         """Drop the stored detection (camera or model changed)."""
         self.last_detection = None
         self.static_pixels = []
-    def bore_hints(self, gcmd):
-        """What the helper may know of the bore: its diameter and the scale."""
+    def bore_hints(self, gcmd, scale=True):
+        """What the helper may know of the bore: its diameter and (unless
+        calibrating, which measures it anew) the scale."""
         hints = {'nozzle_diameter': gcmd.get_float(
             'NOZZLE_DIAMETER', self.opts.nozzle_diameter, minval=0.1,
             maxval=2.)}
-        if self.model is not None:
+        if scale and self.model is not None:
             hints['mm_per_px'] = self.model.mm_per_px()
+            if self.model.frame_size:
+                # The helper refuses frames of another size: the scale
+                # would be wrong by the ratio.
+                hints['calibrated_size'] = list(self.model.frame_size)
         return hints
     def detect(self, gcmd, frames=None, after_move=True, reference=None,
-               hints=None):
+               hints=None, scale=True):
         """Detect the nozzle in fresh frames; returns the result dict.
 
         ``after_move`` asks for frames captured settle_time after the last
         move ended (the helper's freshness rule decides which those are);
-        only such a detection may become an origin or an offset.
+        only such a detection may become an origin or an offset. Without
+        ``scale`` the camera model's scale is not used (calibration).
         """
         opts = self.opts
         frames = frames or opts.detection_frames
         params = {'frames': frames}
-        params.update(self.bore_hints(gcmd))
+        params.update(self.bore_hints(gcmd, scale))
         # The caller's own exclusions (calibration) replace the remembered.
         remembered = bool(self.static_pixels) and 'exclude' not in (hints or {})
         if remembered:
@@ -1535,6 +1553,7 @@ class CameraCalibration:
         self.motion = motion
         self.finder = finder
         self.statics = []   # pixels of round things that stayed put
+        self.frame_size = None  # of the frames the points were seen in
     def plan(self, radius, count):
         """The start and ``count`` points around it; refused if any is out."""
         start = self.motion.begin()
@@ -1571,6 +1590,7 @@ class CameraCalibration:
     def _points(self, gcmd, targets, pairs, missed):
         first = hints = ambiguous = None
         statics = self.statics = []
+        self.frame_size = None
         for i, (x, y) in enumerate(targets):
             if self.progress is not None:
                 self.progress.step(gcmd, i + 1, len(targets),
@@ -1594,6 +1614,7 @@ class CameraCalibration:
                 missed.append(i)
                 logging.info("ktamv: calibration point %d: %s", i, e)
                 continue
+            self._same_size(gcmd, det['frame_size'])
             if i > 0:
                 # A point whose picture did not move is not a point.
                 self.finder.check_picture_moved(gcmd, first, det)
@@ -1602,6 +1623,15 @@ class CameraCalibration:
                 hints = self._hints(first, statics)
             pos = self.motion.position()
             pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
+    def _same_size(self, gcmd, size):
+        # The model holds for one frame size only (it is saved with it).
+        if self.frame_size is None:
+            self.frame_size = list(size)
+        elif list(size) != self.frame_size:
+            raise gcmd.error(
+                "kTAMV: the camera changed its frame size during calibration "
+                "(%dx%d, then %dx%d); fix its resolution and calibrate again;"
+                " nothing was changed." % tuple(self.frame_size + list(size)))
     def _hints(self, first, statics):
         # The nozzle keeps its size and leaves the start pixel with every
         # move; a feature that stays there or at another pixel known to
@@ -1623,7 +1653,7 @@ class CameraCalibration:
         """The start's bore that moved with the first calibration move, and
         the pixels of those that stayed put; raises if not exactly one."""
         try:
-            det = self.finder.detect(gcmd)
+            det = self.finder.detect(gcmd, scale=False)
             after = [(det['uv'], det['radius'])]
         except gcmd.error as e:
             if getattr(e, 'helper_code', None) not in NO_NOZZLE_CODES:
@@ -1668,7 +1698,8 @@ class CameraCalibration:
         static pixels: pointless when the start needed them (``rigid``)."""
         reference = None if first and first.get('rigid') else first
         try:
-            return self.finder.detect(gcmd, reference=reference, hints=hints)
+            return self.finder.detect(gcmd, reference=reference, hints=hints,
+                                      scale=False)
         except gcmd.error as e:
             if hints is None or getattr(e, 'helper_code', None) \
                     != 'nozzle_not_found':
@@ -1676,14 +1707,15 @@ class CameraCalibration:
             retry = {'expected_radius': hints['expected_radius']}
             if statics:
                 retry['exclude'] = [list(p) for p in statics]
-            det = self.finder.detect(gcmd, reference=reference, hints=retry)
+            det = self.finder.detect(gcmd, reference=reference, hints=retry,
+                                     scale=False)
             self.finder.check_picture_moved(gcmd, first, det)
             return det
     def fit(self, gcmd, pairs):
         """The helper's fit of the pairs, in use and staged for SAVE_CONFIG."""
         fit = self.client.call(gcmd, 'fit_camera_model', {'pairs': pairs})
         try:
-            model = CameraModel(fit['matrix'], fit)
+            model = CameraModel(fit['matrix'], fit, self.frame_size)
         except (KeyError, TypeError, ValueError) as e:
             raise gcmd.error("kTAMV: the vision helper sent a camera model "
                              "this ktamv.py cannot read (%s: %s); nothing was"
@@ -1699,6 +1731,9 @@ class CameraCalibration:
         self.finder.static_pixels = list(self.statics)
         configfile = self.printer.lookup_object('configfile')
         configfile.set(self.opts.name, 'camera_matrix', model.config_value())
+        if model.frame_size:
+            configfile.set(self.opts.name, 'camera_frame_size',
+                           "%d, %d" % tuple(model.frame_size))
         return model, fit
 
 ######################################################################
@@ -1993,26 +2028,28 @@ class NozzleSearch:
         except Exception:
             logging.exception("ktamv: cannot return to the search start")
 
-def search_here(gcmd, reach, parts):
+def search_here(gcmd, reach, parts, scale=True):
     """SEARCH=<mm>: spiral out until a nozzle is in view; ``parts`` is the
-    Ktamv object (printer, motion, finder, client, progress, opts).
+    Ktamv object (printer, motion, finder, client, progress, opts). Without
+    ``scale`` (before a calibration) the camera model is not used.
 
     Returns (moved, summary for printer.ktamv.last_search)."""
     printer, motion, finder = parts.printer, parts.motion, parts.finder
     client, progress, opts = parts.client, parts.progress, parts.opts
     reach = min(reach, motion.max_travel)
+    model = finder.model if scale else None
     frame_size = None
-    if finder.model is not None:
+    if model is not None:
         frame_size = (finder.last_detection or {}).get('frame_size') or \
             client.call(gcmd, 'grab', {'timeout': opts.camera_timeout},
                         opts.camera_timeout).get('frame_size')
     # Misses are expected while searching: no advice on them (the helper
     # would search each empty frame again for a smaller bore).
     search = NozzleSearch(printer, motion,
-                          lambda: finder.detect(gcmd, hints={'advice': False}),
+                          lambda: finder.detect(gcmd, hints={'advice': False},
+                                                scale=scale),
                           progress)
-    det, moved = search.run(gcmd, reach, search_pitch(finder.model,
-                                                      frame_size))
+    det, moved = search.run(gcmd, reach, search_pitch(model, frame_size))
     return moved, {'positions': len(search.path),
                    'toolhead_moves': search.toolhead_moves,
                    'motion_time': search.motion_time,
@@ -2190,7 +2227,7 @@ class Ktamv:
                              minval=4, maxval=50)
         search = gcmd.get_float('SEARCH', 0., minval=0., maxval=1000.)
         fence = self.motion.begin()
-        searched = search > 0. and self._search(gcmd, search)
+        searched = search > 0. and self._search(gcmd, search, scale=False)
         targets = self.calibration.plan(radius, count)
         self.motion.fence_start = fence  # SEARCH: still bound to the start
         start = targets[0]
@@ -2236,8 +2273,8 @@ class Ktamv:
             self._search(gcmd, search)
         self.finder.center(gcmd, tolerance, max_moves)
         self.last_nozzle_center_successful = True
-    def _search(self, gcmd, reach):
-        moved, self.last_search = search_here(gcmd, reach, self)
+    def _search(self, gcmd, reach, scale=True):
+        moved, self.last_search = search_here(gcmd, reach, self, scale)
         return moved
     cmd_KTAMV_SET_ORIGIN_help = ("Remember the centred nozzle's position as "
                                  "the origin that offsets are measured from")

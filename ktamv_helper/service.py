@@ -154,7 +154,8 @@ class BoreExpectation:
     where a move put it.
 
     ``nozzle_diameter`` (mm) with ``mm_per_px`` (the calibrated scale) give
-    the expected bore radius in px; ``exclude`` lists ``[u, v]`` centres of
+    the expected bore radius in px; ``calibrated_size`` is the ``[width,
+    height]`` of the frames that scale was measured on; ``exclude`` lists ``[u, v]`` centres of
     features known not to move with the nozzle; ``near`` is ``[u, v,
     reach]``, where the camera model puts the nozzle after a move.
     """
@@ -173,6 +174,13 @@ class BoreExpectation:
             if params.get("mm_per_px") is not None:
                 self.expected_radius = 0.5 * self.nozzle_diameter / self.mm_per_px
                 self.from_scale = True
+        self.calibrated_size = None
+        if params.get("calibrated_size") is not None:
+            size = point_param(params["calibrated_size"], "calibrated_size")
+            if not all(v >= 1 and v.is_integer() for v in size):
+                raise _bad("calibrated_size", "must be [width, height] in whole "
+                           "pixels, not %r" % (params["calibrated_size"],))
+            self.calibrated_size = tuple(int(v) for v in size)
         if params.get("expected_radius") is not None:
             # Said outright (calibration: the size seen at its start point).
             self.from_scale = False
@@ -191,6 +199,21 @@ class BoreExpectation:
             if self.near[2] <= 0:
                 raise _bad("near", "must be [u, v, reach] with a reach above "
                                    "0 px, not %r" % (params["near"],))
+
+    def check_frame_size(self, size):
+        """Refuse frames of another size than the camera was calibrated
+        at: the scale (and so every move and the expected bore size) would
+        be wrong by the ratio, and a camera may crop rather than scale when
+        its mode changes, so the model cannot be rescaled."""
+        if self.calibrated_size is None or tuple(size) == self.calibrated_size:
+            return
+        raise HelperError(
+            "camera_size_changed",
+            "The camera sends %dx%d frames but was calibrated at %dx%d, so "
+            "its scale (camera_matrix) no longer holds: set the camera back "
+            "to %dx%d or run KTAMV_CALIB_CAMERA again; nothing was measured."
+            % (tuple(size) + self.calibrated_size * 2),
+            {"frame_size": list(size), "calibrated_size": list(self.calibrated_size)})
 
     def find(self, image, settings):
         """The :class:`~ktamv_helper.detection.BoreSearch` of one frame."""
@@ -764,6 +787,7 @@ class Detection:
     def _examine(self, frame, settings, request, run):
         """Detect the nozzle in one frame, show it, and try the consensus."""
         from ktamv_helper.consensus import consensus
+        request.bore.check_frame_size(frame.size)
         run.seen += 1
         run.frame_size = frame.size
         search = request.bore.find(frame.image, settings)

@@ -290,6 +290,7 @@ def test_restart_leaves_no_orphan_helper(tmp_path):
     ("calibration_points", "2", "calibration_points"),
     ("tool_status", "toolchanger", "tool_status"),
     ("camera_matrix", "1, 2, 3", "camera_matrix"),
+    ("camera_frame_size", "640, 0", "camera_frame_size"),
     ("min_radius", "1", "min_radius"),
     ("max_radius", "2", "max_radius"),
 ])
@@ -325,11 +326,44 @@ def test_save_config_round_trip_keeps_the_camera_model(tmp_path):
     calibrated, restarted = statuses(result.text)
     saved = (tmp_path / "printer.cfg").read_text()
     assert re.search(r"#\*# camera_matrix = [-\d.e]+, ", saved)
+    assert "#*# camera_frame_size = 640, 480" in saved
     assert restarted["is_calibrated"] is True
+    assert restarted["camera_model"]["frame_size"] == [640, 480]
     flat = [v for row in calibrated["camera_model"]["matrix"] for v in row]
     reloaded = [v for row in restarted["camera_model"]["matrix"] for v in row]
     assert reloaded == pytest.approx(flat, rel=1e-6)
     assert "nozzle centred" in result.text
+
+
+def test_a_camera_whose_frame_size_changed_is_recalibrated_not_trusted(
+        tmp_path):
+    # Saved at 320x240 (0.02 mm/px), the camera now sends 640x480 frames of
+    # the same view: the old scale is 2x off, so centring refuses and says
+    # what to do; calibration measures afresh (the old scale would have
+    # expected a 10 px bore, not the 20 px one in view) and stages the size.
+    section = ktamv_section(camera_matrix="0.02, 0, 0, 0.02",
+                            camera_frame_size="320, 240", settle_time=0.05)
+    cx, cy = CAMERA_XY
+    with KlippySession(tmp_path, printer_config(section)) as klippy:
+        assert klippy.send("G28").error is None
+        assert klippy.send("G1 X%.3f Y%.3f F6000" % (cx + 0.1, cy)).error is None
+        reply = klippy.send("KTAMV_FIND_NOZZLE_CENTER")
+        assert "The camera sends 640x480 frames but was calibrated at " \
+            "320x240, so its scale (camera_matrix) no longer holds: set the " \
+            "camera back to 320x240 or run KTAMV_CALIB_CAMERA again" in reply.error
+        # Refused before any centring move.
+        assert "toolhead: X:%.6f Y:%.6f" % (cx + 0.1, cy) in \
+            klippy.send("GET_POSITION").text
+        reply = klippy.send("KTAMV_CALIB_CAMERA")
+        assert reply.error is None, reply
+        assert "camera calibrated: 0.0100" in reply.text
+        reply = klippy.send("KTAMV_FIND_NOZZLE_CENTER")
+        assert reply.error is None, reply
+        centred = re.findall(r"nozzle centred after \d+ move\(s\) at X([\d.]+) "
+                             r"Y([\d.]+)", reply.text)
+        assert [float(v) for v in centred[0]] == pytest.approx(CAMERA_XY, abs=0.05)
+        status = statuses(klippy.send("KTAMV_STATUS_JSON").text)[-1]
+        assert status["camera_model"]["frame_size"] == [640, 480]
 
 
 def test_switching_camera_with_send_server_cfg_heals_without_restart(

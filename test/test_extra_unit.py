@@ -206,6 +206,10 @@ class FakeConfig:
     def getint(self, option, default=_missing, **bounds):
         return self._get(option, default, int, **bounds)
 
+    def getintlist(self, option, default=_missing, count=None):
+        values = self.getfloatlist(option, default, count)
+        return values if values is default else [int(v) for v in values]
+
     def getfloatlist(self, option, default=_missing, count=None):
         def parse(text):
             values = [float(v) for v in text.split(",")]
@@ -414,7 +418,7 @@ class LinearCamera:
         self.prediction_errors = []     # px, of every 'near' hint
 
     def __call__(self, gcmd, frames=None, after_move=True, reference=None,
-                 hints=None):
+                 hints=None, scale=True):
         self.calls += 1
         if self.lose_after is not None and self.calls > self.lose_after:
             error = gcmd.error("kTAMV: No nozzle found in 3 frames.")
@@ -674,7 +678,8 @@ def calibration_setup(missing=(), fit_error=None, broken=()):
     points = []     # distinct positions: a point is looked at once more
     hints_seen = []
 
-    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
+    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None,
+               scale=True):
         here = tuple(toolhead.get_position()[:2])
         if not seen or seen[-1] != here:
             points.append(here)
@@ -725,7 +730,52 @@ def test_calibration_skips_points_without_a_nozzle_and_saves_the_model():
     saved = printer.objects["configfile"].saved[("ktamv", "camera_matrix")]
     assert [float(v) for v in saved.split(",")] == pytest.approx(
         [0.0, 0.01, 0.01, 0.0])
+    assert printer.objects["configfile"].saved[("ktamv", "camera_frame_size")] \
+        == "640, 480"
     assert extra.get_status(0.0)["is_calibrated"] is True
+    assert extra.get_status(0.0)["camera_model"]["frame_size"] == [640, 480]
+
+
+def test_a_frame_size_change_during_calibration_stops_it_unsaved():
+    extra, printer, toolhead, seen, sent = calibration_setup()
+    linear = extra.finder.detect
+    calls = []
+
+    def detect(gcmd, *args, **kwargs):
+        calls.append(1)
+        det = linear(gcmd, *args, **kwargs)
+        if len(calls) > 4:      # the camera fell back to another mode
+            det["frame_size"] = [320, 240]
+        return det
+
+    extra.finder.detect = detect
+    with pytest.raises(CommandError, match=r"the camera changed its frame size "
+                       r"during calibration \(640x480, then 320x240\)"):
+        extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert printer.objects["configfile"].saved == {}
+    assert toolhead.get_position()[:2] == pytest.approx([100.0, 100.0])
+
+
+def test_calibration_never_sends_the_old_scale():
+    # A camera whose zoom or resolution changed is calibrated afresh: the
+    # old model's scale would expect a bore of the wrong size.
+    toolhead = FakeToolhead()
+    extra, _ = make_ktamv({}, toolhead)
+    extra.finder.model = ktamv.CameraModel(MATRIX, frame_size=[320, 240])
+    assert extra.finder.bore_hints(FakeGcmd()) == {
+        "nozzle_diameter": 0.4, "mm_per_px": pytest.approx(0.01),
+        "calibrated_size": [320, 240]}
+    assert extra.finder.bore_hints(FakeGcmd(), scale=False) == {"nozzle_diameter": 0.4}
+    extra, _, _, _, _ = calibration_setup(missing=(3,))
+    linear, scales = extra.finder.detect, []
+
+    def detect(gcmd, *args, **kwargs):
+        scales.append(kwargs.get("scale", True))
+        return linear(gcmd, *args, **kwargs)
+
+    extra.finder.detect = detect
+    extra.cmd_KTAMV_CALIB_CAMERA(FakeGcmd())
+    assert len(scales) == 12 and not any(scales)
 
 
 def test_calibration_points_keep_the_start_size_and_leave_the_start_pixel():
@@ -851,7 +901,8 @@ def ambiguous_start_setup(mode="moved"):
     linear = extra.finder.detect
     calls = []
 
-    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
+    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None,
+               scale=True):
         calls.append((reference, hints))
         det = linear(gcmd, frames, after_move, reference, hints)
         if len(calls) > 2:
@@ -1417,7 +1468,8 @@ def test_a_probe_move_that_does_not_single_out_one_bore_refuses(movers, words):
     extra, toolhead, _ = centring_setup(MATRIX, MATRIX, (0.6, -0.8))
     looks = []
 
-    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None):
+    def detect(gcmd, frames=None, after_move=True, reference=None, hints=None,
+               scale=True):
         looks.append(hints)
         if hints is None:
             error = gcmd.error("kTAMV: Not sure which circle is the nozzle.")

@@ -137,6 +137,25 @@ def test_detect_without_a_nozzle_says_what_to_try_and_saves_frames(
     assert all(path in error.message for path in files)
 
 
+def test_frames_of_another_size_than_the_calibration_are_refused(service, tmp_path):
+    # The scale sent with the detection was measured on 320x240 frames; the
+    # camera now sends 640x480 ones: the bore would be expected at half its
+    # size and every move would be twice too long.
+    configured(service, write_images(tmp_path / "size", [draw_nozzle()]))
+    hints = {"frames": 1, "max_frames": 2, "nozzle_diameter": 0.36, "mm_per_px": 0.01}
+    error = expect_error("camera_size_changed", service, "detect",
+                         dict(hints, calibrated_size=[320, 240]))
+    assert error.message == (
+        "The camera sends 640x480 frames but was calibrated at 320x240, so its "
+        "scale (camera_matrix) no longer holds: set the camera back to 320x240 "
+        "or run KTAMV_CALIB_CAMERA again; nothing was measured.")
+    assert error.details == {"frame_size": [640, 480], "calibrated_size": [320, 240]}
+    found = service.call("detect", dict(hints, calibrated_size=[640, 480]))
+    assert found["center"] == pytest.approx(NOZZLE_CENTER, abs=0.1)
+    for bad in ([640], [640.5, 480], [0, 480], "640x480"):
+        expect_error("invalid_params", service, "detect", dict(hints, calibrated_size=bad))
+
+
 @pytest.mark.parametrize("gain, sentence", [
     (0.02, "The picture is very dark (its brightest parts reach 4 of 255): raise"),
     (4.0, "100 % of the picture is clipped at white: lower the camera's exposure"),
