@@ -60,14 +60,11 @@ def readme_centres(folder):
 
 
 def photos(folder):
-    """(name, BGR image) of every PNG/JPEG in ``folder``, sorted by name."""
-    out = []
-    for name in sorted(os.listdir(folder)):
-        if name.lower().endswith((".png", ".jpg", ".jpeg")):
-            image = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
-            if image is not None:
-                out.append((name, image))
-    return out
+    """(name, BGR image) of every PNG/JPEG in ``folder``, sorted by name;
+    the image is None for a file OpenCV cannot read."""
+    return [(name, cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR))
+            for name in sorted(os.listdir(folder))
+            if name.lower().endswith((".png", ".jpg", ".jpeg"))]
 
 
 def classify(detection, center, radius):
@@ -291,6 +288,9 @@ def run(folder, variants=60, ring_light=60, seed=1, conditions=0):
     if folder and os.path.isdir(folder):
         centres = readme_centres(folder)
         for name, image in photos(folder):
+            if image is None:
+                lines.append("| %s | 0 | not an image OpenCV can read | | | | | |" % name)
+                continue
             ref, records = score_photo(image, variants, rng)
             results[name] = records
             if ref is None:

@@ -57,3 +57,13 @@ def test_without_the_folder_the_rendered_looks_are_still_scored(tmp_path):
     assert "no folder" in done.stderr
     assert "renderer: ring-light brass, 640x480, r 3-216 (truth) | 3 |" in done.stdout
     assert "wrong circles" not in done.stdout
+
+
+def test_unreadable_and_nozzle_free_photos_are_named_not_scored(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    cv2.imwrite(str(tmp_path / "grey.png"), np.full((120, 160, 3), 90, np.uint8))
+    done = _bench("--photos", str(tmp_path), "--variants", "2", "--ring-light", "0",
+                  "--conditions", "0")
+    assert done.returncode == 0, done.stderr
+    assert "| broken.jpg | 0 | not an image OpenCV can read |" in done.stdout
+    assert "| grey.png (160x120) | 0 | reference not found |" in done.stdout
