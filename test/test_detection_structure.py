@@ -420,6 +420,27 @@ def test_where_a_move_put_the_nozzle_decides_between_two_bores():
     assert len(away.candidates) == 2
 
 
+def test_candidates_far_from_the_prediction_are_not_measured(monkeypatch):
+    # The look-alike 320 px away is never measured when the nozzle is found
+    # where the move put it: the same answer for less work.
+    from ktamv_helper.detection import search
+    measured = []
+    real = search._measure
+
+    def counting(gray, noise, center, radius, min_radius):
+        measured.append(center)
+        return real(gray, noise, center, radius, min_radius)
+
+    monkeypatch.setattr(search, "_measure", counting)
+    result = find_bore(_two_nozzles(), near=(158.0, 243.0, 8.0))
+    assert _error(result.detection, (160.3, 240.2)) < 0.05
+    assert measured and all(math.hypot(u - 158.0, v - 243.0) < 100 for u, v in measured)
+    monkeypatch.setattr(search, "NEAR_MARGIN", math.inf)
+    measured.clear()
+    assert find_bore(_two_nozzles(), near=(158.0, 243.0, 8.0)).detection == result.detection
+    assert any(math.hypot(u - 480.7, v - 239.6) < 5 for u, v in measured)
+
+
 def test_not_where_expected_sentence_says_to_calibrate_again():
     bore = BoreExpectation({"near": [320.0, 100.0, 8.0]}, 1.0)
     search_result = bore.find(_two_nozzles(), type("S", (), {"min_radius": 3.0,

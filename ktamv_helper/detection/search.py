@@ -13,11 +13,12 @@
 3. **Measurement** of that bore at full resolution (:func:`.edges.measure_bore`).
 4. **Choice**: one bore per family; families on a feature known to be static
    (``exclude``) or away from where a known move put the nozzle (``near``)
-   are dropped; with an expected radius (the nozzle's diameter
-   and the calibrated scale), only bores of about that size count; two
-   plausible bores farther apart than the tolerance are refused rather than
-   guessed between (a smaller dark spot on the best bore's tip face is no
-   rival: the face is solid metal).
+   are dropped (with a predicted position, candidates far from it are not
+   even measured unless nothing is found near it); with an expected radius
+   (the nozzle's diameter and the calibrated scale), only bores of about
+   that size count; two plausible bores farther apart than the tolerance
+   are refused rather than guessed between (a smaller dark spot on the best
+   bore's tip face is no rival: the face is solid metal).
 """
 
 import dataclasses
@@ -83,6 +84,12 @@ MIN_SCORE = 0.5
 # A bore scoring this high, with no rival yet, ends the search of finer
 # search copies (their candidates are the same or smaller things).
 EARLY_ACCEPT = 0.95
+# A candidate's centre (an island's moments, a voting peak, the circle
+# through a cut island's arc) lies within its radius of its family's bore
+# centre, even with ooze over part of the rim; with a predicted position,
+# candidates farther than its reach plus this many of their radii are not
+# measured.
+NEAR_MARGIN = 2.0
 # The edge fit's RMS residual must stay below this many px, or this
 # fraction of the radius.
 MAX_RMS_PX, MAX_RMS_FRACTION = 0.5, 0.06
@@ -344,10 +351,33 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
     if max_radius is None:
         max_radius = MAX_RADIUS_OF_HEIGHT * gray.shape[0]
     noise = estimate_noise(gray)
+    search = (gray, noise, min_radius, max_radius, expected_radius, exclude, near)
+    found, kept, passed_over = _look(*search, only_near=near is not None)
+    if near is not None and not kept and passed_over:
+        # Nothing where the move put the nozzle: look everywhere, so the
+        # refusal can say where the bores are.
+        found, kept, _ = _look(*search, only_near=False)
+    elsewhere = _kept(found, exclude) if near is not None and not kept else []
+    if elsewhere:
+        return _not_where_predicted(elsewhere, near)
+    return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance)
+
+
+def _look(gray, noise, min_radius, max_radius, expected_radius, exclude, near,
+          only_near):
+    """Verified bores: ``(found, kept, passed_over)``, every one and those
+    :func:`_kept` keeps; with ``only_near``, candidates out of ``near``'s
+    reach by more than ``NEAR_MARGIN`` of their radius are not measured
+    (``passed_over`` says whether there were any): bores there could not
+    be kept, and on a textured frame measuring them is most of the work."""
     height, width = gray.shape
-    found, kept = [], []
+    found, kept, passed_over = [], [], False
     for points in _candidate_points(gray, noise, min_radius, max_radius):
         for u, v, r in points:
+            if only_near and math.hypot(u - near[0], v - near[1]) > \
+                    near[2] + NEAR_MARGIN * r:
+                passed_over = True
+                continue
             if any(_near((u, v), d) and d.radius >= 0.7 * r for d in found):
                 continue    # seen from this family already
             first_look = any(d.score >= EARLY_ACCEPT for d in kept) or \
@@ -369,10 +399,7 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
         # as the nozzle may only show in a finer search copy.
         if any(d.score >= EARLY_ACCEPT for d in kept) and expected_radius is None:
             break
-    elsewhere = _kept(found, exclude) if near is not None and not kept else []
-    if elsewhere:
-        return _not_where_predicted(elsewhere, near)
-    return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance)
+    return found, kept, passed_over
 
 
 def _could_be_sized(detection, expected_radius):
