@@ -155,9 +155,10 @@ class BoreExpectation:
 
     ``nozzle_diameter`` (mm) with ``mm_per_px`` (the calibrated scale) give
     the expected bore radius in px; ``calibrated_size`` is the ``[width,
-    height]`` of the frames that scale was measured on; ``exclude`` lists ``[u, v]`` centres of
-    features known not to move with the nozzle; ``near`` is ``[u, v,
-    reach]``, where the camera model puts the nozzle after a move.
+    height]`` of the frames that scale was measured on; ``exclude`` lists
+    ``[u, v]`` centres of features known not to move with the nozzle;
+    ``near`` is ``[u, v, reach]``, where the camera model puts the nozzle
+    after a move.
     """
 
     def __init__(self, params, tolerance):

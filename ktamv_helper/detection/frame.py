@@ -125,12 +125,12 @@ def exposure_problem(gray):
         return ("The picture is very dark (its brightest parts reach %d of "
                 "255): raise the camera's exposure or gain, or the light."
                 % int(top))
-    if top < DIM_LEVEL and hi - lo >= BLANK_RANGE:
-        return ("The picture is dim (its brightest parts reach %d of 255): if "
-                "the nozzle is in view, raise the camera's exposure or gain, or "
-                "the light." % int(top))
     if hi - lo < BLANK_RANGE:
         return ("The picture is blank (every pixel between %d and %d of 255): "
                 "is the lens covered, or the stream showing a placeholder?"
                 % (int(lo), int(hi)))
+    if top < DIM_LEVEL:
+        return ("The picture is dim (its brightest parts reach %d of 255): if "
+                "the nozzle is in view, raise the camera's exposure or gain, or "
+                "the light." % int(top))
     return None
