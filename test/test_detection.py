@@ -9,6 +9,7 @@ import pytest
 
 from ktamv_helper.detection import (Detection, detect_nozzle, estimate_noise, exposure_problem,
                                     fit_circle_robust)
+from ktamv_helper.detection.edges import _fit_edge
 from ktamv_helper.simulation.render import NozzleLook, random_look, render_nozzle
 
 
@@ -139,6 +140,31 @@ def test_robust_circle_fit_ignores_outliers():
     assert center == pytest.approx([10.3, -4.2], abs=1e-9)
     assert radius == pytest.approx(7.0, abs=1e-9)
     assert not inliers[5:15].any() and inliers[15:].all()
+
+
+def _ellipse_points(center, a, b, angle_deg, gap_deg=0.0):
+    """Edge points every 2 degrees round an ellipse, less a gap at the top."""
+    t = np.radians(np.arange(0.0, 360.0, 2.0))
+    t = t[np.abs(np.degrees(t) - 270.0) > gap_deg / 2]
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    x, y = a * np.cos(t), b * np.sin(t)
+    return np.column_stack([center[0] + c * x - s * y, center[1] + s * x + c * y])
+
+
+def test_an_ellipse_is_fitted_only_to_an_edge_seen_all_round():
+    # Seen all round, a tilted bore's ellipse is found and its centre is
+    # exact; on an arc (cut by the frame's edge) the ellipse's two extra
+    # parameters trade off against its centre, so the circle is kept.
+    center = (200.3, 150.7)
+    whole = _fit_edge(_ellipse_points(center, 40.0, 34.0, 30.0), center, 37.0, quick=False)
+    assert whole[2] == pytest.approx(0.85, abs=0.005)
+    assert whole[0] == pytest.approx(center, abs=0.01)
+    for gap in (20.0, 30.0):
+        narrow = _fit_edge(_ellipse_points(center, 40.0, 34.0, 30.0, gap), center, 37.0, False)
+        assert narrow[2] == pytest.approx(0.85, abs=0.005)
+    for gap in (60.0, 100.0):
+        arc = _fit_edge(_ellipse_points(center, 40.0, 34.0, 30.0, gap), center, 37.0, False)
+        assert arc is None or arc[2] == 1.0
 
 
 @pytest.mark.parametrize("tilt", [0.0, 12.0, 25.0])
