@@ -389,6 +389,20 @@ def test_a_dark_spot_on_the_tip_face_is_no_rival():
     assert search.choose([hole, spot]).refusal == "ambiguous"
 
 
+def test_a_spot_just_past_a_bore_whose_face_showed_no_ring_is_on_its_face():
+    # A zoomed camera's glittering face breaks into no clean ring (the
+    # axiscope photo: rings (245,) only), yet any nozzle's wall is at least
+    # MIN_FACE_WIDTH radii wide: a 6 px spot 1.2 radii out lies on it.
+    bore = search.Detection(center=(310.0, 236.0), radius=245.0, score=0.65,
+                            rings=(245.0,), edge_width=4.0)
+    spot = search.Detection(center=(310.0 + 1.2 * 245.0, 236.0), radius=6.0, score=0.60,
+                            rings=(6.0, 30.0), edge_width=3.0)
+    assert search.choose([bore, spot]).detection is bore
+    # Past any face (1.5 radii out), it is a rival again.
+    beyond = dataclasses.replace(spot, center=(310.0 + 1.5 * 245.0, 236.0))
+    assert search.choose([bore, beyond]).refusal == "ambiguous"
+
+
 def _two_nozzles():
     left = render_nozzle((640, 480), (160.3, 240.2), 14.0)
     right = render_nozzle((640, 480), (480.7, 239.6), 14.0)

@@ -423,18 +423,25 @@ def _out_of_focus(other, best):
 
 def _on_face(mark, bore):
     """``mark`` lies on ``bore``'s tip face: its centre between the bore's
-    edge and the face's outer ring, and it is the smaller of the two.
+    edge and the face's outer edge, and it is the smaller of the two.
 
     The face is solid metal round the bore, so a dark spot on it (burnt
-    filament, a pit) is no second nozzle. Not when the bore is far less
-    sharp than the spot (``FOCUS_RATIO``): a hole in the heater block,
-    millimetres behind the tip and blurred, can seem to hold a real nozzle
-    on its "face"; that stays a refusal.
+    filament, a pit) is no second nozzle. It reaches the face's outer ring
+    where the structure saw one, and at least ``MIN_FACE_WIDTH`` radii past
+    the bore in any case (no nozzle's wall is thinner, and a bore on a
+    thinner rim is refused by ``_thin_rim``): a glittering face, as a
+    zoomed camera sees it, breaks into rings of its own or none. Not when
+    the bore is far less sharp than the spot (``FOCUS_RATIO``): a hole in
+    the heater block, millimetres behind the tip and blurred, can seem to
+    hold a real nozzle on its "face"; that stays a refusal.
     """
-    if len(bore.rings) < 2 or mark.radius >= bore.radius or _out_of_focus(bore, mark):
+    if mark.radius >= bore.radius or _out_of_focus(bore, mark):
         return False
+    face_end = (1.0 + MIN_FACE_WIDTH) * bore.radius
+    if len(bore.rings) > 1:
+        face_end = max(face_end, bore.rings[1])
     apart = math.hypot(mark.center[0] - bore.center[0], mark.center[1] - bore.center[1])
-    return bore.radius < apart <= bore.rings[1]
+    return bore.radius < apart <= face_end
 
 
 def choose(found, expected_radius=None, tolerance=1.0):
