@@ -56,6 +56,14 @@ PROBE_PX = 20.0
 RIGID_SAME_PX = 1.0
 RIGID_MIN_SHIFT_PX = 2.0
 RIGID_RADIUS = 0.2
+# Calibration moves keep the bore CALIB_ROOM_RADII of its radii inside the
+# frame (its face shows round it) or, for a bore too big for that (a
+# microscope's view, where half its rim suffices), move it at most
+# CALIB_MIN_ROOM of the frame's short side; never on a circle smaller than
+# CALIB_MIN_RADIUS mm (G-code's usual resolution).
+CALIB_ROOM_RADII = 2.
+CALIB_MIN_ROOM = 0.1
+CALIB_MIN_RADIUS = 0.001
 
 def _load_limits():
     # The helper's limits.py (no imports) is the one source of the limits
@@ -1544,6 +1552,24 @@ def _where(things):
     return ", ".join("u=%.0f v=%.0f r=%.0f px" % (uv[0], uv[1], r)
                      for uv, r in things)
 
+def fitted_calibration_radius(radius, det, nozzle_diameter):
+    """The calibration circle (mm) that keeps the bore ``det`` in view:
+    ``radius``, or less where the bore's size says the camera sees more
+    pixels per mm than the frame has room for (a zoomed camera).
+
+    Pixels per mm are bounded from above by the bore's radius plus its
+    edge width (defocus shrinks a bore by about that) over the nominal
+    bore radius; a chamfer only makes the bore look bigger, so slower.
+    """
+    (u, v), (w, h) = det['uv'], det['frame_size']
+    r = det['radius']
+    room = max(min(u, w - u, v, h - v) - CALIB_ROOM_RADII * r,
+               CALIB_MIN_ROOM * min(w, h))
+    px_per_mm = (r + det.get('edge_width', 0.)) / (.5 * nozzle_diameter)
+    if px_per_mm <= 0. or radius * px_per_mm <= room:
+        return radius
+    return max(CALIB_MIN_RADIUS, math.floor(room / px_per_mm * 1000.) / 1000.)
+
 class CameraCalibration:
     def __init__(self, printer, opts, client, motion, finder, progress=None):
         self.progress = progress
@@ -1567,12 +1593,13 @@ class CameraCalibration:
             [p for t in targets for p in self.motion.waypoints(*t)]
             + [(t[0] - b, t[1] - b) for t in targets], "calibration move")
         return targets
-    def measure(self, gcmd, targets):
-        """Visit the targets; returns (pairs, missed), back at the start."""
+    def measure(self, gcmd, targets, fit=False):
+        """Visit the targets; returns (pairs, missed), back at the start.
+        With ``fit`` the circle may shrink to what the start's bore allows."""
         start = targets[0]
         pairs, missed = [], []
         try:
-            self._points(gcmd, targets, pairs, missed)
+            self._points(gcmd, list(targets), pairs, missed, fit)
         except Exception:
             if self.progress is not None:
                 self.progress.done()
@@ -1587,7 +1614,7 @@ class CameraCalibration:
             self.progress.done()
         self.motion.move_to(start[0], start[1], "return to start")
         return pairs, missed
-    def _points(self, gcmd, targets, pairs, missed):
+    def _points(self, gcmd, targets, pairs, missed, fit):
         first = hints = ambiguous = None
         statics = self.statics = []
         self.frame_size = None
@@ -1621,8 +1648,29 @@ class CameraCalibration:
             else:
                 first = det
                 hints = self._hints(first, statics)
+                if fit:
+                    self._fit_circle(gcmd, targets, det)
             pos = self.motion.position()
             pairs.append({'xy': [pos[0], pos[1]], 'uv': det['uv']})
+    def _fit_circle(self, gcmd, targets, det):
+        """Shrink the circle of ``targets`` (in place, about the start)
+        to what keeps the start's bore ``det`` in view (a zoomed camera).
+        The smaller plan lies inside the checked one."""
+        (x0, y0), (x1, y1) = targets[0], targets[1]
+        radius = math.hypot(x1 - x0, y1 - y0)
+        diameter = self.finder.bore_hints(gcmd, scale=False)['nozzle_diameter']
+        fitted = fitted_calibration_radius(radius, det, diameter)
+        if fitted >= radius:
+            return
+        k = fitted / radius
+        targets[1:] = [(x0 + k * (x - x0), y0 + k * (y - y0))
+                       for x, y in targets[1:]]
+        gcmd.respond_info(
+            "kTAMV: the bore is %.0f px in radius, so a %.2f mm nozzle shows "
+            "up to %.0f px per mm: a %.3f mm circle would take it out of "
+            "view; the points lie on a %.3f mm circle instead (RADIUS= sets "
+            "it)." % (det['radius'], diameter, (det['radius'] + det[
+                'edge_width']) / (.5 * diameter), radius, fitted))
     def _same_size(self, gcmd, size):
         # The model holds for one frame size only (it is saved with it).
         if self.frame_size is None:
@@ -2221,6 +2269,7 @@ class Ktamv:
                                    "nozzle around this point and fit the "
                                    "pixel to mm model")
     def cmd_KTAMV_CALIB_CAMERA(self, gcmd):
+        fit = gcmd.get('RADIUS', None) is None  # may shrink (zoomed camera)
         radius = gcmd.get_float('RADIUS', self.opts.calibration_radius,
                                 above=0., maxval=10.)
         count = gcmd.get_int('POINTS', self.opts.calibration_points,
@@ -2234,7 +2283,7 @@ class Ktamv:
         gcmd.respond_info("kTAMV: calibrating the camera with %d points on "
                           "a %.3f mm circle around X%.3f Y%.3f."
                           % (count, radius, start[0], start[1]))
-        pairs, missed = self.calibration.measure(gcmd, targets)
+        pairs, missed = self.calibration.measure(gcmd, targets, fit)
         if len(pairs) < 3:
             raise gcmd.error("kTAMV: the nozzle was found at only %d of %d "
                              "calibration points; nothing was changed. Check "

@@ -5,8 +5,9 @@ numpy), so it loads this file by its path: keep it free of imports.
 """
 
 # The plausible scale of a nozzle camera, mm per pixel (calibration fits and
-# a saved camera_matrix outside it are refused).
-MIN_MM_PER_PX = 0.001
+# a saved camera_matrix outside it are refused). A microscope-zoom camera
+# (Axiscope's) shows a 0.4 mm bore ~490 px across: ~0.0008 mm/px.
+MIN_MM_PER_PX = 0.0005
 MAX_MM_PER_PX = 0.2
 # Most commanded positions one request carries in machine.moves.
 MAX_MOVES = 100

@@ -692,6 +692,39 @@ def test_a_static_bore_lookalike_on_the_lens_does_not_stop_calibration(
     assert float(centred[0][2]) < 3.0
 
 
+def test_a_zoomed_camera_is_calibrated_on_a_circle_that_keeps_the_bore_in_view(
+        tmp_path):
+    # 0.0015 mm/px: the 0.4 mm bore is 133 px in radius in a 640x480 frame,
+    # and the default 0.5 mm circle would move it 333 px, out of view (it
+    # used to fail: "the calibration points lie on one spot").
+    url = SIM_URL + "&mm_per_px=0.0015"
+    section = ktamv_section(url=url, settle_time=0.1)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.02, cy - 0.01),
+                       "KTAMV_CALIB_CAMERA", "KTAMV_STATUS_JSON"])
+    result = run_klippy(tmp_path, printer_config(section), gcode + "\n")
+    assert result.returncode == 0, result.tail()
+    fitted = result.find(r"the bore is (\d+) px in radius, so a 0.40 mm nozzle "
+                         r"shows up to (\d+) px per mm: a 0.500 mm circle would "
+                         r"take it out of view; the points lie on a ([\d.]+) "
+                         r"mm circle instead")
+    assert len(fitted) == 1, result.tail()
+    radius_px, px_per_mm, circle = (float(v) for v in fitted[0])
+    assert radius_px == pytest.approx(133, abs=3)
+    # At most a tenth of the short side (48 px) at the true 667 px/mm.
+    assert 0.03 < circle <= 48. / 667.
+    # The points of the progress lines lie on that circle round the start.
+    points = [(float(x), float(y)) for x, y in result.find(
+        r"calibration point X([\d.]+) Y([\d.]+)")]
+    assert len(points) == 11
+    for x, y in points[1:]:
+        assert math.hypot(x - points[0][0], y - points[0][1]) == \
+            pytest.approx(circle, abs=0.0015)
+    model = statuses(result.text)[0]["camera_model"]
+    assert model["mm_per_px"] == pytest.approx(0.0015, rel=0.01)
+    assert model["rejected"] == [] and len(model["used"]) == 11
+
+
 def centre_calibrated(tmp_path, url, start, **options):
     """KTAMV_FIND_NOZZLE_CENTER with the sim's true camera model configured,
     from ``start`` (mm from the camera's centre); (truth, result)."""

@@ -273,6 +273,31 @@ def test_image_center_uses_pixel_centres():
     assert ktamv.image_center((5, 3)) == (2.0, 1.0)
 
 
+def test_calibration_circle_keeps_a_zoomed_camera_s_bore_in_view():
+    fit = ktamv.fitted_calibration_radius
+    # A usual camera (0.4 mm bore, 20 px: ~100 px/mm) keeps 0.5 mm: 52 px
+    # of the 199 px of room round a centred bore.
+    usual = {'uv': [320., 240.], 'radius': 20., 'edge_width': 1.,
+             'frame_size': [640, 480]}
+    assert fit(0.5, usual, 0.4) == 0.5
+    # Off-centre, the room is to the nearest edge less two bore radii:
+    # 130 - 60 = 70 px at 150 px/mm (rounded down to a micron).
+    near_edge = dict(usual, uv=[130., 240.], radius=30., edge_width=0.)
+    assert fit(0.5, near_edge, 0.4) == 0.466
+    # A microscope's bore (133 px, half the frame): at least a tenth of the
+    # short side, 48 px at (133 + 2) / 0.2 = 675 px/mm.
+    zoomed = {'uv': [333., 233.], 'radius': 133., 'edge_width': 2.,
+              'frame_size': [640, 480]}
+    assert fit(0.5, zoomed, 0.4) == pytest.approx(48. / 675., abs=0.001)
+    # A defocused edge counts as more pixels per mm: a smaller circle.
+    assert fit(0.5, dict(zoomed, edge_width=20.), 0.4) < fit(0.5, zoomed, 0.4)
+    # A 0.8 mm nozzle the same size in the frame: half the pixels per mm.
+    assert fit(0.5, zoomed, 0.8) == pytest.approx(2. * fit(0.5, zoomed, 0.4),
+                                                  abs=0.002)
+    # Never below G-code's resolution.
+    assert fit(0.5, dict(zoomed, radius=1e5), 0.4) == 0.001
+
+
 def test_offset_statistics_match_the_statistics_module():
     samples = [(0.101, -0.050), (0.103, -0.047), (0.098, -0.052),
                (0.100, -0.049)]
