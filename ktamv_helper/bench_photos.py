@@ -171,7 +171,8 @@ def score_conditions(frames, rng, size=RENDER_SIZE):
 # gets a mild random pose (rotation ±6°, shift ±5 %) and sensor noise
 # σ 2-4, so the draws differ. "x3 finer camera" shows the photo at three
 # times the pixels (a sharper sensor at the same view) with defocus of
-# 3 px in its own pixels.
+# 3 px in its own pixels. "MJPEG qN" encodes the variant as a USB camera's
+# MJPEG stream does (quality 50 is a common default; 30, a starved link).
 PHOTO_CONDITIONS = (
     ("defocus sigma 1.5 px", {"blur_sigma": 1.5}),
     ("defocus sigma 3 px", {"blur_sigma": 3.0}),
@@ -180,6 +181,8 @@ PHOTO_CONDITIONS = (
     ("under-exposed x0.3", {"exposure": 0.3}),
     ("under-exposed x0.15", {"exposure": 0.15}),
     ("x3 finer camera, defocus sigma 3 px", {"blur_sigma": 1.0, "rescale": 3.0}),
+    ("MJPEG q50", {"jpeg_quality": 50}),
+    ("MJPEG q30", {"jpeg_quality": 30}),
 )
 
 

@@ -44,9 +44,10 @@ def test_a_folder_of_photos_and_the_camera_conditions(tmp_path):
     # The photo under each camera condition, against its own reference:
     # found when only defocused by 1.5 px or over-exposed x2.
     photo_rows = dict(re.findall(r"^\| mine.png, ([^|]+) \| 2 \| (\d+) \|", out, re.M))
-    assert len(photo_rows) == 7, out
+    assert len(photo_rows) == 9, out
     assert photo_rows["defocus sigma 1.5 px"] == "2", out
     assert photo_rows["over-exposed x2"] == "2", out
+    assert photo_rows["MJPEG q50"] == "2", out
     assert re.search(r"Of the \d+ missed without a refusal, \d+ came with an exposure hint", out)
 
 

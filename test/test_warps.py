@@ -14,9 +14,9 @@ def _dot_photo(width=320, height=240, at=(200.0, 90.0)):
     return image, at
 
 
-def _dot_centre(image):
+def _dot_centre(image, background=180.0):
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float64)
-    weight = np.clip(180.0 - gray, 0, None)
+    weight = np.clip(background - gray, 0, None)
     ys, xs = np.indices(gray.shape)
     return (weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()
 
@@ -44,6 +44,22 @@ def test_a_cropped_variant_shows_only_the_photo_and_its_points_land_where_said(w
     expected = warp_point(dot, warp, photo.shape)
     found = _dot_centre(variant)
     assert np.hypot(found[0] - expected[0], found[1] - expected[1]) < 0.1 * max(1, warp.rescale)
+
+
+def test_jpeg_changes_the_pixels_not_where_the_dot_is():
+    photo, dot = _dot_photo()
+    warp = Warp(rotation_deg=4.0, shift=(0.05, 0.02), jpeg_quality=30, crop=True)
+    plain = apply_warp(photo, Warp(rotation_deg=4.0, shift=(0.05, 0.02), crop=True),
+                       np.random.default_rng(0))
+    coded = apply_warp(photo, warp, np.random.default_rng(0))
+    assert coded.shape == plain.shape
+    # Blocks and ringing: pixels change by several grey levels ...
+    assert np.abs(coded.astype(int) - plain.astype(int)).max() >= 4
+    # ... the dot stays where the geometry puts it (weighed below the
+    # ringing round it).
+    expected = warp_point(dot, warp, photo.shape)
+    found = _dot_centre(coded, background=150.0)
+    assert np.hypot(found[0] - expected[0], found[1] - expected[1]) < 0.1
 
 
 def test_without_crop_the_variant_keeps_the_frame_size():

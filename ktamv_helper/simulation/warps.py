@@ -1,4 +1,4 @@
-"""Known changes of a photo: geometry, exposure, blur, noise, rescaling.
+"""Known changes of a photo: geometry, exposure, blur, noise, rescaling, JPEG.
 
 A real photo's bore centre is known only roughly, but after a *known* warp
 the warped centre is known exactly relative to the original: the detector's
@@ -27,6 +27,9 @@ class Warp:
         Gaussian defocus (px) and sensor noise (grey levels).
     rescale : float
         Final resize of the whole frame (0.5 halves it).
+    jpeg_quality : int
+        Encode the variant as JPEG at this quality and decode it, last, as
+        an MJPEG camera does (0: not).
     crop : bool
         Cut the variant to the largest upright rectangle whose pixels all
         come from the photo: what lies beyond a photo's edge is unknown, and
@@ -41,6 +44,7 @@ class Warp:
     blur_sigma: float = 0.0
     noise_sigma: float = 0.0
     rescale: float = 1.0
+    jpeg_quality: int = 0
     crop: bool = False
 
 
@@ -127,12 +131,15 @@ def apply_warp(image, warp, rng):
         size = (max(8, round(width * warp.rescale)), max(8, round(height * warp.rescale)))
         out = cv2.resize(out, size, interpolation=cv2.INTER_AREA if warp.rescale < 1
                          else cv2.INTER_CUBIC)
+    if warp.jpeg_quality:
+        _, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(warp.jpeg_quality)])
+        out = cv2.imdecode(data, cv2.IMREAD_COLOR)
     return out
 
 
 def describe(warp):
     """A short label for tables."""
-    return "rot %+.1f° zoom %.3f exp %.2f blur %.1f noise %.1f x%.1f" % (
+    return "rot %+.1f° zoom %.3f exp %.2f blur %.1f noise %.1f x%.1f%s" % (
         warp.rotation_deg, warp.zoom, warp.exposure, warp.blur_sigma, warp.noise_sigma,
-        warp.rescale)
+        warp.rescale, " JPEG q%d" % warp.jpeg_quality if warp.jpeg_quality else "")
 
