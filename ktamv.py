@@ -33,6 +33,9 @@ DEFAULT_HELPER_VENV = "~/ktamv-env/bin/python"
 NO_NOZZLE_CODES = ("nozzle_not_found", "no_consensus", "nozzle_ambiguous",
                    "nozzle_size_mismatch", "nozzle_not_where_expected")
 DEFAULT_TOOL_NAME = "default"
+# The bore's diameter (mm) when neither [ktamv] nor the active extruder
+# names one.
+DEFAULT_NOZZLE_DIAMETER = 0.4
 # A stored detection stands in for a new one (same place, tool, camera,
 # settled) for at most this long: the printer may be bumped meanwhile.
 DETECTION_MAX_AGE = 5.
@@ -899,7 +902,8 @@ class KtamvOptions:
                                               minval=1, maxval=50)
         # The bore's size tells it from the tip face and the cone once the
         # camera's scale is known; NOZZLE_DIAMETER= overrides it per command.
-        self.nozzle_diameter = config.getfloat('nozzle_diameter', 0.4,
+        # Unset, each tool's own [extruder] nozzle_diameter is used.
+        self.nozzle_diameter = config.getfloat('nozzle_diameter', None,
                                                minval=0.1, maxval=2.)
         self.verify_tolerance = config.getfloat('verify_tolerance', 0.01,
                                                 above=0., maxval=1.)
@@ -1204,6 +1208,21 @@ class ToolIdentity:
                 % (", ".join(copying),
                    "/".join(sorted(set(modes[k] for k in copying)))))
         return "+".join(primary) if primary else None
+    def nozzle_diameter(self):
+        """The active extruder's ``nozzle_diameter`` in printer.cfg (as
+        Klipper parsed it), or None: no extruder, or a size kTAMV does not
+        take (outside 0.1-2 mm). A tool changer or IDEX activates the
+        tool's own extruder, so each tool names its own nozzle."""
+        toolhead = self.printer.lookup_object('toolhead')
+        name = toolhead.get_extruder().get_name()
+        configfile = self.printer.lookup_object('configfile', None)
+        if not name or configfile is None:
+            return None
+        settings = configfile.get_status(self.reactor.monotonic())['settings']
+        value = settings.get(name, {}).get('nozzle_diameter')
+        if isinstance(value, (int, float)) and 0.1 <= value <= 2.:
+            return float(value)
+        return None
     def gcode_offset(self):
         """The G-code XY offset in force (SET_GCODE_OFFSET / tool offsets)."""
         gcode_move = self.printer.lookup_object('gcode_move', None)
@@ -1244,8 +1263,10 @@ class NozzleFinder:
     def bore_hints(self, gcmd, scale=True):
         """What the helper may know of the bore: its diameter and (unless
         calibrating, which measures it anew) the scale."""
+        default = (self.opts.nozzle_diameter or self.tools.nozzle_diameter()
+                   or DEFAULT_NOZZLE_DIAMETER)
         hints = {'nozzle_diameter': gcmd.get_float(
-            'NOZZLE_DIAMETER', self.opts.nozzle_diameter, minval=0.1,
+            'NOZZLE_DIAMETER', default, minval=0.1,
             maxval=2.)}
         if scale and self.model is not None:
             hints['mm_per_px'] = self.model.mm_per_px()

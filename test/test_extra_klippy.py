@@ -143,6 +143,65 @@ def test_sim_workflow_measures_tool_offsets_within_5_microns(tmp_path):
     assert pos and abs(float(pos[0][0]) - origin[0]) < 0.007
 
 
+EXTRUDERS = """
+[extruder]
+step_pin: gpio12
+dir_pin: gpio13
+enable_pin: !gpio14
+microsteps: 16
+rotation_distance: 33.5
+nozzle_diameter: 0.4
+filament_diameter: 1.75
+heater_pin: gpio15
+sensor_type: EPCOS 100K B57560G104F
+sensor_pin: analog0
+control: watermark
+min_temp: 0
+max_temp: 250
+
+[extruder1]
+step_pin: gpio16
+dir_pin: gpio17
+enable_pin: !gpio18
+microsteps: 16
+rotation_distance: 33.5
+nozzle_diameter: 0.8
+filament_diameter: 1.75
+heater_pin: gpio19
+sensor_type: EPCOS 100K B57560G104F
+sensor_pin: analog1
+control: watermark
+min_temp: 0
+max_temp: 250
+
+[gcode_macro T1]
+gcode: ACTIVATE_EXTRUDER EXTRUDER=extruder1
+"""
+
+
+def test_each_tool_s_extruder_names_its_nozzle(tmp_path):
+    # T0 has a 0.4 mm nozzle, T1 a 0.8 mm one (twice the bore in px). With
+    # nozzle_diameter unset in [ktamv] and no NOZZLE_DIAMETER=, each tool's
+    # [extruder] section says which: T1's bore is not refused as "far from
+    # a 0.40 mm bore" (it was), and its offset comes out right.
+    url = SIM_URL + "&nozzles=0.4,0.8"
+    section = "[ktamv]\nnozzle_cam_url: %s\nhelper_python: %s\nsettle_time: 0.1\n" % (
+        url, HELPER_PYTHON)
+    cx, cy = CAMERA_XY
+    gcode = "\n".join(["G28", "G1 X%.3f Y%.3f F6000" % (cx + 0.2, cy - 0.1),
+                       "KTAMV_CALIB_CAMERA", "KTAMV_FIND_NOZZLE_CENTER",
+                       "KTAMV_SET_ORIGIN", "T1", "KTAMV_FIND_NOZZLE_CENTER",
+                       "KTAMV_GET_OFFSET"])
+    result = run_klippy(tmp_path, printer_config(section + EXTRUDERS), gcode + "\n")
+    assert result.returncode == 0, result.tail()
+    assert "origin set to" in result.text and "for extruder " in result.text
+    offset = result.find(r"offset of extruder1 from the origin \(extruder\): "
+                         r"X([-+][\d.]+) Y([-+][\d.]+) mm")
+    assert len(offset) == 1, result.tail()
+    truth = sim_truth(url)["tools"][1]
+    assert [float(v) for v in offset[0]] == pytest.approx(truth, abs=0.005)
+
+
 def test_reference_dictionary_works_too(tmp_path):
     if not REFERENCE_DICT.exists():
         pytest.skip("reference MCU dictionary not on this machine")

@@ -687,8 +687,12 @@ def test_helper_death_fails_pending_requests_with_a_sentence():
 # -- calibration --------------------------------------------------------------
 
 class FakeConfigfile:
-    def __init__(self):
+    def __init__(self, settings=None):
         self.saved = {}
+        self.settings = settings or {}
+
+    def get_status(self, eventtime):
+        return {"settings": self.settings}
 
     def set(self, section, option, value):
         self.saved[(section, option)] = value
@@ -821,6 +825,22 @@ def test_nozzle_diameter_and_scale_reach_the_helper():
     extra.finder.model = ktamv.CameraModel(MATRIX)
     assert extra.finder.bore_hints(FakeGcmd(NOZZLE_DIAMETER="0.8")) == {
         "nozzle_diameter": 0.8, "mm_per_px": pytest.approx(0.01)}
+
+
+def test_the_active_extruder_names_its_nozzle_unless_ktamv_or_the_command_does():
+    # FakeToolhead's active extruder is "extruder"; Klipper's configfile
+    # status carries its parsed nozzle_diameter (printer.cfg is the truth).
+    def hints(options, settings, **params):
+        extra, printer = make_ktamv(options, FakeToolhead())
+        printer.objects["configfile"] = FakeConfigfile(settings)
+        return extra.finder.bore_hints(FakeGcmd(**params), scale=False)
+    mine = {"extruder": {"nozzle_diameter": 0.6}, "extruder1": {"nozzle_diameter": 0.8}}
+    assert hints({}, mine) == {"nozzle_diameter": 0.6}
+    assert hints({"nozzle_diameter": "0.5"}, mine) == {"nozzle_diameter": 0.5}
+    assert hints({}, mine, NOZZLE_DIAMETER="0.25") == {"nozzle_diameter": 0.25}
+    # No extruder section, or a size kTAMV does not take: 0.4 mm.
+    assert hints({}, {}) == {"nozzle_diameter": 0.4}
+    assert hints({}, {"extruder": {"nozzle_diameter": 3.0}}) == {"nozzle_diameter": 0.4}
 
 
 def test_calibration_refuses_a_bad_fit_and_keeps_the_old_model():
