@@ -1573,20 +1573,21 @@ def _where(things):
     return ", ".join("u=%.0f v=%.0f r=%.0f px" % (uv[0], uv[1], r)
                      for uv, r in things)
 
+def most_px_per_mm(det, nozzle_diameter):
+    """The most pixels per mm the bore ``det`` allows: its radius plus its
+    edge width (defocus shrinks a bore by about that) over the nominal
+    bore radius; a chamfer only makes the bore look bigger, so fewer."""
+    return (det['radius'] + det.get('edge_width', 0.)) / (.5 * nozzle_diameter)
+
 def fitted_calibration_radius(radius, det, nozzle_diameter):
     """The calibration circle (mm) that keeps the bore ``det`` in view:
     ``radius``, or less where the bore's size says the camera sees more
-    pixels per mm than the frame has room for (a zoomed camera).
-
-    Pixels per mm are bounded from above by the bore's radius plus its
-    edge width (defocus shrinks a bore by about that) over the nominal
-    bore radius; a chamfer only makes the bore look bigger, so slower.
-    """
+    pixels per mm (:func:`most_px_per_mm`) than the frame has room for
+    (a zoomed camera)."""
     (u, v), (w, h) = det['uv'], det['frame_size']
-    r = det['radius']
-    room = max(min(u, w - u, v, h - v) - CALIB_ROOM_RADII * r,
+    room = max(min(u, w - u, v, h - v) - CALIB_ROOM_RADII * det['radius'],
                CALIB_MIN_ROOM * min(w, h))
-    px_per_mm = (r + det.get('edge_width', 0.)) / (.5 * nozzle_diameter)
+    px_per_mm = most_px_per_mm(det, nozzle_diameter)
     if px_per_mm <= 0. or radius * px_per_mm <= room:
         return radius
     return max(CALIB_MIN_RADIUS, math.floor(room / px_per_mm * 1000.) / 1000.)
@@ -1690,8 +1691,8 @@ class CameraCalibration:
             "kTAMV: the bore is %.0f px in radius, so a %.2f mm nozzle shows "
             "up to %.0f px per mm: a %.3f mm circle would take it out of "
             "view; the points lie on a %.3f mm circle instead (RADIUS= sets "
-            "it)." % (det['radius'], diameter, (det['radius'] + det[
-                'edge_width']) / (.5 * diameter), radius, fitted))
+            "it)." % (det['radius'], diameter, most_px_per_mm(det, diameter),
+                      radius, fitted))
     def _same_size(self, gcmd, size):
         # The model holds for one frame size only (it is saved with it).
         if self.frame_size is None:
