@@ -131,11 +131,18 @@ def score_ring_light(frames, rng, size=RENDER_SIZE):
     return records
 
 
+# B, G, R gains of LED light as a colour sensor sees it: a blue LED also
+# reaches the green pixels a little, an amber one the green more; a deep
+# blue one hardly any but the blue.
+BLUE_LIGHT = (1.0, 0.3, 0.08)
+DEEP_BLUE_LIGHT = (1.0, 0.12, 0.0)
+AMBER_LIGHT = (0.05, 0.45, 1.0)
+
 # The conditions a nozzle camera meets that the looks' own ranges stop
 # short of: (label, look fields, bore radius range px). Heavy defocus
 # blurs a small bore over half its radius; over-exposure clips the face
 # and the body into one white area; under-exposure leaves a face of ~20
-# grey levels.
+# grey levels; a deep-blue LED leaves luma a fifth of the range.
 CONDITIONS = (
     ("defocus sigma 3 px", {"blur_sigma": 3.0}, (4.0, 15.0)),
     ("defocus sigma 5 px", {"blur_sigma": 5.0}, (10.0, 40.0)),
@@ -143,6 +150,7 @@ CONDITIONS = (
     ("over-exposed x3", {"exposure": 3.0}, (4.0, 60.0)),
     ("under-exposed x0.15", {"exposure": 0.15}, (4.0, 60.0)),
     ("under-exposed x0.08, noise 4", {"exposure": 0.08, "noise_sigma": 4.0}, (4.0, 60.0)),
+    ("deep-blue LED light", {"light_tint": DEEP_BLUE_LIGHT}, (4.0, 60.0)),
 )
 LOOKS = (("ring-light brass", ring_light_look), ("random look", random_look))
 
@@ -173,6 +181,7 @@ def score_conditions(frames, rng, size=RENDER_SIZE):
 # times the pixels (a sharper sensor at the same view) with defocus of
 # 3 px in its own pixels. "MJPEG qN" encodes the variant as a USB camera's
 # MJPEG stream does (quality 50 is a common default; 30, a starved link).
+# "LED light" relights the photo in that colour (its channels scaled).
 PHOTO_CONDITIONS = (
     ("defocus sigma 1.5 px", {"blur_sigma": 1.5}),
     ("defocus sigma 3 px", {"blur_sigma": 3.0}),
@@ -183,6 +192,9 @@ PHOTO_CONDITIONS = (
     ("x3 finer camera, defocus sigma 3 px", {"blur_sigma": 1.0, "rescale": 3.0}),
     ("MJPEG q50", {"jpeg_quality": 50}),
     ("MJPEG q30", {"jpeg_quality": 30}),
+    ("blue LED light", {"light": BLUE_LIGHT}),
+    ("deep-blue LED light", {"light": DEEP_BLUE_LIGHT}),
+    ("amber LED light", {"light": AMBER_LIGHT}),
 )
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ktamv_helper.detection import (Detection, detect_nozzle, estimate_noise, exposure_problem,
-                                    fit_circle_robust)
+                                    fit_circle_robust, to_gray)
 from ktamv_helper.detection.edges import _fit_edge
+from ktamv_helper.detection.frame import light_weights
 from ktamv_helper.simulation.render import NozzleLook, random_look, render_nozzle
 
 
@@ -261,3 +262,31 @@ def test_a_clipped_lit_part_is_named_though_most_of_the_picture_is_dark():
     assert exposure_problem(image) == (
         "100 % of the picture's lit part is clipped at white: if the nozzle's tip "
         "face and body merge there, lower the camera's exposure or gain, or the light.")
+
+
+def _in_light(gray, light):
+    """A grey scene lit by LEDs of B, G, R gains ``light``, as BGR."""
+    return np.clip(gray[:, :, None] * np.asarray(light, float), 0, 255).astype(np.uint8)
+
+
+def test_grey_levels_follow_a_strongly_coloured_light():
+    scene = _lit_nozzle(1.0)
+    # White light, and amber light that leaves luma's face at 136: luma,
+    # exactly as OpenCV makes it (the channel MJPEG codes at full size).
+    for light in ((1.0, 1.0, 1.0), (0.05, 0.45, 1.0)):
+        image = _in_light(scene, light)
+        assert np.array_equal(to_gray(image), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    # A deep-blue LED: luma weighs the blue face (240) by 0.114, and it
+    # reads 44, "dim". Weighed by the light's colour (the frame's mean:
+    # B 0.917, G 0.083) it reads 222 over a bore of 9, and nothing is
+    # wrong with it.
+    image = _in_light(scene, (1.0, 0.12, 0.0))
+    luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    assert luma[240, 335] == 44
+    assert exposure_problem(luma).startswith("The picture is dim")
+    gray = to_gray(image)
+    assert light_weights(image) == pytest.approx([0.917, 0.083, 0.0], abs=0.001)
+    assert gray[240, 335] == 222 and gray[240, 320] == 9
+    assert exposure_problem(gray) is None
+    found = detect_nozzle(image)
+    assert abs(found.center[0] - 320) < 0.1 and abs(found.center[1] - 240) < 0.1

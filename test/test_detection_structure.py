@@ -523,6 +523,24 @@ def test_real_photos_bore_where_the_readme_says(name, limit):
     assert _error(found, _readme_centres()[name]) < limit
 
 
+@pytest.mark.skipif(not os.path.isdir(PHOTOS), reason="no ../shared/photos here")
+@pytest.mark.parametrize("name, limit", [("ktamv-doc-1.png", 0.3), ("ktamv-doc-2.png", 0.3),
+                                         ("axiscope-1.png", 1.0)])
+def test_real_photos_lit_by_a_deep_blue_led(name, limit):
+    # The photo's grey levels relit by a deep-blue LED (B, G, R gains 1,
+    # 0.12, 0) with sensor noise: luma peaks at 39-43 and finds none of
+    # them; weighed by the light's colour each bore is where it was.
+    from ktamv_helper.bench_photos import DEEP_BLUE_LIGHT
+    gray = cv2.cvtColor(cv2.imread(os.path.join(PHOTOS, name)), cv2.COLOR_BGR2GRAY)
+    reference = find_bore(gray).detection
+    image = apply_warp(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR),
+                       Warp(light=DEEP_BLUE_LIGHT, noise_sigma=3.0), np.random.default_rng(2))
+    assert find_bore(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)).detection is None
+    found = find_bore(image).detection
+    assert found is not None
+    assert _error(found, reference.center) < limit
+
+
 def test_an_excluded_sure_bore_does_not_end_the_search():
     # A big, sure circle (lens dirt shaped like a nozzle) found on the coarse
     # search copy, and the real, small nozzle that only a finer copy shows.

@@ -1,4 +1,5 @@
-"""Known changes of a photo: geometry, exposure, blur, noise, rescaling, JPEG.
+"""Known changes of a photo: geometry, exposure, light colour, blur, noise,
+rescaling, JPEG.
 
 A real photo's bore centre is known only roughly, but after a *known* warp
 the warped centre is known exactly relative to the original: the detector's
@@ -23,6 +24,9 @@ class Warp:
         Translation, as fractions of the width and height.
     exposure : float
         Brightness factor (values over 255 clip, as a sensor does).
+    light : (float, float, float)
+        B, G, R gains of the light, with the exposure: (1.0, 0.3, 0.08)
+        relights the photo with a blue LED as a colour sensor sees one.
     blur_sigma, noise_sigma : float
         Gaussian defocus (px) and sensor noise (grey levels).
     rescale : float
@@ -41,6 +45,7 @@ class Warp:
     zoom: float = 1.0
     shift: tuple = (0.0, 0.0)
     exposure: float = 1.0
+    light: tuple = (1.0, 1.0, 1.0)
     blur_sigma: float = 0.0
     noise_sigma: float = 0.0
     rescale: float = 1.0
@@ -119,6 +124,8 @@ def apply_warp(image, warp, rng):
     out = cv2.warpAffine(image, _matrix(warp, image.shape), (width, height),
                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     out = out.astype(np.float32) * np.float32(warp.exposure)
+    if tuple(warp.light) != (1.0, 1.0, 1.0) and out.ndim == 3:
+        out *= np.asarray(warp.light, np.float32)
     if warp.blur_sigma > 0.05:
         out = cv2.GaussianBlur(out, (0, 0), warp.blur_sigma)
     if warp.noise_sigma > 0:
@@ -139,7 +146,10 @@ def apply_warp(image, warp, rng):
 
 def describe(warp):
     """A short label for tables."""
-    return "rot %+.1f° zoom %.3f exp %.2f blur %.1f noise %.1f x%.1f%s" % (
-        warp.rotation_deg, warp.zoom, warp.exposure, warp.blur_sigma, warp.noise_sigma,
-        warp.rescale, " JPEG q%d" % warp.jpeg_quality if warp.jpeg_quality else "")
+    light = "" if tuple(warp.light) == (1.0, 1.0, 1.0) else \
+        " light BGR %.2g/%.2g/%.2g" % tuple(warp.light)
+    return "rot %+.1f° zoom %.3f exp %.2f%s blur %.1f noise %.1f x%.1f%s" % (
+        warp.rotation_deg, warp.zoom, warp.exposure, light, warp.blur_sigma,
+        warp.noise_sigma, warp.rescale,
+        " JPEG q%d" % warp.jpeg_quality if warp.jpeg_quality else "")
 
