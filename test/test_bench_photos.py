@@ -37,17 +37,18 @@ def test_a_folder_of_photos_and_the_camera_conditions(tmp_path):
     centre = re.search(r"^\| mine.png \| \(([\d.]+), ([\d.]+)\).*\| ([\d.]+) \|$", out, re.M)
     assert centre and float(centre.group(3)) < 0.5, out
     assert "Ring-light found by bore radius: " in out
-    # Two looks x six conditions, each with its 2 frames.
+    # Two looks x seven conditions, each with its 2 frames.
     rows = re.findall(r"^\| (ring-light brass|random look), .*\| 2 \| \d+ \|", out, re.M)
-    assert len(rows) == 12, out
+    assert len(rows) == 14, out
     assert re.search(r"Of the \d+ wrong circles, \d+ had the centre within 2 px", out)
     # The photo under each camera condition, against its own reference:
-    # found when only defocused by 1.5 px or over-exposed x2.
+    # found when only defocused by 1.5 px, over-exposed x2 or relit blue.
     photo_rows = dict(re.findall(r"^\| mine.png, ([^|]+) \| 2 \| (\d+) \|", out, re.M))
-    assert len(photo_rows) == 9, out
+    assert len(photo_rows) == 12, out
     assert photo_rows["defocus sigma 1.5 px"] == "2", out
     assert photo_rows["over-exposed x2"] == "2", out
     assert photo_rows["MJPEG q50"] == "2", out
+    assert photo_rows["deep-blue LED light"] == "2", out
     assert re.search(r"Of the \d+ missed without a refusal, \d+ came with an exposure hint", out)
 
 

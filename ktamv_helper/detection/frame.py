@@ -73,8 +73,9 @@ def to_gray(image):
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 3:
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        weights = light_weights(image) if image.dtype == np.uint8 else None
-        if weights is not None and _top_level(gray) < LUMA_DIM_TOP:
+        weights = light_weights(image) if image.dtype == np.uint8 and \
+            _top_level(gray) < LUMA_DIM_TOP else None
+        if weights is not None:
             gray = cv2.transform(image, weights[None, :].astype(np.float32))
     elif image.ndim == 3 and image.shape[2] == 1:
         gray = image[:, :, 0]
@@ -121,7 +122,11 @@ def light_weights(image):
 
 
 def _top_level(gray):
-    """99.5th percentile of a grey frame's levels."""
+    """99.5th percentile of a grey frame's levels, from every fourth pixel
+    of every fourth row of a big frame (the whole histogram of a 1080p
+    frame costs 1.5 ms, as much as the rest of this module)."""
+    if min(gray.shape) >= 64:
+        gray = cv2.resize(gray, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_NEAREST)
     hist = np.cumsum(cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel())
     return int(np.searchsorted(hist, 0.995 * hist[-1]))
 
