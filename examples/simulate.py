@@ -76,6 +76,10 @@ def parse_args(argv):
                         help="defocus blur sigmas in px, one per tool, repeated "
                              "for more tools (tools of different lengths are not "
                              "all in focus); default: each look's own")
+    parser.add_argument("--light", default="",
+                        help="B,G,R gains of the camera's LEDs, for every tool "
+                             "(e.g. 1,0.12,0: a deep-blue LED); default: each "
+                             "look's own")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
                              "an earlier run's files there are replaced)")
@@ -94,6 +98,13 @@ def parse_args(argv):
                         for t in range(args.tools)]
     args.exposure_list = _per_tool(parser, args, "exposures", "factors", 0.05, 10)
     args.blur_list = _per_tool(parser, args, "blurs", "sigmas in px", 0, 20)
+    try:
+        args.light_gains = [float(v) for v in args.light.split(",")] if args.light else []
+    except ValueError:
+        args.light_gains = None
+    if args.light_gains is None or len(args.light_gains) not in (0, 3) or \
+            not all(0 <= v <= 4 for v in args.light_gains):
+        parser.error("--light must be three gains 0..4, B,G,R")
     if not 2 <= args.tools <= 10:
         parser.error("--tools must be 2..10")
     if not 0 <= args.backlash <= 0.4:
@@ -142,7 +153,8 @@ def camera_settings(args, record_dir):
         "camera_y": round(CAMERA_POSITION[1] + float(rng.uniform(-0.6, 0.6)), 4),
         "record": str(record_dir),
     }
-    for key, values in (("exposures", args.exposure_list), ("blurs", args.blur_list)):
+    for key, values in (("exposures", args.exposure_list), ("blurs", args.blur_list),
+                        ("light", args.light_gains)):
         if values:
             settings[key] = ",".join("%g" % v for v in values)
     return settings

@@ -2,10 +2,12 @@
 
 import math
 
+import cv2
+import numpy as np
 import pytest
 
 from ktamv_helper.cameras.sim import SimCamera, parse_sim_url
-from ktamv_helper.detection import find_bore
+from ktamv_helper.detection import find_bore, to_gray
 from ktamv_helper.errors import HelperError
 from ktamv_helper.simulation.machine import MachineState
 
@@ -67,6 +69,25 @@ def test_per_tool_exposures_reach_the_looks_and_the_bore_is_still_found():
         camera.close()
 
 
+def test_one_led_colour_lights_every_tool_and_each_bore_is_still_found():
+    # A deep-blue LED ring on the camera, dimmed: luma keeps a fifth of the
+    # range and peaks under half the scale, so the detector weighs the
+    # frame by the light's colour.
+    camera = SimCamera("sim://?tools=2&looks=mixed&light=1,0.12,0&exposures=0.8,0.8"
+                       "&noise=2&jpeg=75")
+    try:
+        assert camera.settings["light"] == [1.0, 0.12, 0.0]
+        for tool in range(2):
+            assert camera.look(tool).light_tint == (1.0, 0.12, 0.0)
+            image, pixel = camera.render(_state(camera, tool), 0)
+            assert not np.array_equal(to_gray(image), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+            found = find_bore(image).detection
+            assert found is not None, tool
+            assert math.hypot(found.center[0] - pixel[0], found.center[1] - pixel[1]) < 0.3
+    finally:
+        camera.close()
+
+
 def _state(camera, tool):
     """The machine with tool ``tool`` selected over the camera's centre."""
     xy = (camera.settings["camera_x"], camera.settings["camera_y"])
@@ -84,6 +105,9 @@ def _state(camera, tool):
     ("cone_offsets=0.5:0,x:1", "cone_offsets"),
     ("cone_offsets=9:0", "cone_offsets"),
     ("cone_offsets=nan:0", "cone_offsets"),
+    ("light=1,0.5", "light"),
+    ("light=1,9,0", "light"),
+    ("light=blue", "light"),
 ])
 def test_bad_look_keys_are_named(query, word):
     with pytest.raises(HelperError, match=word):

@@ -54,6 +54,9 @@ cone_offsets   (per tool) per-tool centre of the turned outside (tip face's
                           (``0.5:0,-0.5:0``); tools beyond the list: their
                           look's own (ring-light: 0.1-0.35 in a random
                           direction; random looks: none)
+light          (per look) B,G,R gains of the camera's LEDs (``1,0.12,0``: a
+                          deep-blue LED, which leaves luma a fifth of the
+                          range); default: each look's own
 noise          (per tool) sensor noise sigma, grey levels
 blur           (per tool) defocus blur sigma, px
 dirt           (per tool) 0..1 burnt patch on the cone
@@ -117,6 +120,7 @@ _KEYS = {
     "blurs": (str, "", None, None),
     "disc": (str, "", None, None),
     "cone_offsets": (str, "", None, None),
+    "light": (str, "", None, None),
 }
 # URL key -> NozzleLook field it overrides.
 _LOOK_KEYS = {"blur": "blur_sigma", "dirt": "dirt", "glints": "glints"}
@@ -162,6 +166,10 @@ def parse_sim_url(url):
                                          "exposure factors")
     settings["blurs"] = _number_list("blurs", settings["blurs"], 0.0, 20.0,
                                      "blur sigmas in px")
+    settings["light"] = _number_list("light", settings["light"], 0.0, 4.0, "B,G,R gains")
+    if settings["light"] and len(settings["light"]) != 3:
+        raise HelperError("invalid_params", "sim:// camera key light=%s must be three "
+                          "gains, B,G,R." % ",".join("%g" % v for v in settings["light"]))
     settings["disc"] = _disc(settings["disc"])
     settings["cone_offsets"] = _offset_list(settings["cone_offsets"])
     if settings["kinematics"] not in ("cartesian", "corexy"):
@@ -376,6 +384,9 @@ class SimCamera(CameraSource):
                 overrides["exposure"] = self.settings["exposures"][tool]
             if tool < len(self.settings["blurs"]):
                 overrides["blur_sigma"] = self.settings["blurs"][tool]
+            if self.settings["light"]:
+                # One LED ring lights every tool.
+                overrides["light_tint"] = tuple(self.settings["light"])
             rng = np.random.default_rng([self.settings["seed"], 2, tool])
             looks = self.settings["looks"]
             if looks == "ring_light" or (looks == "mixed" and tool % 2 == 1):
