@@ -123,6 +123,8 @@ def test_bad_input_raises_value_error():
         detect_nozzle(np.zeros((480, 640, 4), np.uint8))
     with pytest.raises(ValueError):
         detect_nozzle(np.zeros((480, 640), np.float32))
+    with pytest.raises(ValueError, match="8-bit"):
+        detect_nozzle(np.zeros((480, 640, 3), np.float64))
 
 
 def test_noise_estimate_tracks_added_noise():

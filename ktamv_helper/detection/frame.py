@@ -71,20 +71,18 @@ def to_gray(image):
         For other shapes or pixel types.
     """
     image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 3:
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        weights = light_weights(image) if image.dtype == np.uint8 and \
-            _top_level(gray) < LUMA_DIM_TOP else None
-        if weights is not None:
-            gray = cv2.transform(image, weights[None, :].astype(np.float32))
-    elif image.ndim == 3 and image.shape[2] == 1:
-        gray = image[:, :, 0]
-    elif image.ndim == 2:
-        gray = image
-    else:
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))):
         raise ValueError(f"expected a BGR or grey image, got shape {image.shape}")
-    if gray.dtype != np.uint8:
-        raise ValueError(f"expected 8-bit pixels, got {gray.dtype}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels, got {image.dtype}")
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[:, :, 0]
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    weights = light_weights(image) if _top_level(gray) < LUMA_DIM_TOP else None
+    if weights is not None:
+        gray = cv2.transform(image, weights[None, :].astype(np.float32))
     return gray
 
 
