@@ -195,7 +195,6 @@ PHOTO_CONDITIONS = (
     ("blue LED light", {"light": BLUE_LIGHT}),
     ("deep-blue LED light", {"light": DEEP_BLUE_LIGHT}),
     ("amber LED light", {"light": AMBER_LIGHT}),
-    ("under-exposed x0.2", {"exposure": 0.2}),
 )
 
 

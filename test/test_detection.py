@@ -292,17 +292,3 @@ def test_grey_levels_follow_a_strongly_coloured_light():
     assert exposure_problem(gray) is None
     found = detect_nozzle(image)
     assert abs(found.center[0] - 320) < 0.1 and abs(found.center[1] - 240) < 0.1
-
-
-def test_a_dim_noisy_bore_whose_edge_is_plain_on_every_ray_is_found():
-    # The face at 36 of 255 over a bore of 1.5, defocused by 1.2 px, with
-    # sensor noise of 5: the edge rises ~7 noise levels on every ray, well
-    # over the 4 a ray needs. Scored on the first detector's contrast scale
-    # 7 of these 10 fell under the smallest accepted score.
-    for k in range(10):
-        rng = np.random.default_rng(k)
-        image = cv2.GaussianBlur(_lit_nozzle(0.15).astype(np.float32), (0, 0), 1.2)
-        image = np.clip(image + rng.normal(0, 5.0, image.shape), 0, 255).astype(np.uint8)
-        found = detect_nozzle(image)
-        assert found is not None, k
-        assert _error(found, (320, 240)) < 0.25, k

@@ -528,42 +528,17 @@ def test_real_photos_bore_where_the_readme_says(name, limit):
                                          ("axiscope-1.png", 1.0)])
 def test_real_photos_lit_by_a_deep_blue_led(name, limit):
     # The photo's grey levels relit by a deep-blue LED (B, G, R gains 1,
-    # 0.12, 0) with sensor noise: luma peaks at 39-43 (before the light
-    # was weighed, none of these bores was found); weighed by the light's
-    # colour, its face spans over four times the levels and each bore is where
-    # it was.
+    # 0.12, 0) with sensor noise: luma peaks at 39-43 and finds none of
+    # them; weighed by the light's colour each bore is where it was.
     from ktamv_helper.bench_photos import DEEP_BLUE_LIGHT
     gray = cv2.cvtColor(cv2.imread(os.path.join(PHOTOS, name)), cv2.COLOR_BGR2GRAY)
     reference = find_bore(gray).detection
     image = apply_warp(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR),
                        Warp(light=DEEP_BLUE_LIGHT, noise_sigma=3.0), np.random.default_rng(2))
-    luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    assert np.percentile(luma, 99.5) < 45
-    assert np.percentile(to_gray(image), 99.5) > 4 * np.percentile(luma, 99.5)
+    assert find_bore(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)).detection is None
     found = find_bore(image).detection
     assert found is not None
     assert _error(found, reference.center) < limit
-
-
-@pytest.mark.skipif(not os.path.isdir(PHOTOS), reason="no ../shared/photos here")
-@pytest.mark.parametrize("name", ["ktamv-doc-1.png", "ktamv-doc-2.png", "axiscope-1.png"])
-def test_real_photos_darkened_to_a_quarter(name):
-    # The photo bench's camera-condition variants (pose, noise 2-4) at x0.25
-    # exposure: luma peaks at ~50 of 255. Scored on the first detector's
-    # contrast scale, 42 of 60 such variants (20 per photo) were found; all
-    # are now, none wrong.
-    from ktamv_helper.bench_photos import _condition_warp, classify
-    image = cv2.imread(os.path.join(PHOTOS, name))
-    reference = find_bore(image).detection
-    rng = np.random.default_rng(4)
-    kinds = []
-    for _ in range(10):
-        warp = _condition_warp(rng, {"exposure": 0.25})
-        found = find_bore(apply_warp(image, warp, rng)).detection
-        kinds.append(classify(found, warp_point(reference.center, warp, image.shape),
-                              warp_radius(reference.radius, warp))[0])
-    assert kinds.count("wrong") == 0
-    assert kinds.count("found") >= 9, kinds
 
 
 def test_an_excluded_sure_bore_does_not_end_the_search():

@@ -157,13 +157,13 @@ def test_frames_of_another_size_than_the_calibration_are_refused(service, tmp_pa
 
 
 @pytest.mark.parametrize("gain, sentence", [
-    (0.01, "The picture is very dark (its brightest parts reach 2 of 255): raise"),
+    (0.02, "The picture is very dark (its brightest parts reach 4 of 255): raise"),
     (4.0, "100 % of the picture is clipped at white: lower the camera's exposure"),
 ])
 def test_a_nozzle_lost_to_exposure_is_named_as_such(service, tmp_path, gain, sentence):
-    # The same noise-free nozzle picture, under-exposed until its face is 2
-    # grey levels (at 3 it is still found, 0.01 px from its centre), and
-    # over-exposed until face and body are one white area.
+    # The same nozzle picture, under-exposed until its face is 4 grey
+    # levels (at 6 it is still found), and over-exposed until face and
+    # body are one white area.
     image = np.clip(draw_nozzle().astype(np.float32) * gain, 0, 255).astype(np.uint8)
     configured(service, write_images(tmp_path / "exposure", [image]))
     error = expect_error("nozzle_not_found", service, "detect",

@@ -691,14 +691,6 @@ def fit_ellipse_robust(points, tolerance, radius):
     return np.array([cx, cy]), (a, b), angle, inliers, dist[inliers]
 
 
-# The score's contrast term rises with the median ray's rise over the noise
-# on this scale: a median ray at the ray floor (MIN_RAY_SNR) counts one
-# half. (The first detector's scale of 12 counted a rise of 9-17 noise
-# levels, plain on 70-100 % of the rays of a real photo darkened to x0.2,
-# as 0.5-0.75, and those right measurements fell under MIN_SCORE.)
-SNR_SCALE = MIN_RAY_SNR / math.log(2.0)
-
-
 def score_measurement(m):
     """Confidence 0..1 that a measurement is a bore.
 
@@ -709,7 +701,7 @@ def score_measurement(m):
     over-exposed frame from ending the search early.) What clipping costs
     in precision shows in the spread of the frames a measurement averages.
     """
-    snr_term = 1.0 - math.exp(-m["snr"] / SNR_SCALE)
+    snr_term = 1.0 - math.exp(-m["snr"] / 12.0)
     closure_term = m["closure"]
     fit_term = 1.0 / (1.0 + (m["rms"] / max(0.3, 0.03 * m["radius"])) ** 2)
     return (m["completeness"] * snr_term * (0.5 + 0.5 * closure_term)
