@@ -280,15 +280,36 @@ def test_grey_levels_follow_a_strongly_coloured_light():
         assert np.array_equal(to_gray(image), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
     # A deep-blue LED: luma weighs the blue face (240) by 0.114, and it
     # reads 44, "dim". Weighed by the light's colour (the frame's mean:
-    # B 0.917, G 0.083) it reads 222 over a bore of 9, and nothing is
-    # wrong with it.
+    # B 0.917, G 0.083, of whose range luma keeps 18 %) it reads 222 over
+    # a bore of 9, and nothing is wrong with it.
     image = _in_light(scene, (1.0, 0.12, 0.0))
     luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     assert luma[240, 335] == 44
     assert exposure_problem(luma).startswith("The picture is dim")
     gray = to_gray(image)
-    assert light_weights(image) == pytest.approx([0.917, 0.083, 0.0], abs=0.001)
+    weights, share = light_weights(image)
+    assert weights == pytest.approx([0.917, 0.083, 0.0], abs=0.001)
+    assert share == pytest.approx(0.18, abs=0.005)
     assert gray[240, 335] == 222 and gray[240, 320] == 9
     assert exposure_problem(gray) is None
     found = detect_nozzle(image)
     assert abs(found.center[0] - 320) < 0.1 and abs(found.center[1] - 240) < 0.1
+
+
+def test_the_light_s_colour_weighs_in_without_a_jump():
+    # A blue LED (B, G, R 1, 0.3, 0.08) turned up step by step: luma's face
+    # goes from 75 to 172. The light's colour weighs in fully under 64 and
+    # not at all from 128 on, so the face's grey level never jumps between
+    # two steps (a switch at 128 would jump there), and from 128 on the
+    # grey is luma exactly.
+    scene = _lit_nozzle(1.0)
+    faces = []
+    for k in np.linspace(1.0, 3.0, 41):
+        image = _in_light(scene, (k, 0.3 * k, 0.08 * k))
+        gray, luma = to_gray(image), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        faces.append(int(gray[240, 335]))
+        if luma[240, 335] >= 128:
+            assert np.array_equal(gray, luma), k
+        else:
+            assert gray[240, 335] > luma[240, 335], k
+    assert max(abs(a - b) for a, b in zip(faces, faces[1:])) <= 6

@@ -36,15 +36,19 @@ CLIPPED_OF_LIT = 0.5
 # channel an MJPEG camera codes at full resolution (its colour is halved),
 # so it is kept wherever it serves; but under a blue LED it weighs the one
 # bright channel by 0.114, and a face of 255 in blue reads ~40 grey levels.
-# Coloured means luma keeps less than MIN_LUMA_SHARE of the range the
-# light's own colour gives; dim, that luma's brightest parts (99.5th
-# percentile) stay under LUMA_DIM_TOP, half the scale: the three real
-# photos relit blue (B, G, R gains 1, 0.3, 0.08) were found in 34 of 90
-# variants in luma, which peaked at 41-88 there, and in 77 of 90 weighed
-# by the light; brighter, luma found rendered blue-lit nozzles as well as
-# white-lit ones, and the weighed grey of a blue channel clipped at white
-# measured their centres half as precisely (median 0.054 against 0.027 px).
-MIN_LUMA_SHARE = 0.75
+# The three real photos relit blue (B, G, R gains 1, 0.3, 0.08) were found
+# in 34 of 90 variants in luma, which peaked at 41-88 there, and in 77 of
+# 90 weighed by the light's colour; brighter, luma found rendered blue-lit
+# nozzles as well as white-lit ones, and the weighed grey of a blue channel
+# clipped at white measured their centres half as precisely (median 0.054
+# against 0.027 px). The light's colour weighs in gradually, so the grey
+# changes continuously with the frame (the two greys of one frame put its
+# centre 0.03 px apart, median, and up to 0.18: a switch would make that a
+# jump between frames): not at all where luma keeps MIN_LUMA_SHARE of the
+# range the light's colour gives or its brightest parts (99.5th
+# percentile) reach LUMA_DIM_TOP, half the scale; fully where luma keeps
+# FULL_LIGHT_SHARE and stays under DIM_LEVEL, where a picture is dim.
+MIN_LUMA_SHARE, FULL_LIGHT_SHARE = 0.75, 0.5
 LUMA_DIM_TOP = 128
 _LUMA_BGR = np.array([0.114, 0.587, 0.299])
 
@@ -52,10 +56,10 @@ _LUMA_BGR = np.array([0.114, 0.587, 0.299])
 def to_gray(image):
     """The grey levels of a BGR or grey uint8 image.
 
-    Luma; where luma is dim under strongly coloured light (see
-    ``MIN_LUMA_SHARE``), the channels weighed by the light's colour
-    (:func:`light_weights`), so the tip face spans the levels the camera
-    gives it whatever the colour of its LEDs.
+    Luma; where luma is dim under strongly coloured light, the channels
+    weighed towards the light's colour (:func:`grey_weights`), so the tip
+    face spans the levels the camera gives it whatever the colour of its
+    LEDs.
 
     Parameters
     ----------
@@ -80,22 +84,24 @@ def to_gray(image):
     if image.shape[2] == 1:
         return image[:, :, 0]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    weights = light_weights(image) if _top_level(gray) < LUMA_DIM_TOP else None
+    dim = _ramp(_top_level(gray), LUMA_DIM_TOP, DIM_LEVEL)
+    weights = grey_weights(image, dim) if dim > 0.0 else None
     if weights is not None:
         gray = cv2.transform(image, weights[None, :].astype(np.float32))
     return gray
 
 
 def light_weights(image):
-    """Channel weights matched to the colour of a frame's light, or None
-    where luma serves (see ``MIN_LUMA_SHARE``).
+    """The colour of a frame's light as channel weights, and the share of
+    its range luma keeps.
 
     What the camera sees is metal lit by the LEDs, so the frame's mean
     colour is the light's colour as the metal returns it, and the bright
     face and the dark bore differ along it. Weighing each channel by its
     share of that colour is the matched filter for such a difference (the
     most contrast over noise any fixed weighing gives, where the channels'
-    noise is alike), and a weighted mean, so grey stays grey and nothing clips that did not.
+    noise is alike), and a weighted mean, so grey stays grey and nothing
+    clips that did not.
 
     Parameters
     ----------
@@ -104,8 +110,9 @@ def light_weights(image):
 
     Returns
     -------
-    ndarray of float, shape (3,) or None
-        B, G, R weights summing to 1.
+    (ndarray of float, shape (3,), float) or None
+        B, G, R weights summing to 1, and what luma keeps of the range
+        they give (1 for grey light); None for a black frame.
     """
     colour = np.asarray(cv2.mean(image)[:3], float)
     total = float(colour.sum())
@@ -113,10 +120,37 @@ def light_weights(image):
         return None
     weights = colour / total
     # A pixel of the light's colour reads luma . colour in luma and
-    # weights . colour weighed: their ratio is what luma keeps.
-    if float(_LUMA_BGR @ colour) >= MIN_LUMA_SHARE * float(weights @ colour):
+    # weights . colour weighed.
+    return weights, float(_LUMA_BGR @ colour) / float(weights @ colour)
+
+
+def grey_weights(image, dim=1.0):
+    """B, G, R weights of a colour frame's grey level: luma's, moved
+    towards the light's colour (:func:`light_weights`) as far as the light
+    is coloured and, by ``dim`` (0..1), luma is dim; None for luma alone.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W, 3)
+    dim : float
+        0 where luma is bright enough, 1 where it is dim (see
+        ``LUMA_DIM_TOP``).
+
+    Returns
+    -------
+    ndarray of float, shape (3,) or None
+    """
+    light = light_weights(image)
+    if light is None:
         return None
-    return weights
+    weights, share = light
+    t = dim * _ramp(share, MIN_LUMA_SHARE, FULL_LIGHT_SHARE)
+    return None if t <= 0.0 else (1.0 - t) * _LUMA_BGR + t * weights
+
+
+def _ramp(value, none_at, full_at):
+    """0 at ``none_at``, 1 at ``full_at``, linear between, clipped."""
+    return float(np.clip((value - none_at) / (full_at - none_at), 0.0, 1.0))
 
 
 def _top_level(gray):
