@@ -1212,9 +1212,9 @@ def cone_picking_error(url):
         camera.close()
 
 
-def measure_t1_offset(workdir, **options):
+def measure_t1_offset(workdir, url=CONE_URL, **options):
     """Centre T0, set the origin, centre T1: the status after KTAMV_GET_OFFSET."""
-    section = ktamv_section(url=CONE_URL, camera_matrix=SIM_MATRIX, settle_time=0.1,
+    section = ktamv_section(url=url, camera_matrix=SIM_MATRIX, settle_time=0.1,
                             tool_status="gcode_macro _KTAMV_TOOL.current", **options)
     cx, cy = CAMERA_XY
     gcode = "\n".join([
@@ -1249,6 +1249,22 @@ def test_an_eccentric_cone_moves_a_cone_picking_detector_not_the_bore(tmp_path):
     assert math.hypot(*error) > 0.02, (measured, truth)
     assert abs(error[0] - cone_error[0]) <= 0.01, (error, cone_error)
     assert abs(error[1] - cone_error[1]) <= 0.01, (error, cone_error)
+
+
+# A dim deep-blue LED ring lights both tools: luma peaks at ~11 of 255 and
+# loses T0's bore in the sensor noise; weighed by the light's colour, both
+# are found.
+BLUE_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05&kinematics=corexy"
+            "&tools=2&looks=mixed&light=1,0.12,0&exposures=0.4,0.4&noise=3&jpeg=75"
+            % CAMERA_XY)
+
+
+def test_a_dim_deep_blue_led_ring_still_gives_the_offset(tmp_path):
+    truth = sim_truth(BLUE_URL)["tools"][1]
+    status = measure_t1_offset(tmp_path, url=BLUE_URL)
+    measured = status["last_calculated_offset"]
+    assert abs(measured[0] - truth[0]) <= 0.005, (measured, truth)
+    assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
 
 
 def test_a_cone_picking_detector_is_refused_once_the_bore_size_is_known(tmp_path):
