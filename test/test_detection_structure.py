@@ -403,6 +403,24 @@ def test_a_spot_just_past_a_bore_whose_face_showed_no_ring_is_on_its_face():
     assert search.choose([bore, beyond]).refusal == "ambiguous"
 
 
+def test_a_sharp_spot_on_a_blurred_bore_s_face_is_refused_whichever_scores_higher():
+    # An axiscope variant coded as MJPEG: its ragged 245 px bore measured a
+    # 31 px wide edge and scored 0.648; a 7 px speck on its glittering face,
+    # 300 px from its centre, scored 0.674 and was taken, the bore being
+    # "out of focus" beside it. A speck on a nozzle's face and a sharp
+    # nozzle in front of a blurred hole look alike: refused both ways round.
+    bore = search.Detection(center=(304.7, 214.5), radius=243.6, score=0.648,
+                            rings=(243.6,), edge_width=31.5)
+    speck = search.Detection(center=(35.0, 347.5), radius=7.1, score=0.674,
+                             rings=(7.1, 42.2), edge_width=6.75)
+    for found in ([speck, bore], [dataclasses.replace(speck, score=0.6), bore]):
+        found.sort(key=lambda d: -d.score)
+        assert search.choose(found).refusal == "ambiguous"
+    # Off the blurred thing's face, a far blurrier thing is still no rival.
+    far = dataclasses.replace(speck, center=(35.0 - 100.0, 347.5 + 100.0))
+    assert search.choose([far, bore]).detection is far
+
+
 def _two_nozzles():
     left = render_nozzle((640, 480), (160.3, 240.2), 14.0)
     right = render_nozzle((640, 480), (480.7, 239.6), 14.0)

@@ -422,26 +422,51 @@ def _out_of_focus(other, best):
 
 
 def _on_face(mark, bore):
-    """``mark`` lies on ``bore``'s tip face: its centre between the bore's
-    edge and the face's outer edge, and it is the smaller of the two.
+    """``mark`` lies on ``bore``'s tip face (:func:`_within_face`) and is
+    no sharper a thing than the bore.
 
     The face is solid metal round the bore, so a dark spot on it (burnt
-    filament, a pit) is no second nozzle. It reaches the face's outer ring
-    where the structure saw one, and at least ``MIN_FACE_WIDTH`` radii past
-    the bore in any case (no nozzle's wall is thinner, and a bore on a
-    thinner rim is refused by ``_thin_rim``): a glittering face, as a
-    zoomed camera sees it, breaks into rings of its own or none. Not when
-    the bore is far less sharp than the spot (``FOCUS_RATIO``): a hole in
-    the heater block, millimetres behind the tip and blurred, can seem to
-    hold a real nozzle on its "face"; that stays a refusal.
+    filament, a pit) is no second nozzle. Not when the bore is far less
+    sharp than the spot (``FOCUS_RATIO``): a hole in the heater block,
+    millimetres behind the tip and blurred, can seem to hold a real nozzle
+    on its "face"; that stays a refusal (see :func:`choose`).
     """
-    if mark.radius >= bore.radius or _out_of_focus(bore, mark):
+    return _within_face(mark, bore) and not _out_of_focus(bore, mark)
+
+
+def _within_face(mark, bore):
+    """``mark``'s centre lies between ``bore``'s edge and its face's outer
+    edge, and it is the smaller of the two.
+
+    The face reaches the face's outer ring where the structure saw one,
+    and at least ``MIN_FACE_WIDTH`` radii past the bore in any case (no
+    nozzle's wall is thinner, and a bore on a thinner rim is refused by
+    ``_thin_rim``): a glittering face, as a zoomed camera sees it, breaks
+    into rings of its own or none.
+    """
+    if mark.radius >= bore.radius:
         return False
     face_end = (1.0 + MIN_FACE_WIDTH) * bore.radius
     if len(bore.rings) > 1:
         face_end = max(face_end, bore.rings[1])
     apart = math.hypot(mark.center[0] - bore.center[0], mark.center[1] - bore.center[1])
     return bore.radius < apart <= face_end
+
+
+def _rival(other, best, tolerance):
+    """``other`` is as plausible a bore as ``best`` and elsewhere.
+
+    A spot on the best bore's face is none; nor is a far blurrier thing
+    (out of the focal plane) unless ``best`` lies on its face: then either
+    ``best`` is a mark on a blurred nozzle's face or a sharp nozzle seen in
+    front of a blurred hole, and the two cannot be told apart (a zoomed
+    camera's ragged 245 px bore measures a 31 px wide edge, and a 7 px
+    speck on its glittering face once scored above it and was taken).
+    """
+    apart = math.hypot(best.center[0] - other.center[0], best.center[1] - other.center[1])
+    if other.score < RIVAL_SCORE * best.score or apart <= tolerance or _on_face(other, best):
+        return False
+    return not _out_of_focus(other, best) or _within_face(best, other)
 
 
 def choose(found, expected_radius=None, tolerance=1.0):
@@ -473,8 +498,7 @@ def choose(found, expected_radius=None, tolerance=1.0):
     for other in found[1:]:
         apart = math.hypot(best.center[0] - other.center[0],
                            best.center[1] - other.center[1])
-        if other.score >= RIVAL_SCORE * best.score and apart > tolerance and \
-                not _out_of_focus(other, best) and not _on_face(other, best):
+        if _rival(other, best, tolerance):
             return BoreSearch(None, candidates, "ambiguous",
                               "two circles %.1f px apart look equally like the "
                               "bore (radius %.1f px at %.0f, %.0f and %.1f px at "
