@@ -453,8 +453,9 @@ def _within_face(mark, bore):
     return bore.radius < apart <= face_end
 
 
-def _rival(other, best, tolerance):
-    """``other`` is as plausible a bore as ``best`` and elsewhere.
+def _rival(other, best, apart, tolerance):
+    """``other``, ``apart`` px from ``best``, is as plausible a bore and
+    elsewhere.
 
     A spot on the best bore's face is none; nor is a far blurrier thing
     (out of the focal plane) unless ``best`` lies on its face: then either
@@ -463,7 +464,6 @@ def _rival(other, best, tolerance):
     camera's ragged 245 px bore measures a 31 px wide edge, and a 7 px
     speck on its glittering face once scored above it and was taken).
     """
-    apart = math.hypot(best.center[0] - other.center[0], best.center[1] - other.center[1])
     if other.score < RIVAL_SCORE * best.score or apart <= tolerance or _on_face(other, best):
         return False
     return not _out_of_focus(other, best) or _within_face(best, other)
@@ -498,7 +498,7 @@ def choose(found, expected_radius=None, tolerance=1.0):
     for other in found[1:]:
         apart = math.hypot(best.center[0] - other.center[0],
                            best.center[1] - other.center[1])
-        if _rival(other, best, tolerance):
+        if _rival(other, best, apart, tolerance):
             return BoreSearch(None, candidates, "ambiguous",
                               "two circles %.1f px apart look equally like the "
                               "bore (radius %.1f px at %.0f, %.0f and %.1f px at "
