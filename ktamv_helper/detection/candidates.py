@@ -5,7 +5,7 @@ import math
 import cv2
 import numpy as np
 
-from ktamv_helper.detection.frame import BLANK_RANGE
+from ktamv_helper.detection.frame import BLANK_RANGE, histogram_levels
 
 # Longest side of the copy searched for candidates (px). Verification and
 # refinement always run on the full frame.
@@ -84,9 +84,7 @@ def find_candidates(gray, min_radius, max_radius, scale=None):
         small = gray
     sh, sw = small.shape
     sx, sy = width / sw, height / sh
-    hist = np.cumsum(cv2.calcHist([small], [0], None, [256], [0, 256]).ravel())
-    lo = float(np.searchsorted(hist, 0.01 * hist[-1]))
-    hi = float(np.searchsorted(hist, 0.9995 * hist[-1]))
+    lo, hi = (float(level) for level in histogram_levels(small, (0.01, 0.9995)))
     if hi - lo < BLANK_RANGE:
         return []
     r_lo = max(min_radius / sx * 0.6, 1.0)

@@ -159,8 +159,25 @@ def _top_level(gray):
     frame costs 1.5 ms, as much as the rest of this module)."""
     if min(gray.shape) >= 64:
         gray = cv2.resize(gray, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_NEAREST)
+    return histogram_levels(gray, (0.995,))[0]
+
+
+def histogram_levels(gray, fractions):
+    """The grey levels below which ``fractions`` of a frame's pixels lie
+    (its percentiles, read off one histogram: ``np.percentile`` sorts).
+
+    Parameters
+    ----------
+    gray : ndarray of uint8, shape (H, W)
+    fractions : sequence of float
+        Each 0..1.
+
+    Returns
+    -------
+    list of int
+    """
     hist = np.cumsum(cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel())
-    return int(np.searchsorted(hist, 0.995 * hist[-1]))
+    return [int(np.searchsorted(hist, f * hist[-1])) for f in fractions]
 
 
 def estimate_noise(gray):
