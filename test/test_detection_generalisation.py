@@ -36,17 +36,19 @@ def test_real_photos_without_a_nozzle_give_none(name):
     assert found == [None] * len(frames)
 
 
-def test_darkened_real_photos_without_a_nozzle_give_none():
-    # Every photo at each camera size, under-exposed to a quarter with
-    # sensor noise, searched with the printer's default radius range. Only
-    # coins@640x480, which the undarkened photo gives too, may pass. A
-    # looser score once let the astronaut's and the grass's textures through
-    # here while finding darkened nozzles (see docs/benchmarks.md).
+def test_real_photos_without_a_nozzle_give_none_at_the_printers_range():
+    # Every photo at each camera size, as it is and under-exposed to a
+    # quarter with sensor noise, searched with the printer's default radius
+    # range. coins@640x480 passed both ways until a disc whose core gives
+    # back over half its face's light stopped counting as a hole; a looser
+    # score once let the darkened astronaut's and grass's textures through
+    # while finding darkened nozzles (see docs/benchmarks.md).
     from bench_generalisation import DEFAULT_MIN_RADIUS, darkened
     rng = np.random.default_rng(9)
     passed = [label for label, image in real_photos.frames()
-              if detect_nozzle(darkened(image, rng), DEFAULT_MIN_RADIUS) is not None]
-    assert set(passed) <= {"coins@640x480"}, passed
+              for frame in (image, darkened(image, rng))
+              if detect_nozzle(frame, DEFAULT_MIN_RADIUS) is not None]
+    assert passed == []
 
 
 def test_enough_real_photos_load_offline():

@@ -19,6 +19,7 @@ from ktamv_helper.detection import search
 from ktamv_helper.service import BoreExpectation
 from ktamv_helper.detection import candidates
 from ktamv_helper.detection.candidates import find_candidates
+from ktamv_helper.detection.rings import Rings
 from ktamv_helper.simulation.render import (NozzleLook, random_look, render_nozzle,
                                             ring_light_look)
 from ktamv_helper.simulation.warps import Warp, apply_warp, warp_point, warp_radius
@@ -155,6 +156,35 @@ def test_a_thin_white_rim_round_a_dark_disc_cut_by_the_edge_is_no_bore():
     cv2.circle(face, centre, radius * 16, (25, 25, 25), -1, cv2.LINE_AA, 4)
     found = find_bore(cv2.GaussianBlur(face, (0, 0), 1.0)).detection
     assert found is not None and _error(found, (381, 452)) < 0.5
+
+
+def _disc_in_a_ring(core, face=200, back=110, seed=0):
+    """A sharp disc (r 20) of grey ``core`` in a 14 px ring of ``face`` on
+    a plate of ``back``, blurred by 1 px, noise 2."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    d = np.hypot(xx - 322.3, yy - 241.7)
+    image = np.where(d < 20, core, np.where(d < 34, face, back)).astype(np.float32)
+    image = cv2.GaussianBlur(image, (0, 0), 1.0) + rng.normal(0, 2, image.shape)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_a_grey_disc_in_a_bright_ring_is_no_bore():
+    # A screw hole with a screw in it, a spot on a plate: the shape of a
+    # bore, but its core gives back most of the face's light. The same
+    # disc at half the face's level or darker is a bore.
+    for core in (120, 150, 170):
+        assert find_bore(_disc_in_a_ring(core)).detection is None, core
+    for core in (20, 60, 95):
+        found = find_bore(_disc_in_a_ring(core)).detection
+        assert found is not None and _error(found, (322.3, 241.7)) < 0.1, core
+    # Blur fills a small bore's core: not judged there. Nor under a face
+    # clipped at white, whose true level is unknown.
+    rings = Rings(bore_radius=3.0, bore_level=140.0, face_level=200.0, radii=(3.0, 9.0),
+                         face_closed=True)
+    assert not search._grey_core(rings, 3.0, 1.5)
+    assert search._grey_core(rings, 20.0, 1.5)
+    assert not search._grey_core(dataclasses.replace(rings, face_level=255.0), 20.0, 1.5)
 
 
 def test_a_candidate_on_the_cone_is_moved_to_its_bore():
