@@ -181,7 +181,7 @@ def test_a_grey_disc_in_a_bright_ring_is_no_bore():
     # Blur fills a small bore's core: not judged there. Nor under a face
     # clipped at white, whose true level is unknown.
     rings = Rings(bore_radius=3.0, bore_level=140.0, face_level=200.0, radii=(3.0, 9.0),
-                         face_closed=True)
+                  face_closed=True)
     assert not search._grey_core(rings, 3.0, 1.5)
     assert search._grey_core(rings, 20.0, 1.5)
     assert not search._grey_core(dataclasses.replace(rings, face_level=255.0), 20.0, 1.5)
