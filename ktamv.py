@@ -1322,6 +1322,8 @@ class NozzleFinder:
                    'radius': float(result.get('radius', 0.)),
                    'score': float(result.get('score', 0.)),
                    'frames': int(result.get('frames_used', frames)),
+                   # >1: each of those is a sum of dim frames
+                   'summed': int(result.get('frames_summed', 1)),
                    'spread': float(result.get('spread', 0.)),
                    'frame_size': [int(v) for v in result['frame_size'][:2]],
                    'rings': [float(r) for r in result.get('rings', [])],
@@ -1520,6 +1522,12 @@ class NozzleFinder:
             "from the image centre (%s).%s" % (moves, pos[0], pos[1], error_px,
                                                why, soft_bore_note(det)))
         return det
+
+def summed_note(det):
+    """', each a sum of N dim frames' when the helper summed a dim
+    camera's frames into each look, else ''."""
+    summed = det.get('summed', 1)
+    return ", each a sum of %d dim frames" % summed if summed > 1 else ""
 
 def soft_bore_note(det):
     """A sentence for a bore small and soft enough to be measured off its
@@ -2428,9 +2436,9 @@ class Ktamv:
         det = self.finder.detect(gcmd, frames, after_move=False)
         du, dv = self.finder.pixel_error(det)
         msg = ("kTAMV: nozzle found at u=%.2f v=%.2f px (radius %.1f px, "
-               "score %.2f, %d frames), %.2f px from the image centre."
+               "score %.2f, %d frames%s), %.2f px from the image centre."
                % (det['uv'][0], det['uv'][1], det['radius'], det['score'],
-                  det['frames'], math.hypot(du, dv)))
+                  det['frames'], summed_note(det), math.hypot(du, dv)))
         model = self.finder.model
         if model is not None:
             dx, dy = model.px_to_mm(du, dv)

@@ -16,6 +16,7 @@ import time
 
 from ktamv_helper import PROTOCOL_VERSION, __version__
 from ktamv_helper.cameras import public_url
+from ktamv_helper.cameras.base import Frame
 from ktamv_helper.errors import HelperError
 from ktamv_helper.freshness import FrameRule, frame_digest, just_after
 
@@ -354,12 +355,62 @@ class DetectRun:
 
     def __init__(self):
         self.detections, self.frames = [], []
+        self.summed = []            # frames each detection's picture adds up
         self.seen = 0
         self.frame_size = None
         self.last_image = self.last_detection = None
         self.stopped_by = None      # "timeout" or the camera's HelperError
         self.agreed = None          # consensus (center, used, spread)
         self.refusals = []          # frames whose bores were refused
+        self.dim = DimFrameSum()
+
+
+class DimFrameSum:
+    """A dim camera's frames of one detection, summed into longer exposures
+    (:mod:`ktamv_helper.detection.stacking`).
+
+    A dim frame in which no bore was found alone starts a sum; the frames
+    after it (the same still scene: the freshness rule admits only frames
+    taken after the move) join it without being searched alone, which on a
+    noisy dim frame costs the most, until there are ``depth`` of them. A
+    frame whose pixels repeat one already in the sum (a server sending a
+    picture twice) adds no exposure and is left out; a picture that
+    brightens (auto exposure) ends the sum.
+    """
+
+    def __init__(self):
+        self.frames = []        # (Frame, digest) of the sum being made
+        self.depth = 1          # frames per sum
+        self.sums = 0           # sums made
+
+    def collecting(self, frame):
+        """Whether ``frame`` goes straight into the sum being made."""
+        from ktamv_helper.detection.stacking import stack_depth
+        if self.frames and (frame.image.shape != self.frames[0][0].image.shape
+                            or stack_depth(frame.image) < 2):
+            self.frames = []
+        return bool(self.frames)
+
+    def start(self, frame):
+        """Whether ``frame``, which showed no bore alone, is dim enough to
+        start a sum (it is then :meth:`add`-ed like the rest)."""
+        from ktamv_helper.detection.stacking import stack_depth
+        self.depth = stack_depth(frame.image)
+        return self.depth >= 2
+
+    def add(self, frame):
+        """Add ``frame``; the Frame of the sum once it is complete, else None."""
+        from ktamv_helper.detection.stacking import sum_frames
+        digest = frame_digest(frame.image)
+        if any(digest == seen for _, seen in self.frames):
+            return None
+        self.frames.append((frame, digest))
+        if len(self.frames) < self.depth:
+            return None
+        images = [f.image for f, _ in self.frames]
+        self.frames = []
+        self.sums += 1
+        return Frame(sum_frames(images), frame.timestamp, frame.captured)
 
 
 def _superseded():
@@ -730,7 +781,8 @@ class Detection:
         measuring = (request.reference is not None
                      and self._rule.latency is None)
         cursor = request.moved_at if measuring else request.earliest
-        while run.seen < request.max_frames:
+        # A look at summed dim frames counts as one of max_frames.
+        while run.seen < request.max_frames * run.dim.depth:
             if self._detect_ticket != ticket:
                 raise _superseded()
             remaining = request.deadline - time.monotonic()
@@ -766,12 +818,15 @@ class Detection:
         old place counts (else it is just an upper bound: the next move
         tries again). Returns False when done (measured or given up)."""
         from ktamv_helper.detection import detect_nozzle
+        from ktamv_helper.detection.stacking import stack_depth
         if frame.timestamp - request.moved_at > LATENCY_WINDOW:
             return False        # never changed: the extra's frozen check
         detection = detect_nozzle(frame.image, settings.min_radius,
                                   settings.max_radius or None)
         if detection is None:
-            return True
+            # A picture too dim to show the bore alone cannot show the
+            # frame the move arrives in: not measured on this move.
+            return stack_depth(frame.image) < 2
         shift = math.hypot(detection.center[0] - request.reference[0],
                            detection.center[1] - request.reference[1])
         if shift < LATENCY_SHIFT_PX:
@@ -791,21 +846,45 @@ class Detection:
         request.bore.check_frame_size(frame.size)
         run.seen += 1
         run.frame_size = frame.size
-        search = request.bore.find(frame.image, settings)
+        run.last_image = frame.image
+        look = self._look(frame, settings, request, run)
+        lines = ("detect: frame %d of at most %d, %d with a nozzle"
+                 % (run.seen, request.max_frames * run.dim.depth, len(run.detections)
+                    + (look is not None and look[0].detection is not None)),)
+        if look is None:
+            self._publish(frame, None, settings.target_tolerance, lines + (
+                "dim picture: summing frames, %d of %d" % (len(run.dim.frames),
+                                                           run.dim.depth),))
+            return
+        search, shown, summed = look
         detection = search.detection
         if search.refusal:
             run.refusals.append(search)
-        run.last_image, run.last_detection = frame.image, detection
-        self._publish(frame, detection, settings.target_tolerance,
-                      ("detect: frame %d of at most %d, %d with a nozzle"
-                       % (run.seen, request.max_frames,
-                          len(run.detections) + (detection is not None)),))
+        run.last_detection = detection
+        if summed > 1:
+            lines += ("dim picture: %d frames summed" % summed,)
+        self._publish(shown, detection, settings.target_tolerance, lines)
         if detection is None:
             return
         run.detections.append(detection)
         run.frames.append(frame)
+        run.summed.append(summed)
         run.agreed = consensus([tuple(d.center) for d in run.detections],
                                request.tolerance, request.frames)
+
+    def _look(self, frame, settings, request, run):
+        """The search of one frame, or of the sum of dim frames it
+        completes (:class:`DimFrameSum`): ``(BoreSearch, the Frame
+        searched, frames it adds up)``; None while a sum is being made."""
+        dim = run.dim
+        if not dim.collecting(frame):
+            search = request.bore.find(frame.image, settings)
+            if search.detection is not None or search.refusal or not dim.start(frame):
+                return search, frame, 1
+        summed = dim.add(frame)
+        if summed is None:
+            return None
+        return request.bore.find(summed.image, settings), summed, dim.depth
 
     def _detect_result(self, run, request):
         center, used, spread = run.agreed
@@ -823,6 +902,7 @@ class Detection:
                                         for i in used])),
             "frames_used": len(used),
             "frames_seen": run.seen,
+            "frames_summed": max(run.summed[i] for i in used),
             "spread": _to_float(spread),
             "frame_size": list(run.frame_size),
             "frame_time": run.frames[newest].timestamp,
@@ -844,6 +924,9 @@ class Detection:
             code = "nozzle_not_found"
             summary = ("no nozzle found in %d frame%s from the camera"
                        % (seen, plural))
+            if run.dim.sums:
+                summary += (", alone or summed %d at a time as the dim "
+                            "picture asked" % run.dim.depth)
             advice = (" Make sure the nozzle is in view and near the image "
                       "centre, in focus, clean (no ooze or filament on the "
                       "tip), and evenly lit.")

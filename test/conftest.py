@@ -114,7 +114,7 @@ def nozzle_jpeg():
 class MjpegServer:
     """A real MJPEG stream served by ``ffmpeg -f mpjpeg -listen 1``."""
 
-    def __init__(self, image_path, fps=10, port=None, log_path=None):
+    def __init__(self, image_path, fps=10, port=None, log_path=None, filters=None):
         if shutil.which("ffmpeg") is None:
             pytest.skip("ffmpeg is not installed (test/setup.sh installs it)")
         self.image_path = str(image_path)
@@ -122,6 +122,9 @@ class MjpegServer:
         self.port = port or find_free_port()
         self.url = "http://127.0.0.1:%d/stream" % self.port
         self.log_path = log_path
+        # An ffmpeg filter chain (``noise=alls=10:allf=t``: sensor noise
+        # that changes from frame to frame, as a real camera's does).
+        self.filters = filters
         self.process = None
         self.start()
 
@@ -131,10 +134,11 @@ class MjpegServer:
         self.process = subprocess.Popen(
             ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
              "-re", "-loop", "1", "-framerate", str(self.fps),
-             "-i", self.image_path, "-c:v", "mjpeg", "-q:v", "3",
-             "-f", "mpjpeg",
-             "-content_type", "multipart/x-mixed-replace;boundary=ffmpeg",
-             "-listen", "1", self.url],
+             "-i", self.image_path]
+            + (["-vf", self.filters] if self.filters else [])
+            + ["-c:v", "mjpeg", "-q:v", "3", "-f", "mpjpeg",
+               "-content_type", "multipart/x-mixed-replace;boundary=ffmpeg",
+               "-listen", "1", self.url],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         if log is not subprocess.DEVNULL:
             log.close()
@@ -168,8 +172,8 @@ class MjpegServer:
 def mjpeg_server(tmp_path):
     servers = []
 
-    def start(image_path, fps=10, port=None):
-        server = MjpegServer(image_path, fps=fps, port=port,
+    def start(image_path, fps=10, port=None, filters=None):
+        server = MjpegServer(image_path, fps=fps, port=port, filters=filters,
                              log_path=tmp_path / ("ffmpeg-%d.log" % len(servers)))
         servers.append(server)
         return server

@@ -1267,6 +1267,22 @@ def test_a_dim_deep_blue_led_ring_still_gives_the_offset(tmp_path):
     assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
 
 
+# A camera under-exposed to x0.08 with sensor noise: neither tool's bore is
+# found in any single frame (tip faces ~20 levels); summed into a longer
+# exposure, both are.
+DIM_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05&kinematics=corexy"
+           "&tools=2&exposures=0.08,0.08&noise=8" % CAMERA_XY)
+
+
+def test_an_under_exposed_camera_still_gives_the_offset(tmp_path):
+    truth = sim_truth(DIM_URL)["tools"][1]
+    status = measure_t1_offset(tmp_path, url=DIM_URL)
+    measured = status["last_calculated_offset"]
+    assert abs(measured[0] - truth[0]) <= 0.005, (measured, truth)
+    assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
+    assert status["last_detection"]["summed"] == 8
+
+
 def test_a_cone_picking_detector_is_refused_once_the_bore_size_is_known(tmp_path):
     # Calibration sees the cone move as the nozzle does, so it succeeds; with
     # the scale known the bore is 20 px and a ~120 px circle is refused.

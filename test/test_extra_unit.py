@@ -1388,6 +1388,24 @@ def test_a_malformed_helper_reply_is_a_sentence_not_a_shutdown(reply):
             FakeGcmd())
 
 
+@pytest.mark.parametrize("summed, words", [
+    (8, "(radius 10.0 px, score 0.90, 3 frames, each a sum of 8 dim frames), "),
+    (1, "(radius 10.0 px, score 0.90, 3 frames), "),
+    (None, "(radius 10.0 px, score 0.90, 3 frames), "),   # an older helper
+])
+def test_the_position_report_says_when_dim_frames_were_summed(summed, words):
+    extra, printer = make_ktamv()
+    reply = {"center": [330.0, 250.0], "frame_size": [640, 480], "radius": 10.0,
+             "score": 0.9, "frames_used": 3}
+    if summed is not None:
+        reply["frames_summed"] = summed
+    extra.client.call = lambda *args, **kwargs: dict(reply)
+    gcmd = FakeGcmd()
+    printer.objects["gcode"].commands["KTAMV_SIMPLE_NOZZLE_POSITION"](gcmd)
+    assert words in gcmd.info[-1]
+    assert extra.get_status(0.0)["last_detection"]["summed"] == (summed or 1)
+
+
 def test_the_limits_both_halves_share_come_from_one_file():
     import ast
     from ktamv_helper import limits

@@ -171,6 +171,65 @@ def test_a_nozzle_lost_to_exposure_is_named_as_such(service, tmp_path, gain, sen
     assert sentence in error.message
 
 
+def _dim_noisy(image, gain, sigma, count, seed):
+    """``count`` frames of one still picture at ``gain`` exposure, each
+    with its own sensor noise."""
+    rng = np.random.default_rng(seed)
+    dim = image.astype(np.float32) * gain
+    return [np.clip(dim + rng.normal(0.0, sigma, dim.shape) + 0.5, 0, 255).astype(np.uint8)
+            for _ in range(count)]
+
+
+def test_a_dim_picture_is_measured_on_frames_summed_into_a_longer_exposure(
+        service, tmp_path):
+    # The nozzle at x0.1 exposure (tip face ~21 levels) with noise of
+    # sigma 6: no frame shows a bore alone; 8 summed do, where it is.
+    from ktamv_helper.detection import detect_nozzle
+    frames = _dim_noisy(draw_nozzle(), 0.1, 6.0, 24, seed=1)
+    assert not any(detect_nozzle(frame) for frame in frames)
+    configured(service, write_images(tmp_path / "dim", frames), detection_tolerance=0.5)
+    result = service.call("detect", {"frames": 3})
+    assert result["frames_summed"] == 8
+    assert result["frames_used"] == 3 and result["frames_seen"] == 24
+    assert np.hypot(result["center"][0] - NOZZLE_CENTER[0],
+                    result["center"][1] - NOZZLE_CENTER[1]) < 0.1
+    # A picture bright enough alone is never summed.
+    configured(service, write_images(tmp_path / "bright", _dim_noisy(
+        draw_nozzle(), 1.0, 6.0, 3, seed=2)), detection_tolerance=0.5)
+    assert service.call("detect", {"frames": 3})["frames_summed"] == 1
+
+
+def test_a_picture_sent_again_adds_no_exposure(service, tmp_path):
+    # One dim frame served over and over: summing it with itself would only
+    # scale its noise with it, so it is not summed and the nozzle is not
+    # found; the budget still grows by the depth (max_frames 2 x 8).
+    frame = _dim_noisy(draw_nozzle(), 0.1, 6.0, 1, seed=1)[0]
+    configured(service, write_images(tmp_path / "same", [frame]))
+    error = expect_error("nozzle_not_found", service, "detect",
+                         {"frames": 1, "max_frames": 2})
+    assert error.details["frames_seen"] == 16
+    assert "No nozzle found in 16 frames from the camera. The picture is " \
+        "very dark" in error.message
+
+
+def test_a_dim_noisy_mjpeg_stream_is_measured_on_summed_frames(
+        service, mjpeg_server, tmp_path):
+    # A real MJPEG stream (ffmpeg) of the nozzle at x0.1 exposure, with
+    # ffmpeg's temporal noise (sigma ~6 levels, new in every frame).
+    from ktamv_helper.detection import detect_nozzle
+    path = tmp_path / "dim.png"
+    cv2.imwrite(str(path), _dim_noisy(draw_nozzle(), 0.1, 0.0, 1, seed=0)[0])
+    server = mjpeg_server(path, fps=30, filters="noise=alls=10:allf=t")
+    configured(service, server.url, detection_tolerance=0.5)
+    service.call("grab", {"save": str(tmp_path / "one.png")})
+    assert detect_nozzle(cv2.imread(str(tmp_path / "one.png"))) is None
+    result = service.call("detect", {"frames": 3})
+    assert result["frames_summed"] >= 4
+    assert result["frames_seen"] >= 3 * result["frames_summed"]
+    assert np.hypot(result["center"][0] - NOZZLE_CENTER[0],
+                    result["center"][1] - NOZZLE_CENTER[1]) < 0.2
+
+
 def test_a_bore_below_min_radius_is_named_with_the_setting_that_finds_it(
         service, tmp_path):
     # A low-resolution camera far from the nozzle: the blurred bore
