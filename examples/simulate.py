@@ -80,6 +80,11 @@ def parse_args(argv):
                         help="B,G,R gains of the camera's LEDs, for every tool "
                              "(e.g. 1,0.12,0: a deep-blue LED); default: each "
                              "look's own")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="sensor noise sigma in grey levels, for every tool "
+                             "(e.g. 8 with --exposures 0.08: a dim camera with its "
+                             "gain up, whose frames the helper sums); default: each "
+                             "tool's own, 0.5-5")
     parser.add_argument("--output", default=str(REPO / "sim-output"),
                         help="folder for the run's files (default sim-output/; "
                              "an earlier run's files there are replaced)")
@@ -115,6 +120,8 @@ def parse_args(argv):
         parser.error("--offset-range must be 0..1.5 mm (the camera sees about +-2 mm)")
     if not 0 <= args.latency <= 1:
         parser.error("--latency must be 0..1 s")
+    if args.noise is not None and not 0 <= args.noise <= 100:
+        parser.error("--noise must be 0..100 grey levels")
     return args
 
 
@@ -157,6 +164,8 @@ def camera_settings(args, record_dir):
                         ("light", args.light_gains)):
         if values:
             settings[key] = ",".join("%g" % v for v in values)
+    if args.noise is not None:
+        settings["noise"] = "%g" % args.noise
     return settings
 
 
