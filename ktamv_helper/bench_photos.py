@@ -20,7 +20,8 @@ DIR has a README naming bore centres ("`name.png` … ≈ (u, v)"), how far the
 reference is from each. Last, both rendered looks under the camera
 conditions of :data:`CONDITIONS` (heavy defocus, over- and under-exposure),
 against their exact truth, and each photo under :data:`PHOTO_CONDITIONS`
-against its own reference, with how many of the misses the error's
+and :data:`SUMMED_CONDITIONS` (dim frames summed as the helper sums a dim
+camera's) against its own reference, with how many of the misses the error's
 exposure hint would have explained.
 """
 
@@ -36,6 +37,7 @@ import numpy as np
 
 from ktamv_helper.detection import find_bore
 from ktamv_helper.detection.frame import exposure_problem, to_gray
+from ktamv_helper.detection.stacking import stack_depth, sum_frames
 from ktamv_helper.simulation.render import random_look, render_nozzle, ring_light_look
 from ktamv_helper.simulation.warps import (Warp, apply_warp, random_warp, warp_point,
                                            warp_radius)
@@ -182,6 +184,9 @@ def score_conditions(frames, rng, size=RENDER_SIZE):
 # 3 px in its own pixels. "MJPEG qN" encodes the variant as a USB camera's
 # MJPEG stream does (quality 50 is a common default; 30, a starved link).
 # "LED light" relights the photo in that colour (its channels scaled).
+# "frames summed" sums as many draws of the variant (one pose, each with
+# its own noise) as its dimness asks, as the helper does with a dim
+# camera's frames (ktamv_helper.detection.stacking).
 PHOTO_CONDITIONS = (
     ("defocus sigma 1.5 px", {"blur_sigma": 1.5}),
     ("defocus sigma 3 px", {"blur_sigma": 3.0}),
@@ -196,6 +201,12 @@ PHOTO_CONDITIONS = (
     ("deep-blue LED light", {"light": DEEP_BLUE_LIGHT}),
     ("amber LED light", {"light": AMBER_LIGHT}),
 )
+# Drawn from a random stream of their own, so the rows above stay
+# comparable with runs made before these were added.
+SUMMED_CONDITIONS = (
+    ("under-exposed x0.15, frames summed", {"exposure": 0.15, "summed": True}),
+    ("under-exposed x0.08, frames summed", {"exposure": 0.08, "summed": True}),
+)
 
 
 def _condition_warp(rng, fields):
@@ -206,17 +217,22 @@ def _condition_warp(rng, fields):
                 noise_sigma=float(rng.uniform(2, 4)), crop=True, **fields)
 
 
-def score_photo_conditions(image, reference, frames, rng):
-    """Records per condition of :data:`PHOTO_CONDITIONS` for one photo,
+def score_photo_conditions(image, reference, frames, rng, conditions=PHOTO_CONDITIONS):
+    """Records per condition of ``conditions`` for one photo,
     against its reference detection carried through each warp; a missed
     frame records whether the detector's exposure check would have named
     the cause (``hinted``)."""
     results = {}
-    for label, fields in PHOTO_CONDITIONS:
+    for label, fields in conditions:
         records = []
+        fields = dict(fields)
+        summed = fields.pop("summed", False)
         for _ in range(frames):
             warp = _condition_warp(rng, fields)
             variant = apply_warp(image, warp, rng)
+            if summed:
+                variant = sum_frames([variant] + [apply_warp(image, warp, rng)
+                                                  for _ in range(stack_depth(variant) - 1)])
             search, ms = _timed_search(variant)
             radius = warp_radius(reference.radius, warp)
             kind, error = classify(search.detection,
@@ -347,6 +363,11 @@ def run(folder, variants=60, ring_light=60, seed=1, conditions=0):
         on_photos = {}
         for name, image, ref in references:
             for label, records in score_photo_conditions(image, ref, conditions, rng).items():
+                on_photos["%s, %s" % (name, label)] = records
+        summed_rng = np.random.default_rng([seed, 2])
+        for name, image, ref in references:
+            for label, records in score_photo_conditions(image, ref, conditions, summed_rng,
+                                                         SUMMED_CONDITIONS).items():
                 on_photos["%s, %s" % (name, label)] = records
         results.update(on_photos)
         print()

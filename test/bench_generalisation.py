@@ -26,6 +26,7 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
 import photolike  # noqa: E402
 import real_photos  # noqa: E402
 from ktamv_helper.detection import DEFAULT_MIN_RADIUS, detect_nozzle  # noqa: E402
+from ktamv_helper.detection.stacking import stack_depth, sum_frames  # noqa: E402
 
 SIZES = [(320, 240), (640, 480), (1280, 720), (1920, 1080)]
 WRONG_PX = 2.0
@@ -36,6 +37,10 @@ MIN_RADIUS, MAX_RADIUS = DEFAULT_MIN_RADIUS, None
 # this exposure factor and sensor noise (grey levels). Loosening the
 # score's contrast term once found darkened nozzles and also dim textures.
 DIM_EXPOSURE, DIM_NOISE = 0.25, 2.0
+# A dim camera's frames are summed by the helper into a longer exposure
+# (ktamv_helper.detection.stacking): the real photos at these exposures,
+# each frame with its own noise, summed as the helper would.
+SUMMED_EXPOSURES = (0.25, 0.1)
 
 
 def darkened(image, rng, exposure=DIM_EXPOSURE, noise=DIM_NOISE):
@@ -43,6 +48,15 @@ def darkened(image, rng, exposure=DIM_EXPOSURE, noise=DIM_NOISE):
     out = image.astype(np.float32) * np.float32(exposure)
     out += rng.normal(0.0, noise, image.shape).astype(np.float32)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def summed_dim(image, rng, exposure):
+    """What the helper searches for a still scene at ``exposure``: as many
+    darkened frames, each with its own noise, as the first one's dimness
+    asks for, summed."""
+    first = darkened(image, rng, exposure)
+    frames = [first] + [darkened(image, rng, exposure) for _ in range(stack_depth(first) - 1)]
+    return sum_frames(frames)
 
 
 def conditions(scene):
@@ -110,8 +124,16 @@ def run(frames=400, empty=100, seed=1, progress=None):
     dim_rng = np.random.default_rng([seed, 5])
     false_dim = [label for label, image in photos
                  if detect_nozzle(darkened(image, dim_rng), MIN_RADIUS, MAX_RADIUS) is not None]
+    false_summed = {}
+    for exposure in SUMMED_EXPOSURES:
+        sum_rng = np.random.default_rng([seed, 6, round(1000 * exposure)])
+        false_summed[exposure] = [
+            label for label, image in photos
+            if detect_nozzle(summed_dim(image, sum_rng, exposure), MIN_RADIUS,
+                             MAX_RADIUS) is not None]
     return {"rows": rows, "ms": ms, "empty": empty, "false_generated": false_generated,
             "photos": len(photos), "false_photos": false_photos, "false_dim": false_dim,
+            "false_summed": false_summed,
             "set": {"frames": frames, "seed": seed}}
 
 
@@ -134,6 +156,10 @@ def format_table(stats):
     lines.append("| false detections, real photos at x%g exposure, noise %g | %d | | %d | %s |"
                  % (DIM_EXPOSURE, DIM_NOISE, stats["photos"], len(stats["false_dim"]),
                     ", ".join(stats["false_dim"])))
+    for exposure, found in stats["false_summed"].items():
+        lines.append("| false detections, real photos at x%g exposure, noise %g, frames "
+                     "summed as the helper does | %d | | %d | %s |"
+                     % (exposure, DIM_NOISE, stats["photos"], len(found), ", ".join(found)))
     for size in SIZES:
         t = stats["ms"][size]
         if t:
