@@ -369,34 +369,41 @@ class DimFrameSum:
     """A dim camera's frames of one detection, summed into longer exposures
     (:mod:`ktamv_helper.detection.stacking`).
 
-    A dim frame in which no bore was found alone starts a sum; the frames
-    after it (the same still scene: the freshness rule admits only frames
-    taken after the move) join it without being searched alone, which on a
-    noisy dim frame costs the most, until there are ``depth`` of them. A
-    frame whose pixels repeat one already in the sum (a server sending a
-    picture twice) adds no exposure and is left out; a picture that
-    brightens (auto exposure) ends the sum.
+    A dim frame in which no bore was found alone starts summing: it and
+    the frames after it (the same still scene: the freshness rule admits
+    only frames taken after the move) go into sums of ``depth`` frames
+    without being searched alone, which on a noisy dim frame costs the
+    most, for as long as the picture stays dim (auto exposure may brighten
+    it). A frame whose pixels repeat one already in the sum (a server
+    sending a picture twice) adds no exposure and is left out.
     """
 
     def __init__(self):
         self.frames = []        # (Frame, digest) of the sum being made
         self.depth = 1          # frames per sum
+        self.summing = False    # a frame alone showed no bore: sum the rest
         self.sums = 0           # sums made
 
     def collecting(self, frame):
-        """Whether ``frame`` goes straight into the sum being made."""
+        """Whether ``frame`` goes straight into a sum."""
         from ktamv_helper.detection.stacking import stack_depth
-        if self.frames and (frame.image.shape != self.frames[0][0].image.shape
-                            or stack_depth(frame.image) < 2):
-            self.frames = []
-        return bool(self.frames)
+        if not self.summing:
+            return False
+        depth = stack_depth(frame.image)
+        if depth < 2 or (self.frames and frame.image.shape != self.frames[0][0].image.shape):
+            self.frames, self.summing = [], False
+            return False
+        if not self.frames:
+            self.depth = depth
+        return True
 
     def start(self, frame):
         """Whether ``frame``, which showed no bore alone, is dim enough to
-        start a sum (it is then :meth:`add`-ed like the rest)."""
+        start summing (it is then :meth:`add`-ed like the rest)."""
         from ktamv_helper.detection.stacking import stack_depth
         self.depth = stack_depth(frame.image)
-        return self.depth >= 2
+        self.summing = self.depth >= 2
+        return self.summing
 
     def add(self, frame):
         """Add ``frame``; the Frame of the sum once it is complete, else None."""

@@ -181,16 +181,23 @@ def _dim_noisy(image, gain, sigma, count, seed):
 
 
 def test_a_dim_picture_is_measured_on_frames_summed_into_a_longer_exposure(
-        service, tmp_path):
+        service, tmp_path, monkeypatch):
     # The nozzle at x0.1 exposure (tip face ~21 levels) with noise of
     # sigma 6: no frame shows a bore alone; 8 summed do, where it is.
     from ktamv_helper.detection import detect_nozzle
+    from ktamv_helper.service import BoreExpectation
     frames = _dim_noisy(draw_nozzle(), 0.1, 6.0, 24, seed=1)
     assert not any(detect_nozzle(frame) for frame in frames)
+    searched = []
+    find = BoreExpectation.find
+    monkeypatch.setattr(BoreExpectation, "find", lambda self, image, settings: (
+        searched.append(image.max()), find(self, image, settings))[1])
     configured(service, write_images(tmp_path / "dim", frames), detection_tolerance=0.5)
     result = service.call("detect", {"frames": 3})
     assert result["frames_summed"] == 8
     assert result["frames_used"] == 3 and result["frames_seen"] == 24
+    # Searched: the first frame alone, then only the three sums.
+    assert len(searched) == 4 and searched[0] < 90 < min(searched[1:])
     assert np.hypot(result["center"][0] - NOZZLE_CENTER[0],
                     result["center"][1] - NOZZLE_CENTER[1]) < 0.1
     # A picture bright enough alone is never summed.
