@@ -493,9 +493,9 @@ def test_candidates_far_from_the_prediction_are_not_measured(monkeypatch):
     measured = []
     real = search._measure
 
-    def counting(gray, noise, center, radius, min_radius):
+    def counting(gray, noise, center, radius, min_radius, hidden=None):
         measured.append(center)
-        return real(gray, noise, center, radius, min_radius)
+        return real(gray, noise, center, radius, min_radius, hidden)
 
     monkeypatch.setattr(search, "_measure", counting)
     result = find_bore(_two_nozzles(), near=(158.0, 243.0, 8.0))

@@ -103,6 +103,10 @@ MAX_RMS_PX, MAX_RMS_FRACTION = 0.5, 0.06
 # fills under 0.1 % of the core's centre).
 MAX_CORE_FRACTION = 0.5
 SHARP_RADII = 3.0
+# A bore whose edge shows on at least this share of its rim, but under
+# MIN_COMPLETENESS, is hidden rather than absent (ooze or burnt residue
+# over the rest): measure_bore itself needs half the rim in view.
+HIDDEN_COMPLETENESS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,8 +214,15 @@ def _face_radius(rings):
     return 0.0
 
 
-def _measure(gray, noise, center, radius, min_radius):
-    """Structure, then the full measurement; a Detection or None."""
+def _measure(gray, noise, center, radius, min_radius, hidden=None):
+    """Structure, then the full measurement; a Detection or None.
+
+    A bore measured in all but the share of its rim that shows the edge
+    (ooze or residue over it: at least ``HIDDEN_COMPLETENESS``, under
+    ``MIN_COMPLETENESS``), inside a tip face (:func:`_looks_like_a_bore`),
+    is appended to ``hidden``: a spot on its face must not pass for the
+    nozzle (:func:`choose`).
+    """
     family = _structure(gray, noise, center, radius, min_radius)
     if family is None:
         return None
@@ -220,11 +231,16 @@ def _measure(gray, noise, center, radius, min_radius):
                      glint_radius=rings.glint_radius, face_radius=_face_radius(rings))
     if m is None or not _radii_agree(m["radius"], rings.bore_radius):
         return None
-    if m["completeness"] < MIN_COMPLETENESS or m["closure"] < MIN_CLOSURE:
-        return None
-    if m["rms"] > max(MAX_RMS_PX, MAX_RMS_FRACTION * m["radius"]):
+    if m["closure"] < MIN_CLOSURE or m["rms"] > max(MAX_RMS_PX, MAX_RMS_FRACTION * m["radius"]):
         return None
     score = score_measurement(m) * (0.5 + 0.5 * m["in_view"])
+    if m["completeness"] < MIN_COMPLETENESS:
+        if hidden is not None and m["completeness"] >= HIDDEN_COMPLETENESS and \
+                _looks_like_a_bore(rings, m["radius"]):
+            hidden.append(Detection(center=m["center"], radius=m["radius"],
+                                    score=round(score, 4), rms=round(m["rms"], 4),
+                                    rings=(round(m["radius"], 2),) + tuple(rings.radii[1:])))
+        return None
     if score < MIN_SCORE:
         return None
     # The rings as seen from the measured centre, for the preview and logs
@@ -241,6 +257,15 @@ def _measure(gray, noise, center, radius, min_radius):
     return Detection(center=m["center"], radius=m["radius"], score=round(score, 4),
                      rings=(round(m["radius"], 2),) + tuple(final.radii[1:]),
                      rms=round(m["rms"], 4), edge_width=width)
+
+
+def _looks_like_a_bore(rings, radius):
+    """The ring structure round a centre is a bore's: a dark core (not a
+    grey disc, ``MAX_CORE_FRACTION``) inside a closed bright face at least
+    ``MIN_FACE_WIDTH`` radii wide."""
+    return rings.face_closed and len(rings.radii) > 1 and \
+        rings.radii[1] - radius >= MIN_FACE_WIDTH * radius and \
+        rings.bore_level <= MAX_CORE_FRACTION * rings.face_level
 
 
 def _thin_rim(gray, m, rings):
@@ -379,26 +404,28 @@ def find_bore(image, min_radius=2.0, max_radius=None, expected_radius=None,
         max_radius = MAX_RADIUS_OF_HEIGHT * gray.shape[0]
     noise = estimate_noise(gray)
     search = (gray, noise, min_radius, max_radius, expected_radius, exclude, near)
-    found, kept, passed_over = _look(*search, only_near=near is not None)
+    found, kept, passed_over, hidden = _look(*search, only_near=near is not None)
     if near is not None and not kept and passed_over:
         # Nothing where the move put the nozzle: look everywhere, so the
         # refusal can say where the bores are.
-        found, kept, _ = _look(*search, only_near=False)
+        found, kept, _, hidden = _look(*search, only_near=False)
     elsewhere = _kept(found, exclude) if near is not None and not kept else []
     if elsewhere:
         return _not_where_predicted(elsewhere, near)
-    return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance)
+    return choose(sorted(kept, key=lambda d: -d.score), expected_radius, tolerance,
+                  hidden=_kept(hidden, exclude, near))
 
 
 def _look(gray, noise, min_radius, max_radius, expected_radius, exclude, near,
           only_near):
-    """Verified bores: ``(found, kept, passed_over)``, every one and those
-    :func:`_kept` keeps; with ``only_near``, candidates out of ``near``'s
+    """Verified bores: ``(found, kept, passed_over, hidden)``, every one,
+    those :func:`_kept` keeps, and bores too hidden to measure (see
+    :func:`_measure`); with ``only_near``, candidates out of ``near``'s
     reach by more than ``NEAR_MARGIN`` of their radius are not measured
     (``passed_over`` says whether there were any): bores there could not
     be kept, and on a textured frame measuring them is most of the work."""
     height, width = gray.shape
-    found, kept, passed_over = [], [], False
+    found, kept, passed_over, hidden = [], [], False, []
     for points in _candidate_points(gray, noise, min_radius, max_radius):
         for u, v, r in points:
             if only_near and math.hypot(u - near[0], v - near[1]) > \
@@ -415,7 +442,7 @@ def _look(gray, noise, min_radius, max_radius, expected_radius, exclude, near,
                 # shows its edge at a first look (a cone or face candidate
                 # leads to a family already seen).
                 continue
-            d = _measure(gray, noise, (u, v), r, min_radius)
+            d = _measure(gray, noise, (u, v), r, min_radius, hidden)
             if d is None or not min_radius <= d.radius <= max_radius:
                 continue
             if any(_same(d, other) for other in found):
@@ -426,7 +453,7 @@ def _look(gray, noise, min_radius, max_radius, expected_radius, exclude, near,
         # as the nozzle may only show in a finer search copy.
         if any(d.score >= EARLY_ACCEPT for d in kept) and expected_radius is None:
             break
-    return found, kept, passed_over
+    return found, kept, passed_over, hidden
 
 
 def _could_be_sized(detection, expected_radius):
@@ -496,7 +523,7 @@ def _rival(other, best, apart, tolerance):
     return not _out_of_focus(other, best) or _within_face(best, other)
 
 
-def choose(found, expected_radius=None, tolerance=1.0):
+def choose(found, expected_radius=None, tolerance=1.0, hidden=()):
     """The one bore among verified ones, or a refusal.
 
     Parameters
@@ -505,6 +532,11 @@ def choose(found, expected_radius=None, tolerance=1.0):
         Verified bores, best first.
     expected_radius : float, optional
     tolerance : float
+    hidden : sequence of Detection
+        Bores whose structure was seen but whose edge was too hidden to
+        measure: a smaller bore on one's tip face is refused, as it may be
+        a spot on the nozzle's face (burnt residue, a pit) while the
+        nozzle's own rim is under ooze.
 
     Returns
     -------
@@ -522,6 +554,15 @@ def choose(found, expected_radius=None, tolerance=1.0):
     if not found:
         return BoreSearch(None, candidates)
     best = found[0]
+    for bore in hidden:
+        if _within_face(best, bore) and not any(_same(bore, d) for d in found) and \
+                (not expected_radius or _could_be_sized(bore, expected_radius)):
+            return BoreSearch(None, candidates, "ambiguous",
+                              "a dark spot (radius %.1f px at %.0f, %.0f) lies on "
+                              "the tip face of a larger bore (radius %.1f px at "
+                              "%.0f, %.0f) whose edge is too hidden to measure"
+                              % (best.radius, best.center[0], best.center[1],
+                                 bore.radius, bore.center[0], bore.center[1]))
     for other in found[1:]:
         apart = math.hypot(best.center[0] - other.center[0],
                            best.center[1] - other.center[1])
