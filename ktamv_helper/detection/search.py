@@ -217,9 +217,10 @@ def _face_radius(rings):
 def _measure(gray, noise, center, radius, min_radius, hidden=None):
     """Structure, then the full measurement; a Detection or None.
 
-    A bore measured in all but the share of its rim that shows the edge
-    (ooze or residue over it: at least ``HIDDEN_COMPLETENESS``, under
-    ``MIN_COMPLETENESS``), inside a tip face (:func:`_looks_like_a_bore`),
+    A bore that passes every test but the share of its rim that shows the
+    edge (ooze or residue over it: at least ``HIDDEN_COMPLETENESS``, under
+    ``MIN_COMPLETENESS``; its score, which counts that share, still at
+    least ``MIN_SCORE``), inside a tip face (:func:`_looks_like_a_bore`),
     is appended to ``hidden``: a spot on its face must not pass for the
     nozzle (:func:`choose`).
     """
@@ -236,7 +237,7 @@ def _measure(gray, noise, center, radius, min_radius, hidden=None):
     score = score_measurement(m) * (0.5 + 0.5 * m["in_view"])
     if m["completeness"] < MIN_COMPLETENESS:
         if hidden is not None and m["completeness"] >= HIDDEN_COMPLETENESS and \
-                _looks_like_a_bore(rings, m["radius"]):
+                score >= MIN_SCORE and _looks_like_a_bore(rings, m["radius"]):
             hidden.append(Detection(center=m["center"], radius=m["radius"],
                                     score=round(score, 4), rms=round(m["rms"], 4),
                                     rings=(round(m["radius"], 2),) + tuple(rings.radii[1:])))
