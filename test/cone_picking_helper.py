@@ -64,9 +64,9 @@ def cone_edge(gray, center, radius):
     return None if fit is None else ((float(fit[0][0]), float(fit[0][1])), float(fit[1]))
 
 
-def measure_cone(gray, noise, center, radius, min_radius):
+def measure_cone(gray, noise, center, radius, min_radius, hidden=None):
     """The real detector's bore, reported as its cone's outer edge (rings[2])."""
-    bore = _measure_bore(gray, noise, center, radius, min_radius)
+    bore = _measure_bore(gray, noise, center, radius, min_radius, hidden)
     if bore is None or len(bore.rings) < 3:
         return None
     cone = cone_edge(gray, bore.center, bore.rings[2])

@@ -42,6 +42,16 @@ def test_the_depth_brings_the_brightest_parts_to_a_normal_exposure(gain, depth):
     assert stack_depth(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)) == depth
 
 
+def test_a_picture_that_would_stay_blank_is_not_summed():
+    # A grey card at 90 is not dim, just flat: its sum would be as blank.
+    assert stack_depth(np.full((480, 640, 3), 90, np.uint8)) == 1
+    assert stack_depth(np.full((480, 640, 3), 8, np.uint8)) == 1
+    # A dim picture with something in it is summed, however dark.
+    image = np.full((480, 640, 3), 2, np.uint8)
+    image[200:280, 280:360] = 12
+    assert stack_depth(image) == MAX_STACK
+
+
 def test_the_depth_follows_the_brightest_channel_not_luma():
     # A blue LED: luma is ~23, but the blue channel is at 200 and would
     # clip if frames were summed.

@@ -103,6 +103,13 @@ MAX_RMS_PX, MAX_RMS_FRACTION = 0.5, 0.06
 # fills under 0.1 % of the core's centre).
 MAX_CORE_FRACTION = 0.5
 SHARP_RADII = 3.0
+# Blur fills a small disc's core with its face's light, but a hole stays
+# plainly darker than its face however blurred: a true bore's core reached
+# 0.70 of an unclipped face at most (a 4 px endoscope bore defocused by
+# sigma 3, the most blurred the survey above saw found), while grey discs
+# and texture blobs that scored as bores sat at 0.77-0.95 (a blob in a
+# simulated heater block: a dip of 8 levels under a face of 174).
+MAX_BLURRED_CORE_FRACTION = 0.75
 # A bore whose edge shows on at least this share of its rim, but under
 # MIN_COMPLETENESS, is hidden rather than absent (ooze or burnt residue
 # over the rest): measure_bore itself needs half the rim in view.
@@ -286,18 +293,20 @@ def _thin_rim(gray, m, rings):
 
 
 def _grey_core(rings, radius, width):
-    """A sharply seen disc whose core is too bright for a bore
-    (``MAX_CORE_FRACTION`` of its face's level).
+    """A disc whose core is too bright for a bore: over
+    ``MAX_CORE_FRACTION`` of its face's level where it is seen sharply,
+    over ``MAX_BLURRED_CORE_FRACTION`` where blur may have filled it
+    (radius under ``SHARP_RADII`` edge widths, or the edge width unknown).
 
-    Not judged where the edge width is unknown (0), where blur may have
-    filled the core (radius under ``SHARP_RADII`` edge widths: a small
-    defocused bore's core rose to 0.7 of its face) or where the face is
-    clipped at white (its true level is unknown and the fraction only an
-    upper bound: x3 over-exposure lifted true cores to 0.53 of white).
+    Not judged where the face is clipped at white (its true level is
+    unknown and the fraction only an upper bound: x3 over-exposure lifted
+    true cores to 0.53 of white).
     """
-    if width <= 0 or radius < SHARP_RADII * width or rings.face_level >= CLIPPED_LEVEL:
+    if rings.face_level >= CLIPPED_LEVEL:
         return False
-    return rings.bore_level > MAX_CORE_FRACTION * rings.face_level
+    sharp = width > 0 and radius >= SHARP_RADII * width
+    limit = MAX_CORE_FRACTION if sharp else MAX_BLURRED_CORE_FRACTION
+    return rings.bore_level > limit * rings.face_level
 
 
 def _whole_ring_radius(gray, center):

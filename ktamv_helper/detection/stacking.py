@@ -15,7 +15,7 @@ helper's freshness rule) are summed, so the nozzle is the same in each.
 import cv2
 import numpy as np
 
-from ktamv_helper.detection.frame import histogram_levels
+from ktamv_helper.detection.frame import BLANK_RANGE, histogram_levels
 
 # Frames are summed until their brightest parts (the 99.5th percentile of
 # the brightest channel) reach about this level: where a normally exposed
@@ -39,7 +39,9 @@ def stack_depth(image):
     -------
     int
         1 for a picture that is not dim (its brightest parts above half of
-        ``STACK_TOP``), else ``STACK_TOP // top``, at most ``MAX_STACK``.
+        ``STACK_TOP``) or that even summed would stay blank (its range
+        times the depth under ``BLANK_RANGE``: a covered lens, a grey
+        card), else ``STACK_TOP // top``, at most ``MAX_STACK``.
     """
     image = np.asarray(image)
     if min(image.shape[:2]) >= 64:
@@ -50,8 +52,9 @@ def stack_depth(image):
         image = cv2.resize(image, (max(1, image.shape[1] // 4), max(1, image.shape[0] // 4)),
                            interpolation=cv2.INTER_AREA)
     brightest = image if image.ndim == 2 else image.max(axis=2)
-    top = histogram_levels(np.ascontiguousarray(brightest), (0.995,))[0]
-    return int(min(MAX_STACK, max(1, STACK_TOP // max(top, 1))))
+    floor, top = histogram_levels(np.ascontiguousarray(brightest), (0.01, 0.995))
+    depth = int(min(MAX_STACK, max(1, STACK_TOP // max(top, 1))))
+    return depth if (top - floor) * depth >= BLANK_RANGE else 1
 
 
 def sum_frames(images):
