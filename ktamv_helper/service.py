@@ -365,6 +365,10 @@ class DetectRun:
         self.dim = DimFrameSum()
 
 
+# Sums made of a dim view before giving up while none has shown a bore.
+EMPTY_SUMS = 2
+
+
 class DimFrameSum:
     """A dim camera's frames of one detection, summed into longer exposures
     (:mod:`ktamv_helper.detection.stacking`).
@@ -383,6 +387,7 @@ class DimFrameSum:
         self.depth = 1          # frames per sum
         self.summing = False    # a frame alone showed no bore: sum the rest
         self.sums = 0           # sums made
+        self.found = 0          # sums that showed a bore
 
     def collecting(self, frame):
         """Whether ``frame`` goes straight into a sum."""
@@ -404,6 +409,18 @@ class DimFrameSum:
         self.depth = stack_depth(frame.image)
         self.summing = self.depth >= 2
         return self.summing
+
+    def frame_budget(self, request):
+        """Most frames the request may read. While summing, a look is one
+        sum, and as a sum already averages its frames' noise away, fewer
+        looks are retried: two sums until one shows a bore (more would not
+        where two did not), then ``frames`` + 2 (at most ``max_frames``),
+        so a dim view without a nozzle (a search's empty positions) costs
+        about the frames a bright one does."""
+        if self.depth < 2:
+            return request.max_frames
+        looks = request.frames + 2 if self.found else EMPTY_SUMS
+        return 1 + min(request.max_frames, looks) * self.depth
 
     def add(self, frame):
         """Add ``frame``; the Frame of the sum once it is complete, else None."""
@@ -788,8 +805,7 @@ class Detection:
         measuring = (request.reference is not None
                      and self._rule.latency is None)
         cursor = request.moved_at if measuring else request.earliest
-        # A look at summed dim frames counts as one of max_frames.
-        while run.seen < request.max_frames * run.dim.depth:
+        while run.seen < run.dim.frame_budget(request):
             if self._detect_ticket != ticket:
                 raise _superseded()
             remaining = request.deadline - time.monotonic()
@@ -856,7 +872,7 @@ class Detection:
         run.last_image = frame.image
         look = self._look(frame, settings, request, run)
         lines = ("detect: frame %d of at most %d, %d with a nozzle"
-                 % (run.seen, request.max_frames * run.dim.depth, len(run.detections)
+                 % (run.seen, run.dim.frame_budget(request), len(run.detections)
                     + (look is not None and look[0].detection is not None)),)
         if look is None:
             self._publish(frame, None, settings.target_tolerance, lines + (
@@ -891,7 +907,9 @@ class Detection:
         summed = dim.add(frame)
         if summed is None:
             return None
-        return request.bore.find(summed.image, settings), summed, dim.depth
+        search = request.bore.find(summed.image, settings)
+        dim.found += search.detection is not None
+        return search, summed, dim.depth
 
     def _detect_result(self, run, request):
         center, used, spread = run.agreed

@@ -1228,6 +1228,17 @@ def measure_t1_offset(workdir, url=CONE_URL, **options):
     return statuses(result.text)[-1]
 
 
+def t1_offset_within_5_microns(workdir, url):
+    """:func:`measure_t1_offset` with the real helper, checked against the
+    simulation's truth; the status."""
+    truth = sim_truth(url)["tools"][1]
+    status = measure_t1_offset(workdir, url=url)
+    measured = status["last_calculated_offset"]
+    assert abs(measured[0] - truth[0]) <= 0.005, (measured, truth)
+    assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
+    return status
+
+
 def test_an_eccentric_cone_moves_a_cone_picking_detector_not_the_bore(tmp_path):
     truth = sim_truth(CONE_URL)["tools"][1]
     # What a detector that measures the cone would get wrong: > 0.1 mm.
@@ -1260,11 +1271,7 @@ BLUE_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05&kinematics=core
 
 
 def test_a_dim_deep_blue_led_ring_still_gives_the_offset(tmp_path):
-    truth = sim_truth(BLUE_URL)["tools"][1]
-    status = measure_t1_offset(tmp_path, url=BLUE_URL)
-    measured = status["last_calculated_offset"]
-    assert abs(measured[0] - truth[0]) <= 0.005, (measured, truth)
-    assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
+    t1_offset_within_5_microns(tmp_path, BLUE_URL)
 
 
 # A camera under-exposed to x0.08 with sensor noise: neither tool's bore is
@@ -1275,11 +1282,7 @@ DIM_URL = ("sim://?seed=7&camera_x=%g&camera_y=%g&backlash=0.05&kinematics=corex
 
 
 def test_an_under_exposed_camera_still_gives_the_offset(tmp_path):
-    truth = sim_truth(DIM_URL)["tools"][1]
-    status = measure_t1_offset(tmp_path, url=DIM_URL)
-    measured = status["last_calculated_offset"]
-    assert abs(measured[0] - truth[0]) <= 0.005, (measured, truth)
-    assert abs(measured[1] - truth[1]) <= 0.005, (measured, truth)
+    status = t1_offset_within_5_microns(tmp_path, DIM_URL)
     assert status["last_detection"]["summed"] == 8
 
 

@@ -209,14 +209,28 @@ def test_a_dim_picture_is_measured_on_frames_summed_into_a_longer_exposure(
 def test_a_picture_sent_again_adds_no_exposure(service, tmp_path):
     # One dim frame served over and over: summing it with itself would only
     # scale its noise with it, so it is not summed and the nozzle is not
-    # found; the budget still grows by the depth (max_frames 2 x 8).
+    # found; the budget is that of two sums of 8 after the first frame.
     frame = _dim_noisy(draw_nozzle(), 0.1, 6.0, 1, seed=1)[0]
     configured(service, write_images(tmp_path / "same", [frame]))
     error = expect_error("nozzle_not_found", service, "detect",
                          {"frames": 1, "max_frames": 2})
-    assert error.details["frames_seen"] == 16
-    assert "No nozzle found in 16 frames from the camera. The picture is " \
+    assert error.details["frames_seen"] == 17
+    assert "No nozzle found in 17 frames from the camera. The picture is " \
         "very dark" in error.message
+
+
+def test_a_dim_view_without_a_nozzle_gives_up_after_two_sums(service, tmp_path):
+    # A search's empty position on a dim camera: the first frame alone,
+    # then two sums of 8 that show nothing; not the five sums a found
+    # bore would be given for the consensus.
+    image = draw_nozzle()
+    image[:] = (30, 32, 34)
+    image[100:160, 400:470] = (90, 95, 100)
+    frames = _dim_noisy(image, 0.25, 3.0, 40, seed=3)
+    configured(service, write_images(tmp_path / "empty", frames))
+    error = expect_error("nozzle_not_found", service, "detect", {"frames": 3})
+    assert error.details["frames_seen"] == 1 + 2 * 8
+    assert "alone or summed 8 at a time as the dim picture asked" in error.message
 
 
 def test_a_dim_noisy_mjpeg_stream_is_measured_on_summed_frames(
