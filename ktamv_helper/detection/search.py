@@ -18,7 +18,9 @@
    (the nozzle's diameter and the calibrated scale), only bores of about
    that size count; two plausible bores farther apart than the tolerance
    are refused rather than guessed between (a smaller dark spot on the best
-   bore's tip face is no rival: the face is solid metal).
+   bore's tip face is no rival: the face is solid metal); a best bore lying
+   on the tip face of a bore whose rim is too hidden to measure (ooze,
+   residue) is refused too: it may be a spot on the nozzle's face.
 """
 
 import dataclasses
