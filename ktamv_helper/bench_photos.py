@@ -37,7 +37,7 @@ import numpy as np
 
 from ktamv_helper.detection import find_bore
 from ktamv_helper.detection.frame import exposure_problem, to_gray
-from ktamv_helper.detection.stacking import stack_depth, sum_frames
+from ktamv_helper.detection.stacking import sum_draws
 from ktamv_helper.simulation.render import random_look, render_nozzle, ring_light_look
 from ktamv_helper.simulation.warps import (Warp, apply_warp, random_warp, warp_point,
                                            warp_radius)
@@ -229,10 +229,10 @@ def score_photo_conditions(image, reference, frames, rng, conditions=PHOTO_CONDI
         summed = fields.pop("summed", False)
         for _ in range(frames):
             warp = _condition_warp(rng, fields)
-            variant = apply_warp(image, warp, rng)
             if summed:
-                variant = sum_frames([variant] + [apply_warp(image, warp, rng)
-                                                  for _ in range(stack_depth(variant) - 1)])
+                variant = sum_draws(lambda: apply_warp(image, warp, rng))
+            else:
+                variant = apply_warp(image, warp, rng)
             search, ms = _timed_search(variant)
             radius = warp_radius(reference.radius, warp)
             kind, error = classify(search.detection,

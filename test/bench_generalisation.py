@@ -26,7 +26,7 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
 import photolike  # noqa: E402
 import real_photos  # noqa: E402
 from ktamv_helper.detection import DEFAULT_MIN_RADIUS, detect_nozzle  # noqa: E402
-from ktamv_helper.detection.stacking import stack_depth, sum_frames  # noqa: E402
+from ktamv_helper.detection.stacking import sum_draws  # noqa: E402
 
 SIZES = [(320, 240), (640, 480), (1280, 720), (1920, 1080)]
 WRONG_PX = 2.0
@@ -54,9 +54,7 @@ def summed_dim(image, rng, exposure):
     """What the helper searches for a still scene at ``exposure``: as many
     darkened frames, each with its own noise, as the first one's dimness
     asks for, summed."""
-    first = darkened(image, rng, exposure)
-    frames = [first] + [darkened(image, rng, exposure) for _ in range(stack_depth(first) - 1)]
-    return sum_frames(frames)
+    return sum_draws(lambda: darkened(image, rng, exposure))
 
 
 def conditions(scene):

@@ -84,3 +84,22 @@ def sum_frames(images):
                              % (shape, image.shape))
         total += image
     return np.minimum(total, 255).astype(np.uint8)
+
+
+def sum_draws(draw):
+    """What the helper searches for a dim still scene: frames from
+    ``draw()`` (each with its own noise), the first and as many more as its
+    :func:`stack_depth` asks for, summed; for benchmarks that replay a
+    camera from one picture.
+
+    Parameters
+    ----------
+    draw : callable
+        Returns one uint8 frame of the scene per call.
+
+    Returns
+    -------
+    ndarray of uint8
+    """
+    first = draw()
+    return sum_frames([first] + [draw() for _ in range(stack_depth(first) - 1)])
